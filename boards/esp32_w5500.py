@@ -1,0 +1,48 @@
+# An ESP32 with a W5500 module on SPI2 (VSPI pins). The ESP32 port has a GIL: both net
+# kernels run, but on one core (reference/rp2.md §11). Host data uses the USB-UART REPL port,
+# so this board is for the stack and its tests, not yet for the host link.
+from machine import SPI, Pin, Timer, unique_id
+from micropython import const
+
+NAME = "esp32_w5500"
+ARCH = "xtensawin"
+CORES = 1
+HEAP_BYTES = const(110000)
+REQUIRES = ()
+
+
+class Hardware:
+    def __init__(self):
+        self.spi = SPI(2, baudrate=20_000_000, polarity=0, phase=0,
+                       sck=Pin(18), mosi=Pin(23), miso=Pin(19))
+        self.cs = Pin(5, Pin.OUT, value=1)
+        self.rst = Pin(16, Pin.OUT, value=1)
+        self.intn = Pin(4, Pin.IN, Pin.PULL_UP)
+
+    def timer(self, period_ms, callback):
+        return Timer(0, mode=Timer.PERIODIC, period=period_ms, callback=callback)
+
+    def usb(self):
+        raise OSError("esp32_w5500 has no USB data interface")
+
+    def counters(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def open_hardware():
+    return Hardware()
+
+
+def load_config():
+    import config
+
+    uid = unique_id()
+    return {
+        "ip": config.IP, "prefix": config.PREFIX, "gateway": config.GATEWAY,
+        "mac": config.MAC or "02:%02x:%02x:%02x:%02x:%02x" % tuple(uid[-5:]),
+        "kernels": config.KERNELS, "services": config.SERVICES,
+        "log_frames": config.LOG_FRAMES,
+    }

@@ -1,0 +1,70 @@
+# Shared by the RP2040/RP2350 boards with a W5500 on SPI (W5500-EVB-Pico wiring by default).
+# Board files set the pins and call make_hardware(); this module is deployed with them.
+from machine import SPI, Pin, Timer, unique_id
+
+# Set by boot.py when it could add a second USB CDC interface (runtime USB, rp2.md §9):
+# host data then travels there and the REPL stays on the first port for mpremote.
+DATA_CDC = None
+
+
+class Hardware:
+    """The W5500's SPI bus and pins, core 0's tick timer and the USB data stream."""
+
+    def __init__(self, spi_id, sck, mosi, miso, cs, rst, intn, baudrate):
+        # 24 MHz is the fastest the default 48 MHz clk_peri gives (rp2.md §6); asking for
+        # 20 MHz would give 12 MHz.
+        self.spi = SPI(spi_id, baudrate=baudrate, polarity=0, phase=0, bits=8,
+                       firstbit=SPI.MSB, sck=Pin(sck), mosi=Pin(mosi), miso=Pin(miso))
+        self.cs = Pin(cs, Pin.OUT, value=1)
+        self.rst = Pin(rst, Pin.OUT, value=1)
+        self.intn = Pin(intn, Pin.IN, Pin.PULL_UP)
+
+    def timer(self, period_ms, callback):
+        # Soft timer: the callback runs on core 0's main thread (rp2.md §4).
+        return Timer(-1, mode=Timer.PERIODIC, period=period_ms, callback=callback)
+
+    def usb(self):
+        if DATA_CDC is None:
+            raise OSError("no USB data interface: install usb-device-cdc (make deploy does)")
+        return _CdcStream(DATA_CDC)
+
+    def counters(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+class _CdcStream:
+    """The CDC interface as the non-blocking stream the host link expects."""
+
+    def __init__(self, cdc):
+        self._cdc = cdc
+
+    def readinto(self, buf):
+        return self._cdc.readinto(buf) or 0
+
+    def write(self, buf):
+        return self._cdc.write(buf) or 0
+
+    def close(self):
+        pass
+
+
+def default_mac():
+    uid = unique_id()
+    return "02:%02x:%02x:%02x:%02x:%02x" % (uid[-5], uid[-4], uid[-3], uid[-2], uid[-1])
+
+
+def load_config():
+    import config
+
+    return {
+        "ip": config.IP,
+        "prefix": config.PREFIX,
+        "gateway": config.GATEWAY,
+        "mac": config.MAC or default_mac(),
+        "kernels": config.KERNELS,
+        "services": config.SERVICES,
+        "log_frames": config.LOG_FRAMES,
+    }

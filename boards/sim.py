@@ -1,0 +1,99 @@
+# The simulated board: the firmware's W5500 is a register-level emulator whose PHY is a veth
+# (AF_PACKET), its USB CDC a pty, its timer a thread. This file is the only place the firmware
+# learns it is simulated. `twinstack sim` writes sim_config.py and starts MicroPython with
+# `-X heapsize=HEAP_BYTES`.
+import _thread
+import time
+
+import micropython
+from micropython import const
+
+import sim_config
+from simhw.usb import PtyStream
+from simhw.w5500_emulator import W5500Emulator
+from simhw.wire import PacketWire
+
+NAME = "sim"
+ARCH = None          # runs on the host's MicroPython unix port; nothing to cross-compile
+CORES = 2
+# The RP2040's free heap after boot on RPI_PICO (242,304 bytes, reference/rp2.md §7) plus
+# what the emulated chip itself holds (32 KB packet memory, registers, its code): measured by
+# tests/firmware/test_sim_board.py, which also checks the firmware stays inside 242,304.
+FIRMWARE_HEAP_BYTES = const(242304)
+HEAP_BYTES = const(287360)    # + 45,056 for the emulated hardware (38 KB measured)
+
+
+class _TickTimer:
+    """machine.Timer stand-in: a thread that schedules ``callback`` on the main thread, as an
+    rp2 soft Timer runs on core 0."""
+
+    def __init__(self, period_ms, callback):
+        self._period = period_ms
+        self._callback = callback
+        self._running = True
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self):
+        while self._running:
+            time.sleep_ms(self._period)
+            try:
+                micropython.schedule(self._callback, self)
+            except RuntimeError:
+                pass  # schedule queue full: this tick coalesces with a pending one
+
+    def deinit(self):
+        self._running = False
+
+
+class Hardware:
+    """What the firmware gets from a board: SPI + pins of the W5500, a tick timer, USB data."""
+
+    def __init__(self):
+        self.wire = PacketWire(sim_config.NETIF)
+        self.chip = W5500Emulator(self.wire, schedule=micropython.schedule)
+        self.wire.attach(self.chip)
+        self.spi = self.chip.spi
+        self.cs = self.chip.cs
+        self.rst = self.chip.rst
+        self.intn = self.chip.intn
+        self._usb = PtyStream(sim_config.USB_FD)
+        self._timers = []
+        self.wire.start()
+
+    def timer(self, period_ms, callback):
+        t = _TickTimer(period_ms, callback)
+        self._timers.append(t)
+        return t
+
+    def usb(self):
+        return self._usb
+
+    def counters(self):
+        """Counters of the simulated hardware (a real chip has none of these)."""
+        c = self.chip.counters.as_dict()
+        c["wire_rx"] = self.wire.rx_frames
+        c["wire_tx"] = self.wire.tx_frames
+        c["wire_tx_errors"] = self.wire.tx_errors
+        return c
+
+    def close(self):
+        for t in self._timers:
+            t.deinit()
+        self.wire.stop()
+        self._usb.close()
+
+
+def open_hardware():
+    return Hardware()
+
+
+def load_config():
+    return {
+        "ip": sim_config.IP,
+        "prefix": sim_config.PREFIX,
+        "gateway": sim_config.GATEWAY,
+        "mac": sim_config.MAC,
+        "kernels": sim_config.KERNELS,
+        "services": sim_config.SERVICES,
+        "log_frames": sim_config.LOG_FRAMES,
+    }

@@ -1,0 +1,1 @@
+# TwinStack firmware: the net kernel package that runs on each core of the board.

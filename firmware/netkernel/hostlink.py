@@ -1,0 +1,72 @@
+# The host link: the USB CDC byte stream, framed by netkernel.proto.linkframe.
+#
+# Only core 0 touches USB (on rp2 only core 0 runs the USB task), so this is polled from
+# core 0's loop. Garbage, cut frames and unknown kinds are counted and dropped; the framing
+# resynchronises at the next delimiter. The I2O message layer plugs in at KIND_I2O.
+from micropython import const
+
+from netkernel.proto import linkframe as lf
+
+_RX_CHUNK = const(512)
+_WRITE_TRIES = const(64)   # a host that does not read must never stall the board
+
+
+class HostLink:
+    def __init__(self, stream, wire_tx=None):
+        """``stream``: non-blocking readinto/write; ``wire_tx(buf, n)`` sends an Ethernet
+        frame that the host asked for (KIND_WIRE_TX: diagnostics and tests)."""
+        self._stream = stream
+        self._wire_tx = wire_tx
+        self._rx = bytearray(_RX_CHUNK)
+        self._reply = bytearray(lf.MAX_PAYLOAD)
+        self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
+        self._out_view = memoryview(self._out)
+        self._frame = bytearray(1536)   # KIND_WIRE_TX frames are copied here for the NIC
+        self.deframer = lf.Deframer(self._on_frame)
+        self.unknown_kind = 0
+        self.tx_frames = 0
+        self.tx_dropped = 0
+        self.wire_tx_frames = 0
+        self.wire_tx_bad = 0
+
+    def poll(self):
+        """Read what the host sent (one chunk) and act on every complete frame in it."""
+        n = self._stream.readinto(self._rx)
+        if n:
+            self.deframer.feed(self._rx, n)
+        return n
+
+    def _on_frame(self, buf, n):
+        kind = buf[0]
+        if kind == lf.KIND_ECHO_REQUEST:
+            r = self._reply
+            r[0] = lf.KIND_ECHO_REPLY
+            for i in range(1, n):
+                r[i] = buf[i]
+            self.send(r, n)
+        elif kind == lf.KIND_WIRE_TX and self._wire_tx is not None:
+            length = n - 1
+            if length < 14 or length > 1514:
+                self.wire_tx_bad += 1
+                return
+            f = self._frame
+            for i in range(length):
+                f[i] = buf[i + 1]
+            self._wire_tx(f, length)
+            self.wire_tx_frames += 1
+        else:
+            self.unknown_kind += 1
+
+    def send(self, payload, n):
+        """Frame payload[:n] and write it; if the host stops reading, drop and count."""
+        total = lf.encode_into(payload, n, self._out)
+        done = 0
+        for _ in range(_WRITE_TRIES):
+            if done == total:
+                break
+            done += self._stream.write(self._out_view[done:total]) or 0
+        if done == total:
+            self.tx_frames += 1
+        else:
+            self.tx_dropped += 1
+            # A partial frame is ended by the next frame's leading delimiter on the host.

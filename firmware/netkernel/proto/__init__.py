@@ -1,0 +1,1 @@
+# Definitions shared by the firmware and the host package (see linkframe.py).

@@ -1,0 +1,173 @@
+# Link framing for the USB CDC byte stream between the board and the host.
+#
+# This file is the one definition both sides use: the firmware imports it as
+# netkernel.proto.linkframe, the host package as twinstack.proto.linkframe (host/twinstack/proto
+# is a link to this folder). It therefore runs on MicroPython and on CPython.
+#
+# A frame on the byte stream is  00 | COBS(kind, body..., crc_hi, crc_lo) | 00
+#   - COBS removes every 00 from the frame, so 00 only ever delimits: after garbage or a cut
+#     frame the receiver is back in step at the next 00;
+#   - the CRC is CRC-16/CCITT-FALSE over kind + body, so corruption is caught;
+#   - the leading 00 ends whatever garbage came before, so only that garbage is lost.
+# Empty frames (00 00) are idle fill and are ignored without counting.
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+from array import array
+
+MAX_PAYLOAD = const(2048)   # kind + body, without CRC
+KIND_ECHO_REQUEST = const(0x01)  # link liveness: the board answers with the same body
+KIND_ECHO_REPLY = const(0x02)
+KIND_WIRE_TX = const(0x03)       # host -> board: put this Ethernet frame on the wire
+KIND_I2O = const(0x10)           # an I2O message frame (the message layer)
+
+# Worst case encoded size of a payload of n bytes: delimiters, CRC, one code byte per 254.
+def encoded_size(n):
+    return n + 2 + (n + 2) // 254 + 1 + 2
+
+
+def _crc_table():
+    t = array("H", bytes(512))
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x1021) if c & 0x8000 else (c << 1)
+        t[i] = c & 0xFFFF
+    return t
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(buf, n, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE of buf[:n] (check value of b"123456789": 0x29B1)."""
+    t = _CRC_TABLE
+    for i in range(n):
+        crc = ((crc << 8) & 0xFF00) ^ t[(crc >> 8) ^ buf[i]]
+    return crc
+
+
+def encode_into(payload, n, out):
+    """Frame payload[:n] into ``out``; return the number of bytes to send.
+
+    ``out`` must hold encoded_size(n) bytes. Nothing is allocated.
+    """
+    if n < 1 or n > MAX_PAYLOAD:
+        raise ValueError("link payload must be 1..%d bytes" % MAX_PAYLOAD)
+    crc = crc16(payload, n)
+    out[0] = 0
+    code_at = 1
+    o = 2
+    code = 1
+    for i in range(n + 2):
+        if i < n:
+            b = payload[i]
+        elif i == n:
+            b = crc >> 8
+        else:
+            b = crc & 0xFF
+        if b == 0:
+            out[code_at] = code
+            code_at = o
+            o += 1
+            code = 1
+        else:
+            out[o] = b
+            o += 1
+            code += 1
+            if code == 0xFF:
+                out[code_at] = code
+                code_at = o
+                o += 1
+                code = 1
+    out[code_at] = code
+    out[o] = 0
+    return o + 1
+
+
+class Deframer:
+    """Streaming decoder: feed it bytes as they arrive, get whole checked frames back.
+
+    ``handler(buf, n)`` is called for each good frame with the payload (kind + body) in
+    ``buf[:n]``; ``buf`` is reused for the next frame. Bad input is counted, never raised:
+    ``bad_crc`` (corrupted or merged frames), ``bad_cobs`` (a frame cut inside a COBS block),
+    ``too_long`` (no delimiter within MAX_PAYLOAD + 2 bytes: garbage).
+    """
+
+    def __init__(self, handler, max_payload=MAX_PAYLOAD):
+        self._handler = handler
+        self._buf = bytearray(max_payload + 2)
+        self._cap = max_payload + 2
+        self.frames = 0
+        self.bad_crc = 0
+        self.bad_cobs = 0
+        self.too_long = 0
+        self.bytes_in = 0
+        self._reset()
+
+    def _reset(self):
+        self._len = 0
+        self._left = 0        # bytes left in the current COBS block
+        self._zero = False    # a 00 is due before the next block
+        self._overflow = False
+
+    def reset(self):
+        """Forget any partial frame (e.g. after the link was lost)."""
+        self._reset()
+
+    def feed(self, data, n):
+        """Decode data[:n]; return the number of good frames delivered."""
+        self.bytes_in += n
+        got = 0
+        for i in range(n):
+            b = data[i]
+            if b == 0:
+                got += self._end()
+                continue
+            if self._overflow:
+                continue
+            if self._left == 0:
+                # A code byte: the previous block (if short) stood for a 00.
+                if self._zero:
+                    if not self._put(0):
+                        continue
+                self._left = b - 1
+                self._zero = b != 0xFF
+            else:
+                if not self._put(b):
+                    continue
+                self._left -= 1
+        return got
+
+    def _put(self, b):
+        if self._len >= self._cap:
+            self._overflow = True
+            return False
+        self._buf[self._len] = b
+        self._len += 1
+        return True
+
+    def _end(self):
+        n = self._len
+        ok = 0
+        if self._overflow:
+            self.too_long += 1
+        elif self._left != 0:
+            self.bad_cobs += 1
+        elif n == 0:
+            pass  # idle fill or a leading delimiter
+        elif n < 3 or crc16(self._buf, n - 2) != (self._buf[n - 2] << 8) | self._buf[n - 1]:
+            self.bad_crc += 1
+        else:
+            self.frames += 1
+            self._handler(self._buf, n - 2)
+            ok = 1
+        self._reset()
+        return ok
+
+    @property
+    def errors(self):
+        return self.bad_crc + self.bad_cobs + self.too_long

@@ -1,0 +1,87 @@
+"""The host end of the board link: framed messages over a serial port (pyserial).
+
+The framing is the firmware's own definition (:mod:`twinstack.proto.linkframe`). A port is
+anything pyserial opens: ``/dev/ttyACM1``, the simulated board's pty, ``socket://host:port``
+or ``loop://``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+
+import serial
+
+from .proto import linkframe as lf
+
+log = logging.getLogger(__name__)
+
+
+class LinkTimeout(TimeoutError):
+    """No frame arrived in time."""
+
+
+class Link:
+    """Send and receive whole link frames; garbage on the line is counted and skipped."""
+
+    def __init__(self, url: str, *, baudrate: int = 115200) -> None:
+        self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05)
+        self._frames: deque[tuple[int, bytes]] = deque()
+        self._deframer = lf.Deframer(self._on_frame)
+        self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
+
+    def _on_frame(self, buf: bytearray, n: int) -> None:
+        self._frames.append((buf[0], bytes(buf[1:n])))
+
+    @property
+    def errors(self) -> int:
+        """Bad frames seen from the board (CRC, COBS or length errors)."""
+        return self._deframer.errors
+
+    def send(self, kind: int, body: bytes = b"") -> None:
+        payload = bytes([kind]) + body
+        n = lf.encode_into(payload, len(payload), self._out)
+        self.port.write(self._out[:n])
+        self.port.flush()
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (tests use this to send garbage)."""
+        self.port.write(data)
+        self.port.flush()
+
+    def recv(self, timeout: float = 2.0) -> tuple[int, bytes]:
+        """The next frame as (kind, body); raises LinkTimeout."""
+        deadline = time.monotonic() + timeout
+        while not self._frames:
+            if time.monotonic() > deadline:
+                raise LinkTimeout(f"no frame from the board within {timeout} s")
+            data = self.port.read(4096)
+            if data:
+                self._deframer.feed(data, len(data))
+        return self._frames.popleft()
+
+    def echo(self, body: bytes | None = None, timeout: float = 2.0) -> float:
+        """Round trip a link echo; returns the time it took in seconds."""
+        body = os.urandom(16) if body is None else body
+        start = time.monotonic()
+        self.send(lf.KIND_ECHO_REQUEST, body)
+        while True:
+            kind, got = self.recv(max(0.01, timeout - (time.monotonic() - start)))
+            if kind == lf.KIND_ECHO_REPLY and got == body:
+                return time.monotonic() - start
+            log.debug("skipping frame of kind 0x%02x while waiting for an echo", kind)
+
+    def wire_tx(self, frame: bytes) -> None:
+        """Ask the board to transmit an Ethernet frame as it is (diagnostics, tests)."""
+        self.send(lf.KIND_WIRE_TX, frame)
+
+    def close(self) -> None:
+        self.port.close()
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

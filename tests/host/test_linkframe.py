@@ -1,0 +1,74 @@
+"""The link framing as the host sees it: the same file as the firmware's, run by CPython."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from twinstack.proto import linkframe as lf
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def encode(payload: bytes) -> bytes:
+    out = bytearray(lf.encoded_size(len(payload)))
+    return bytes(out[: lf.encode_into(payload, len(payload), out)])
+
+
+def decode(stream: bytes) -> tuple[lf.Deframer, list[bytes]]:
+    got: list[bytes] = []
+    d = lf.Deframer(lambda buf, n: got.append(bytes(buf[:n])))
+    d.feed(stream, len(stream))
+    return d, got
+
+
+def test_host_and_firmware_share_one_definition():
+    host = Path(lf.__file__).resolve()
+    assert host == (ROOT / "firmware/netkernel/proto/linkframe.py").resolve()
+    assert os.path.islink(ROOT / "host/twinstack/proto")
+
+
+@pytest.mark.parametrize("size", [1, 2, 253, 254, 255, 508, 1000, lf.MAX_PAYLOAD])
+def test_round_trip(size: int):
+    payload = bytes([lf.KIND_I2O]) + bytes((i * 7) % 256 for i in range(size - 1))
+    enc = encode(payload)
+    assert 0 not in enc[1:-1]
+    d, got = decode(enc)
+    assert got == [payload] and d.errors == 0
+
+
+def test_split_feeding_matches_whole():
+    payloads = [bytes([1]) + os.urandom(n) for n in (5, 300, 900)]
+    stream = b"".join(encode(p) for p in payloads)
+    got: list[bytes] = []
+    d = lf.Deframer(lambda buf, n: got.append(bytes(buf[:n])))
+    for i in range(0, len(stream), 7):
+        chunk = stream[i : i + 7]
+        d.feed(chunk, len(chunk))
+    assert got == payloads
+
+
+def test_random_garbage_never_raises_and_resyncs():
+    garbage = os.urandom(20000)
+    d, got = decode(garbage + encode(b"\x01ok"))
+    assert got[-1] == b"\x01ok"
+
+
+def test_payload_limits():
+    with pytest.raises(ValueError):
+        lf.encode_into(b"", 0, bytearray(8))
+    with pytest.raises(ValueError):
+        lf.encode_into(bytes(lf.MAX_PAYLOAD + 1), lf.MAX_PAYLOAD + 1, bytearray(4096))
+
+
+def test_link_over_loop_url_echoes_its_own_frames():
+    # loop:// returns what is written: a frame sent comes back whole, garbage is skipped.
+    from twinstack.link import Link, LinkTimeout
+
+    with Link("loop://") as link:
+        link.send_raw(b"\x17garbage\x00")
+        link.send(lf.KIND_ECHO_REQUEST, b"abc")
+        assert link.recv(1.0) == (lf.KIND_ECHO_REQUEST, b"abc")
+        assert link.errors == 1
+        with pytest.raises(LinkTimeout):
+            link.recv(0.1)

@@ -1,0 +1,1 @@
+"""Simulated board hardware: W5500 emulator, virtual wire, virtual USB."""
