@@ -6,9 +6,8 @@ import _thread
 import time
 
 import micropython
-from micropython import const
-
 import sim_config
+from micropython import const
 from simhw.usb import PtyStream
 from simhw.w5500_emulator import W5500Emulator
 from simhw.wire import PacketWire
@@ -74,6 +73,7 @@ class Hardware:
         c["wire_rx"] = self.wire.rx_frames
         c["wire_tx"] = self.wire.tx_frames
         c["wire_tx_errors"] = self.wire.tx_errors
+        c["wire_rx_errors"] = self.wire.rx_errors
         return c
 
     def close(self):

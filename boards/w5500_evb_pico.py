@@ -1,8 +1,7 @@
 # WIZnet W5500-EVB-Pico (RP2040). Flash the plain RPI_PICO MicroPython firmware: the
 # W5500_EVB_PICO build starts its own W5500 driver and lwIP (reference/rp2.md §8).
-from micropython import const
-
 import rp2_w5500
+from micropython import const
 from rp2_w5500 import load_config  # noqa: F401 - part of the board interface
 
 NAME = "w5500_evb_pico"

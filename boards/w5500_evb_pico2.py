@@ -1,7 +1,6 @@
 # WIZnet W5500-EVB-Pico2 (RP2350): same wiring as the RP2040 board. Flash RPI_PICO2.
-from micropython import const
-
 import rp2_w5500
+from micropython import const
 from rp2_w5500 import load_config  # noqa: F401 - part of the board interface
 
 NAME = "w5500_evb_pico2"

@@ -2,10 +2,9 @@
 # usb-device-cdc package is installed, keeping the REPL on the first one for mpremote
 # (reference/rp2.md §9). Boards without runtime USB skip this.
 try:
+    import rp2_w5500
     import usb.device
     from usb.device.cdc import CDCInterface
-
-    import rp2_w5500
 
     _cdc = CDCInterface()
     _cdc.init(timeout=0, txbuf=2048, rxbuf=2048)

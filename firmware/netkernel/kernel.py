@@ -3,8 +3,9 @@
 #
 # Until the stack lands, the kernel receives frames, counts them by ethertype, optionally logs
 # them, and announces its address once (gratuitous ARP) so the wire is seen working both ways.
-from micropython import const
 import struct
+
+from micropython import const
 
 from netkernel.w5500 import FRAME_BUFFER_SIZE
 

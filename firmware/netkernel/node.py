@@ -4,8 +4,9 @@
 # interrupt and drain frames in a bounded batch into the net kernel; service the host link;
 # check the link state now and then; sleep briefly. INTn edges can be missed (w5500.md §7),
 # which is why the tick exists.
-from micropython import const
 import time
+
+from micropython import const
 
 from netkernel.hostlink import HostLink
 from netkernel.kernel import LOG_HEX, LOG_OFF, LOG_SUMMARY, NetKernel

@@ -12,8 +12,9 @@
 # of its first 128, 256, ... bytes; a transfer uses the smallest view that covers the frame.
 # Reading a little past a frame is harmless (it moves no chip pointer); writing past one is
 # covered by the free-space check and is never sent, because TX_WR ends at the frame.
-from micropython import const
 import time
+
+from micropython import const
 
 # Control byte pieces (w5500.md §1).
 _BSB_COMMON = const(0x00)

@@ -98,8 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the board's built-in services (default: on)")
     p.add_argument("--mac", metavar="MAC", default=None,
                    help="the board's MAC (default: 02:00 + the 4 bytes of the board IP)")
-    p.add_argument("--log-frames", action=argparse.BooleanOptionalAction, default=True,
-                   help="the board logs one line per received frame (default: on)")
+    frames = p.add_argument_group("frame log (one line per frame the board receives)")
+    frames.add_argument("--log-frames", dest="frame_log", action="store_const",
+                        const="summary", help="log a summary line per frame (the default)")
+    frames.add_argument("--no-log-frames", dest="frame_log", action="store_const",
+                        const="off", help="log no frames")
+    frames.add_argument("--frame-log", dest="frame_log", choices=sim.FRAME_LOG_MODES,
+                        help="off, summary, or hex (the summary plus the whole frame in hex)")
+    p.set_defaults(frame_log="summary")
     p.add_argument("--root", metavar="DIR", default=None,
                    help="the TwinStack project tree (default: $TWINSTACK_ROOT, else the "
                    "tree this package is installed from)")
@@ -119,7 +125,7 @@ def sim_config_from_args(args: argparse.Namespace):  # -> twinstack.sim.launcher
     return make_config(
         root=args.root, name=args.netns, board_ip=args.board_ip, peer_ip=args.peer_ip,
         kernels=args.kernels, heap=args.heap, services=args.services, mac=args.mac,
-        log_frames=args.log_frames, entry=args.entry, ready_timeout=args.ready_timeout,
+        log_frames=args.frame_log, entry=args.entry, ready_timeout=args.ready_timeout,
     )
 
 

@@ -1,7 +1,6 @@
 # Link framing (netkernel.proto.linkframe) under MicroPython; tests/host/test_linkframe.py runs
 # the same definition under CPython against the host's view of it.
 import micropython
-
 from netkernel.proto import linkframe as lf
 
 

@@ -1,7 +1,6 @@
 # The W5500 driver (netkernel.w5500) against the register-level emulator (tools/simhw).
-import micropython
-
 import fwtest
+import micropython
 from netkernel.w5500 import FRAME_BUFFER_SIZE, W5500, W5500Error
 from simhw.w5500_emulator import W5500Emulator
 from simhw.wire import MemoryWire

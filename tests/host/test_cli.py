@@ -86,7 +86,7 @@ def test_sim_defaults(root):
     args = cli.build_parser().parse_args(["sim", "--root", str(root)])
     assert (args.netns, args.board_ip, args.peer_ip) == ("ts0", "10.77.0.2/24", "10.77.0.1")
     assert args.kernels == 1 and args.heap is None and args.mac is None
-    assert args.services is True and args.log_frames is True
+    assert args.services is True and args.frame_log == "summary"
     cfg = cli.sim_config_from_args(args)
     assert cfg.name == "ts0" and cfg.board_ns == "ts0-board"
     assert str(cfg.board_ip) == "10.77.0.2/24" and cfg.peer_ip == IPv4Address("10.77.0.1")
@@ -106,6 +106,30 @@ def test_sim_options(root):
     assert cfg.name == "lab_2" and cfg.board_ip.network.prefixlen == 16
     assert cfg.heap == 480 * 1024 and not cfg.services and not cfg.log_frames
     assert cfg.mac == "02:aa:bb:00:00:01"
+
+
+@pytest.mark.parametrize("argv, value", [
+    ([], True),
+    (["--log-frames"], True),
+    (["--no-log-frames"], False),
+    (["--frame-log", "off"], False),
+    (["--frame-log", "summary"], True),
+    (["--frame-log", "hex"], "hex"),
+    (["--frame-log", "hex", "--no-log-frames"], False),  # the last one wins
+])
+def test_frame_log_options(argv, value, root):
+    args = cli.build_parser().parse_args(["sim", "--root", str(root), *argv])
+    cfg = cli.sim_config_from_args(args)
+    assert cfg.log_frames == value
+    config: dict = {}
+    exec(render_sim_config(cfg, usb_fd=5), config)
+    assert config["LOG_FRAMES"] == value and type(config["LOG_FRAMES"]) is type(value)
+
+
+def test_frame_log_bad_mode(root, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sim", "--root", str(root), "--frame-log", "loud"])
+    assert e.value.code == 2
 
 
 @pytest.mark.parametrize("argv", [["-v", "sim"], ["sim", "-v"], ["-vv", "sim"]])

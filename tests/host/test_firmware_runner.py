@@ -24,7 +24,11 @@ def test_failing_assertion_names_file_and_line(tmp_path):
 
 
 def test_passing_and_skipped(tmp_path):
-    src = "import fwtest\ndef test_ok():\n    pass\ndef test_skip():\n    fwtest.skip('no board')\n"
+    src = (
+        "import fwtest\n"
+        "def test_ok():\n    pass\n"
+        "def test_skip():\n    fwtest.skip('no board')\n"
+    )
     assert _run(tmp_path, src, "test_ok").returncode == 0
     skipped = _run(tmp_path, src, "test_skip")
     assert skipped.returncode == 3 and "no board" in skipped.stdout

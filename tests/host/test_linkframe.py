@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from twinstack.proto import linkframe as lf
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -140,9 +140,13 @@ class PacketWire:
                 try:
                     n = recv(buf)
                 except OSError as e:
-                    if e.args[0] == _EAGAIN:
-                        continue
-                    raise
+                    if e.args[0] != _EAGAIN:
+                        # e.g. ENETDOWN while the interface is reconfigured: a PHY keeps
+                        # listening, so count it and carry on.
+                        self.rx_errors += 1
+                        self.last_error = e
+                        _sleep_ms(10)
+                    continue
                 if not n:
                     continue
                 self.rx_frames += 1

@@ -71,6 +71,9 @@ ENTRY_ENV = "TWINSTACK_SIM_ENTRY"  # for testing the launcher with a stand-in fi
 USERNS_ENV = "TWINSTACK_USERNS"  # set when we re-executed ourselves in a user namespace
 BOARD_PY = "from sim import *  # the simulated board (boards/sim.py)\n"
 UP_PREFIX = "netkernel: up"
+# --frame-log MODE -> LOG_FRAMES in sim_config.py (what the firmware's node reads).
+FRAME_LOG_MODES = ("off", "summary", "hex")
+_FRAME_LOG_VALUES: dict[str, bool | str] = {"off": False, "summary": True, "hex": "hex"}
 # Files the launcher writes into the runtime directory (a stale directory holding only
 # these, left by a launcher that was killed, may be replaced).
 RUNTIME_FILES = frozenset({"board.py", "sim_config.py", "usb", "pid", "board.pid"})
@@ -92,6 +95,15 @@ def parse_size(text: str | int) -> int:
     if not m:
         raise ValueError(f"invalid size {text!r}: give bytes or a k/M suffix, e.g. 288k")
     return int(m[1]) * {"": 1, "k": 1024, "m": 1024 * 1024}[m[2].lower()]
+
+
+def parse_frame_log(mode: bool | str) -> bool | str:
+    """``--frame-log`` as ``LOG_FRAMES``: off -> False, summary -> True, hex -> "hex"."""
+    if isinstance(mode, bool):
+        return mode
+    if mode not in _FRAME_LOG_VALUES:
+        raise ValueError(f"invalid frame log {mode!r}: use one of {', '.join(FRAME_LOG_MODES)}")
+    return _FRAME_LOG_VALUES[mode]
 
 
 def _int_expr(node: ast.expr) -> int | None:
@@ -213,7 +225,7 @@ class SimConfig:
     heap: int = DEFAULT_HEAP
     services: bool = True
     mac: str = ""  # empty: derived from board_ip
-    log_frames: bool = True
+    log_frames: bool | str = True  # False, True (a summary line per frame) or "hex"
     entry: Path | None = None  # None: <root>/firmware/main.py
     ready_timeout: float = READY_TIMEOUT_S
 
@@ -264,7 +276,7 @@ def make_config(
     heap: str | int | None = None,
     services: bool = True,
     mac: str | None = None,
-    log_frames: bool = True,
+    log_frames: bool | str = True,
     entry: str | Path | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
 ) -> SimConfig:
@@ -298,6 +310,7 @@ def make_config(
     if heap_bytes < MIN_HEAP:
         raise ValueError(f"--heap {heap}: {heap_bytes} bytes is too small (at least {MIN_HEAP})")
     mac_text = normalize_mac(mac) if mac else mac_from_ip(bip.ip)
+    log_frames = parse_frame_log(log_frames)
     if entry is None:
         entry = os.environ.get(ENTRY_ENV) or None
     entry_path = Path(entry).expanduser().resolve() if entry else None
