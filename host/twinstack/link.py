@@ -57,7 +57,8 @@ class Link:
         while not self._frames:
             if time.monotonic() > deadline:
                 raise LinkTimeout(f"no frame from the board within {timeout} s")
-            data = self.port.read(4096)
+            # Block (up to the port timeout) for one byte only, then take what is waiting.
+            data = self.port.read(max(1, self.port.in_waiting))
             if data:
                 self._deframer.feed(data, len(data))
         return self._frames.popleft()
