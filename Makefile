@@ -22,7 +22,7 @@ DEBIAN_PACKAGES := iproute2 ethtool tcpdump iputils-ping iputils-arping procps u
 # the network; root runs directly.
 NETNS_WRAP := $(shell [ "$$(id -u)" = 0 ] || echo "unshare --map-root-user --net --mount --propagation private --fork sh -c 'mount -t tmpfs tmpfs /run && exec \"$$0\" \"$$@\"'")
 
-.PHONY: all setup deps venv sim test test-fast build deploy lint clean
+.PHONY: all setup deps venv sim test test-fast bench build deploy lint clean
 
 all: test
 
@@ -56,6 +56,9 @@ test: setup
 # Firmware and host unit tests only (no namespaces, no root).
 test-fast: venv
 	$(BIN)/python -m pytest tests/firmware tests/host
+
+bench: setup
+	$(NETNS_WRAP) $(BIN)/python tools/bench.py
 
 build: venv
 	$(BIN)/python tools/build_firmware.py --board $(BOARD) --out build/$(BOARD)

@@ -2,7 +2,10 @@
 #
 # Only core 0 touches USB (on rp2 only core 0 runs the USB task), so this is polled from
 # core 0's loop. Garbage, cut frames and unknown kinds are counted and dropped; the framing
-# resynchronises at the next delimiter. The I2O message layer plugs in at KIND_I2O.
+# resynchronises at the next delimiter. The I2O message layer plugs in at KIND_I2O; until
+# then the link carries diagnostics: echo, raw frame transmit, counters, the TCP test client.
+import struct
+
 from micropython import const
 
 from netkernel.proto import linkframe as lf
@@ -12,11 +15,11 @@ _WRITE_TRIES = const(64)   # a host that does not read must never stall the boar
 
 
 class HostLink:
-    def __init__(self, stream, wire_tx=None):
-        """``stream``: non-blocking readinto/write; ``wire_tx(buf, n)`` sends an Ethernet
-        frame that the host asked for (KIND_WIRE_TX: diagnostics and tests)."""
+    def __init__(self, stream, node):
+        """``stream``: non-blocking readinto/write. ``node`` answers the diagnostics:
+        wire_tx(buf, n), stats_text(), start_tcp_test(ip, port, nbytes, on_done)."""
         self._stream = stream
-        self._wire_tx = wire_tx
+        self._node = node
         self._rx = bytearray(_RX_CHUNK)
         self._reply = bytearray(lf.MAX_PAYLOAD)
         self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
@@ -24,10 +27,10 @@ class HostLink:
         self._frame = bytearray(1536)   # KIND_WIRE_TX frames are copied here for the NIC
         self.deframer = lf.Deframer(self._on_frame)
         self.unknown_kind = 0
+        self.bad_request = 0
         self.tx_frames = 0
         self.tx_dropped = 0
         self.wire_tx_frames = 0
-        self.wire_tx_bad = 0
 
     def poll(self):
         """Read what the host sent (one chunk) and act on every complete frame in it."""
@@ -44,18 +47,42 @@ class HostLink:
             for i in range(1, n):
                 r[i] = buf[i]
             self.send(r, n)
-        elif kind == lf.KIND_WIRE_TX and self._wire_tx is not None:
+        elif kind == lf.KIND_WIRE_TX:
             length = n - 1
             if length < 14 or length > 1514:
-                self.wire_tx_bad += 1
+                self.bad_request += 1
                 return
             f = self._frame
             for i in range(length):
                 f[i] = buf[i + 1]
-            self._wire_tx(f, length)
+            self._node.wire_tx(f, length)
             self.wire_tx_frames += 1
+        elif kind == lf.KIND_STATS_REQUEST:
+            self.send_text(lf.KIND_STATS_REPLY, self._node.stats_text())
+        elif kind == lf.KIND_TCP_TEST and n == 11:
+            ip = bytes(buf[1:5])
+            port, nbytes = struct.unpack_from(">HI", buf, 5)
+            if not self._node.start_tcp_test(ip, port, nbytes, self._tcp_test_done):
+                self._tcp_test_done(95, 0, 0, 0)      # EOPNOTSUPP: no services running
         else:
-            self.unknown_kind += 1
+            if kind == lf.KIND_TCP_TEST:
+                self.bad_request += 1
+            else:
+                self.unknown_kind += 1
+
+    def _tcp_test_done(self, status, sent, verified, ms):
+        r = self._reply
+        r[0] = lf.KIND_TCP_TEST_REPLY
+        struct.pack_into(">BIII", r, 1, status, sent, verified, ms)
+        self.send(r, 14)
+
+    def send_text(self, kind, text):
+        data = text.encode()
+        n = min(len(data), lf.MAX_PAYLOAD - 1)
+        r = self._reply
+        r[0] = kind
+        r[1:1 + n] = data[:n]
+        self.send(r, 1 + n)
 
     def send(self, payload, n):
         """Frame payload[:n] and write it; if the host stops reading, drop and count."""

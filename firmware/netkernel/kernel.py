@@ -1,17 +1,15 @@
-# A net kernel: one per core, owning its frames, counters and (from the stack issue on) its
-# own TCP/IPv4 stack instance. No module-level mutable state, time passed in by the caller.
+# A net kernel: one per core, owning its receive buffer, counters and its own TCP/IPv4 stack
+# instance. No module-level mutable state; time is passed in by the caller.
 #
-# Until the stack lands, the kernel receives frames, counts them by ethertype, optionally logs
-# them, and announces its address once (gratuitous ARP) so the wire is seen working both ways.
-import struct
-
+# One turn: take up to _BATCH frames from the NIC and run each through the whole stack to
+# completion, then run the stack's timers and pending output. Bounded work per turn, so
+# core 0's USB and timers keep their turn.
 from micropython import const
 
+from netkernel.stack import Stack
 from netkernel.w5500 import FRAME_BUFFER_SIZE
 
-_BATCH = const(16)        # frames per turn: bounded work, so USB and timers keep running
-_ETH_ARP = const(0x0806)
-_ETH_IPV4 = const(0x0800)
+_BATCH = const(16)
 LOG_OFF = const(0)
 LOG_SUMMARY = const(1)
 LOG_HEX = const(2)
@@ -23,77 +21,56 @@ def _mac_str(b, off):
 
 
 class NetKernel:
-    def __init__(self, core, nic, mac, ip, log=LOG_OFF):
+    def __init__(self, core, nic, mac, ip, prefix, gateway, stack_config=None, log=LOG_OFF):
         self.core = core
         self.nic = nic
-        self.mac = mac
-        self.ip = ip
         self.log = log
         self.rx_buf = bytearray(FRAME_BUFFER_SIZE)
-        self.tx_buf = bytearray(FRAME_BUFFER_SIZE)
         nic.views(self.rx_buf)   # transfer views made now, not on the first frame
-        nic.views(self.tx_buf)
+        self.stack = Stack(nic.send, mac, ip, prefix, gateway, stack_config)
+        nic.views(self.stack.iface.tx)
         self.rx_frames = 0
         self.rx_bytes = 0
-        self.rx_arp = 0
-        self.rx_ipv4 = 0
-        self.rx_other = 0
-        self.tx_frames = 0
-        self.tx_failed = 0
+        self.turns = 0
 
-    def poll(self, now_ms):
-        """Take up to _BATCH frames from the NIC; return True if more may be waiting."""
+    def poll(self, now, rx=True):
+        """One turn (frames from the NIC only if ``rx``); True if frames may be waiting."""
+        self.turns += 1
         buf = self.rx_buf
-        for _ in range(_BATCH):
+        more = False
+        for _ in range(_BATCH if rx else 0):
+            more = True
             n = self.nic.recv_into(buf)
             if n == 0:
-                return False
-            self.input(buf, n)
-        return True
+                more = False
+                break
+            self.rx_frames += 1
+            self.rx_bytes += n
+            if self.log:
+                self._log_frame(buf, n)
+            self.stack.input(buf, n, now)
+        self.stack.poll(now)
+        return more
 
-    def input(self, buf, n):
-        self.rx_frames += 1
-        self.rx_bytes += n
-        etype = (buf[12] << 8) | buf[13]
-        if etype == _ETH_IPV4:
-            self.rx_ipv4 += 1
-        elif etype == _ETH_ARP:
-            self.rx_arp += 1
-        else:
-            self.rx_other += 1
-        if self.log:
-            self._log_frame(buf, n, etype)
-
-    def _log_frame(self, buf, n, etype):
+    def _log_frame(self, buf, n):
         line = "netkernel: rx core=%d len=%d dst=%s src=%s type=0x%04x" % (
-            self.core, n, _mac_str(buf, 0), _mac_str(buf, 6), etype)
+            self.core, n, _mac_str(buf, 0), _mac_str(buf, 6), (buf[12] << 8) | buf[13])
         if self.log == LOG_HEX:
             line += " data=" + bytes(buf[:n]).hex()
         print(line)
 
     def transmit(self, buf, n):
-        if self.nic.send(buf, n):
-            self.tx_frames += 1
-            return True
-        self.tx_failed += 1
-        return False
-
-    def announce(self):
-        """Gratuitous ARP: tell the LAN our IPv4 address is at our MAC."""
-        f = self.tx_buf
-        for i in range(6):
-            f[i] = 0xFF
-            f[6 + i] = self.mac[i]
-            f[22 + i] = self.mac[i]
-            f[32 + i] = 0
-        struct.pack_into(">HHHBBH", f, 12, _ETH_ARP, 1, _ETH_IPV4, 6, 4, 1)
-        for i in range(4):
-            f[28 + i] = self.ip[i]
-            f[38 + i] = self.ip[i]
-        return self.transmit(f, 42)
+        """Send a ready-made frame (the host's diagnostic KIND_WIRE_TX)."""
+        return self.nic.send(buf, n)
 
     def stats(self):
-        return ("core=%d rx_frames=%d rx_bytes=%d rx_arp=%d rx_ipv4=%d rx_other=%d "
-                "tx_frames=%d tx_failed=%d" % (
-                    self.core, self.rx_frames, self.rx_bytes, self.rx_arp, self.rx_ipv4,
-                    self.rx_other, self.tx_frames, self.tx_failed))
+        """name=value pairs of this kernel and every layer of its stack (allocates)."""
+        parts = ["core=%d rx_frames=%d rx_bytes=%d turns=%d tcp_conns=%d" % (
+            self.core, self.rx_frames, self.rx_bytes, self.turns,
+            self.stack.tcp.connection_count())]
+        layers = self.stack.counters()
+        for layer in sorted(layers):
+            values = layers[layer]
+            for name in sorted(values):
+                parts.append("%s.%s=%d" % (layer, name, values[name]))
+        return " ".join(parts)

@@ -4,12 +4,14 @@
 # interrupt and drain frames in a bounded batch into the net kernel; service the host link;
 # check the link state now and then; sleep briefly. INTn edges can be missed (w5500.md §7),
 # which is why the tick exists.
+import gc
 import time
 
 from micropython import const
 
 from netkernel.hostlink import HostLink
 from netkernel.kernel import LOG_HEX, LOG_OFF, LOG_SUMMARY, NetKernel
+from netkernel.stack import StackConfig
 from netkernel.w5500 import W5500, W5500Error
 
 _TICK_MS = const(10)
@@ -46,10 +48,12 @@ class Node:
             raise ValueError("kernels=%d: only 1 net kernel is supported" % cfg["kernels"])
         log = cfg["log_frames"]
         self.log = LOG_HEX if log == "hex" else (LOG_SUMMARY if log else LOG_OFF)
+        stack_config = StackConfig(services=cfg["services"], **cfg.get("stack", {}))
         self.hw = board.open_hardware()
         self.nic = W5500(self.hw.spi, self.hw.cs, self.hw.rst)
-        self.kernel = NetKernel(0, self.nic, self.mac, self.ip, self.log)
-        self.link = HostLink(self.hw.usb(), self.kernel.transmit)
+        self.kernel = NetKernel(0, self.nic, self.mac, self.ip, cfg["prefix"],
+                                parse_ipv4(cfg["gateway"]), stack_config, self.log)
+        self.link = HostLink(self.hw.usb(), self)
         self._wake = True
         self._next_link_check = 0
         self.link_up = False
@@ -63,7 +67,7 @@ class Node:
         self.link_up = self.nic.link_up()
         self.hw.intn.irq(handler=self._on_event, trigger=self.hw.intn.IRQ_FALLING)
         self._timer = self.hw.timer(_TICK_MS, self._on_event)
-        self.kernel.announce()
+        self.kernel.stack.announce(time.ticks_ms())
         _log("up mac=%s ip=%s/%d link=%s kernels=1 board=%s" % (
             self.cfg["mac"], self.cfg["ip"], self.cfg["prefix"],
             "up" if self.link_up else "down", self.board.NAME))
@@ -76,17 +80,18 @@ class Node:
 
     def turn(self, now):
         """One bounded turn of core 0's loop; returns True if work is still waiting."""
-        if self._wake:
-            self._wake = False
-            try:
+        rx = self._wake
+        self._wake = False
+        try:
+            if rx:
                 self.nic.clear_interrupt()
-                if self.kernel.poll(now):
-                    self._wake = True   # batch full: come back after the link's turn
-            except W5500Error as e:
-                self._recover(e)
-            except Exception as e:  # a bug must not stop the board: count, report, go on
-                self.errors += 1
-                _log("error in kernel turn: %r" % e)
+            if self.kernel.poll(now, rx):
+                self._wake = True   # batch full: come back after the link's turn
+        except W5500Error as e:
+            self._recover(e)
+        except Exception as e:  # a bug must not stop the board: count, report, go on
+            self.errors += 1
+            _log("error in kernel turn: %r" % e)
         self.link.poll()
         if time.ticks_diff(now, self._next_link_check) >= 0:
             self._next_link_check = time.ticks_add(now, _LINK_CHECK_MS)
@@ -108,16 +113,35 @@ class Node:
         except W5500Error as e:
             _log("reopen failed: %s" % e)
 
+    # -- what the host link asks for ---------------------------------------------------------
+
+    def wire_tx(self, buf, n):
+        return self.kernel.transmit(buf, n)
+
+    def start_tcp_test(self, ip, port, nbytes, on_done):
+        services = self.kernel.stack.services
+        if services is None:
+            return False
+        try:
+            services.start_test(ip, port, nbytes, time.ticks_ms(), on_done)
+        except OSError as e:
+            on_done(e.args[0], 0, 0, 0)
+        return True
+
+    def stats_text(self):
+        return self.stats()
+
     def stats(self):
         d = self.link.deframer
         n = self.nic
-        return ("%s nic_rx=%d nic_tx=%d rx_bad_length=%d reopens=%d tx_no_room=%d "
-                "tx_timeouts=%d link_frames=%d link_bad_crc=%d link_bad_cobs=%d "
-                "link_too_long=%d link_unknown=%d link_tx_dropped=%d wire_tx_bad=%d errors=%d"
-                % (self.kernel.stats(), n.rx_frames, n.tx_frames, n.rx_bad_length, n.reopens,
-                   n.tx_no_room, n.tx_timeouts, d.frames, d.bad_crc, d.bad_cobs, d.too_long,
-                   self.link.unknown_kind, self.link.tx_dropped, self.link.wire_tx_bad,
-                   self.errors))
+        return ("%s heap_free=%d heap_alloc=%d nic_rx=%d nic_tx=%d rx_bad_length=%d "
+                "reopens=%d tx_no_room=%d tx_timeouts=%d link_frames=%d link_bad_crc=%d "
+                "link_bad_cobs=%d link_too_long=%d link_unknown=%d link_bad_request=%d "
+                "link_tx_dropped=%d errors=%d"
+                % (self.kernel.stats(), gc.mem_free(), gc.mem_alloc(), n.rx_frames,
+                   n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
+                   d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
+                   self.link.bad_request, self.link.tx_dropped, self.errors))
 
     def stop(self):
         try:

@@ -7,8 +7,10 @@ or ``loop://``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import struct
 import time
 from collections import deque
 
@@ -73,6 +75,35 @@ class Link:
             if kind == lf.KIND_ECHO_REPLY and got == body:
                 return time.monotonic() - start
             log.debug("skipping frame of kind 0x%02x while waiting for an echo", kind)
+
+    def _request(self, kind: int, body: bytes, reply_kind: int, timeout: float) -> bytes:
+        self.send(kind, body)
+        deadline = time.monotonic() + timeout
+        while True:
+            got_kind, got = self.recv(max(0.01, deadline - time.monotonic()))
+            if got_kind == reply_kind:
+                return got
+            log.debug("skipping frame of kind 0x%02x while waiting for 0x%02x",
+                      got_kind, reply_kind)
+
+    def stats(self, timeout: float = 2.0) -> dict[str, int]:
+        """The board's counters (every layer of every kernel, heap, link, NIC)."""
+        text = self._request(lf.KIND_STATS_REQUEST, b"", lf.KIND_STATS_REPLY, timeout)
+        out: dict[str, int] = {}
+        for item in text.decode().split():
+            name, _, value = item.partition("=")
+            if value.lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def tcp_test(self, ip: str, port: int, nbytes: int,
+                 timeout: float = 120.0) -> tuple[int, int, int, int]:
+        """Have the board's test client connect to ip:port (an echo server), send nbytes of
+        a test pattern, verify the echo and close: (errno or 0, sent, verified, ms)."""
+        body = ipaddress.IPv4Address(ip).packed + struct.pack(">HI", port, nbytes)
+        reply = self._request(lf.KIND_TCP_TEST, body, lf.KIND_TCP_TEST_REPLY, timeout)
+        status, sent, verified, ms = struct.unpack(">BIII", reply[:13])
+        return status, sent, verified, ms
 
     def wire_tx(self, frame: bytes) -> None:
         """Ask the board to transmit an Ethernet frame as it is (diagnostics, tests)."""

@@ -9,5 +9,5 @@ MAC = "02:00:0a:4d:00:02"
 KERNELS = 1
 SERVICES = True
 LOG_FRAMES = False
-HEAP = 287360
+HEAP = 408512
 NAME = "test"

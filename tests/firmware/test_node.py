@@ -43,15 +43,19 @@ def test_start_announces_with_gratuitous_arp():
     node.stop()
 
 
-def test_frames_are_counted_by_type():
+def test_frames_run_through_the_stack():
     node, hw = started()
-    peer = b"\x02\x00\x0a\x4d\x00\x01"
-    hw.wire.inject(MAC + peer + b"\x08\x00" + bytes(84))
-    hw.wire.inject(b"\xff" * 6 + peer + b"\x08\x06" + bytes(28))
-    hw.wire.inject(MAC + peer + b"\x88\xb5" + bytes(50))
+    peer_mac = b"\x02\x00\x0a\x4d\x00\x01"
+    peer_ip = bytes([10, 77, 0, 1])
+    arp_request = (b"\xff" * 6 + peer_mac + b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
+                   + peer_mac + peer_ip + bytes(6) + IP)
+    sent_before = len(hw.wire.sent)
+    hw.wire.inject(arp_request)
     turns(node)
-    k = node.kernel
-    assert (k.rx_frames, k.rx_ipv4, k.rx_arp, k.rx_other) == (3, 1, 1, 1)
+    reply = hw.wire.sent[sent_before]
+    assert reply[:6] == peer_mac and reply[12:14] == b"\x08\x06"
+    assert reply[20:22] == b"\x00\x02" and reply[22:28] == MAC and reply[28:32] == IP
+    assert node.kernel.rx_frames == 1
     node.stop()
 
 
@@ -90,7 +94,7 @@ def test_host_can_put_a_frame_on_the_wire():
     hw.stream.incoming += link_frame(lf.KIND_WIRE_TX, b"\x01\x02")       # too short: refused
     turns(node)
     assert hw.wire.sent[-1] == frame
-    assert node.link.wire_tx_frames == 1 and node.link.wire_tx_bad == 1
+    assert node.link.wire_tx_frames == 1 and node.link.bad_request == 1
     node.stop()
 
 

@@ -130,15 +130,16 @@ class PacketWire:
         sock = self._sock
         poller = select.poll()
         poller.register(sock, select.POLLIN)
-        buf = bytearray(_RX_BUF)
-        mv = memoryview(buf)
-        recv = sock.readinto if hasattr(sock, "readinto") else sock.recv_into
         try:
             while not self._stop:
                 if not poller.poll(_POLL_MS):
                     continue
                 try:
-                    n = recv(buf)
+                    # One datagram per call. (MicroPython's readinto() on a non-blocking
+                    # socket keeps reading until the buffer is full, gluing frames
+                    # together; recv() is one recvfrom(2). It allocates the frame, but
+                    # this is the simulated PHY, not the firmware.)
+                    frame = sock.recv(_RX_BUF)
                 except OSError as e:
                     if e.args[0] != _EAGAIN:
                         # e.g. ENETDOWN while the interface is reconfigured: a PHY keeps
@@ -147,7 +148,7 @@ class PacketWire:
                         self.last_error = e
                         _sleep_ms(10)
                     continue
-                if not n:
+                if not frame:
                     continue
                 self.rx_frames += 1
                 emu = self._emu
@@ -155,7 +156,7 @@ class PacketWire:
                     continue
                 try:
                     # Frames above 1514 bytes are handed over too: the emulator counts them.
-                    emu.receive_frame(mv[:n])
+                    emu.receive_frame(frame)
                 except Exception as e:
                     self.rx_errors += 1
                     self.last_error = e

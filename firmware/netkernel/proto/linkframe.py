@@ -22,6 +22,11 @@ MAX_PAYLOAD = const(2048)   # kind + body, without CRC
 KIND_ECHO_REQUEST = const(0x01)  # link liveness: the board answers with the same body
 KIND_ECHO_REPLY = const(0x02)
 KIND_WIRE_TX = const(0x03)       # host -> board: put this Ethernet frame on the wire
+KIND_STATS_REQUEST = const(0x04) # host -> board: counters, please
+KIND_STATS_REPLY = const(0x05)   # board -> host: "name=value name=value ..." (ASCII)
+KIND_TCP_TEST = const(0x06)      # host -> board: ip(4) port(2) nbytes(4): the built-in test
+                                 # client connects, sends a pattern, checks the echo, closes
+KIND_TCP_TEST_REPLY = const(0x07)  # board -> host: status(1) sent(4) verified(4) ms(4)
 KIND_I2O = const(0x10)           # an I2O message frame (the message layer)
 
 # Worst case encoded size of a payload of n bytes: delimiters, CRC, one code byte per 254.

@@ -1,0 +1,796 @@
+# The interface: Ethernet II, ARP, IPv4 in and out (routing, reassembly, fragmentation), ICMP.
+#
+# smoltcp's `iface` for one Ethernet port: ingress runs one frame through every layer to
+# completion (input), egress builds one datagram in `tx` and hands it to the NIC (send_ipv4),
+# maintenance runs the ARP and reassembly timers (poll / poll_at). Packet layout comes from
+# `wire`; the neighbour table lives in `arp`, reassembly in `reasm`.
+#
+# Rules that hold throughout:
+# - Nothing on the packet path allocates: no slices, tuples or f-strings; addresses stay as
+#   4 bytes compared with wire.equal; counters are int attributes.
+# - input() validates every length and field before using it, so malformed frames are counted
+#   by reason and dropped, never an exception. It never writes into the frame it was given
+#   (the dispatcher may hand the same frame to both cores).
+# - Everything we send is built in `tx` (ARP replies and requests too). A send_ipv4 that fails
+#   may leave `tx` overwritten (an ARP request goes out in it), which is fine: the caller keeps
+#   its data and builds the segment again when it retries.
+# - No frame queue behind an unresolved neighbour (smoltcp's rule): send_ipv4 sends an ARP
+#   request (at most one per address per arp_retry_ms) and returns False; the caller retries.
+import time
+
+from micropython import const
+
+from netkernel import wire
+from netkernel.arp import ArpCache
+from netkernel.reasm import Reassembler
+from netkernel.w5500 import FRAME_BUFFER_SIZE
+
+L4_OFF = const(34)             # transport header in tx: Ethernet 14 + IPv4 20
+
+_IP = const(14)                # IPv4 header in a frame
+_ETHERTYPE_IPV4 = const(0x0800)
+_ETHERTYPE_ARP = const(0x0806)
+_ARP_FRAME = const(42)         # Ethernet + ARP; the NIC pads to 60
+_MTU = const(1500)
+_FRAG_MAX = const(1480)        # payload per fragment: (MTU - 20) rounded down to 8
+_TTL = const(64)
+_SUM_CHUNK = const(32768)      # keeps the viper checksum accumulator below 2**31
+_ARP_ENTRIES = const(8)        # default neighbour table size (config.arp_entries overrides)
+
+_DF = const(0x4000)
+_MF = const(0x2000)
+_OFFSET_MASK = const(0x1FFF)
+_PROTO_ICMP = const(1)
+_PROTO_TCP = const(6)
+_PROTO_UDP = const(17)
+
+_ICMP_ECHO_REPLY = const(0)
+_ICMP_UNREACH = const(3)
+_ICMP_ECHO_REQUEST = const(8)
+_ICMP_TIME_EXCEEDED = const(11)
+_UNREACH_PROTOCOL = const(2)
+_UNREACH_PORT = const(3)
+_EXCEEDED_REASSEMBLY = const(1)
+
+# Where a destination address leads (_dst_kind for input, _route for output).
+_NOT_OURS = const(0)
+_UNICAST = const(1)
+_BROADCAST = const(2)
+_MULTICAST = const(3)
+_NO_ROUTE = const(0)
+
+_BCAST_MAC = b"\xff\xff\xff\xff\xff\xff"
+_ZERO_MAC = b"\x00\x00\x00\x00\x00\x00"
+_BCAST_IP = b"\xff\xff\xff\xff"
+
+
+def _sum(buf, off, n, acc):
+    """wire.checksum over any length: chunks keep viper's 32-bit accumulator from overflowing."""
+    while n > _SUM_CHUNK:
+        acc = wire.checksum(buf, off, _SUM_CHUNK, acc)
+        off += _SUM_CHUNK
+        n -= _SUM_CHUNK
+    return wire.checksum(buf, off, n, acc)
+
+
+def _is_icmp_query(t):
+    """ICMP types that are not error messages (RFC 1122 3.2.2: errors never answer errors)."""
+    return t == 0 or t == 8 or t == 9 or t == 10 or 13 <= t <= 18
+
+
+class Interface:
+    def __init__(self, stack, send, mac, ip, prefix, gateway):
+        cfg = stack.config
+        self.stack = stack
+        self._send = send
+        self.mac = bytes(mac)
+        self.ip = bytearray(4)
+        self.gateway = bytearray(4)
+        self.netmask = bytearray(4)
+        self.prefix = 0
+        self._bcast = bytearray(4)        # subnet broadcast
+        self._subnet_bcast = False        # prefixes /31 and /32 have none (RFC 3021)
+        self._have_ip = False
+        self.set_address(ip, prefix, gateway)
+        self.tx = bytearray(FRAME_BUFFER_SIZE)
+        self._dst = bytearray(4)          # send_ipv4's destination, copied out of the caller's
+        self._nexthop = bytearray(4)
+        self.ip_id = 0                    # next IPv4 identification
+        self.ip_id_step = 1               # two stacks share one address: give them disjoint IDs
+        self.arp = ArpCache(getattr(cfg, "arp_entries", _ARP_ENTRIES),
+                            cfg.arp_lifetime_ms, cfg.arp_retry_ms)
+        self.reasm = Reassembler(cfg.reasm_max_datagrams, cfg.reasm_max_bytes,
+                                 cfg.reasm_timeout_ms)
+        self._icmp_rate = cfg.icmp_rate_per_s
+        self._icmp_tokens = cfg.icmp_rate_per_s * 1000   # milli-tokens; a full bucket to start
+        self._icmp_last = 0
+        self._icmp_started = False
+        self._zero_counters()
+
+    def _zero_counters(self):
+        self.eth_rx = 0
+        self.eth_too_short = 0
+        self.eth_bad_length = 0
+        self.eth_not_for_us = 0
+        self.eth_multicast = 0
+        self.eth_bad_src = 0
+        self.eth_unknown_type = 0
+        self.eth_tx = 0
+        self.eth_tx_failed = 0
+        self.arp_rx = 0
+        self.arp_rx_requests = 0
+        self.arp_rx_replies = 0
+        self.arp_too_short = 0
+        self.arp_bad_htype = 0
+        self.arp_bad_ptype = 0
+        self.arp_bad_hlen = 0
+        self.arp_bad_plen = 0
+        self.arp_bad_oper = 0
+        self.arp_bad_sender = 0
+        self.arp_conflict = 0
+        self.arp_tx_requests = 0
+        self.arp_tx_replies = 0
+        self.arp_tx_gratuitous = 0
+        self.ip_rx = 0
+        self.ip_too_short = 0
+        self.ip_bad_version = 0
+        self.ip_bad_ihl = 0
+        self.ip_bad_checksum = 0
+        self.ip_bad_length = 0
+        self.ip_truncated = 0
+        self.ip_bad_src = 0
+        self.ip_not_for_us = 0
+        self.ip_l2_bcast_unicast = 0
+        self.ip_bcast_not_udp = 0
+        self.ip_unknown_protocol = 0
+        self.ip_options = 0
+        self.ip_delivered = 0
+        self.ip_tcp_too_short = 0
+        self.ip_tcp_bad_checksum = 0
+        self.ip_udp_bad_checksum = 0
+        self.ip_tx = 0
+        self.ip_tx_fragmented = 0
+        self.ip_tx_fragments = 0
+        self.ip_tx_no_route = 0
+        self.ip_tx_unresolved = 0
+        self.ip_tx_df_drop = 0
+        self.ip_tx_too_big = 0
+        self.icmp_rx = 0
+        self.icmp_too_short = 0
+        self.icmp_bad_checksum = 0
+        self.icmp_rx_echo_requests = 0
+        self.icmp_rx_echo_replies = 0
+        self.icmp_rx_unreachable = 0
+        self.icmp_rx_time_exceeded = 0
+        self.icmp_rx_other = 0
+        self.icmp_tx_echo_replies = 0
+        self.icmp_tx_unreachable = 0
+        self.icmp_tx_time_exceeded = 0
+        self.icmp_tx_failed = 0
+        self.icmp_rate_limited = 0
+        self.icmp_suppressed = 0
+
+    def set_address(self, ip, prefix, gateway):
+        """(Re)configure the address, e.g. when a DHCP lease arrives. Not for the packet path."""
+        if prefix < 0 or prefix > 32:
+            raise ValueError("prefix must be 0..32")
+        self.prefix = prefix
+        for i in range(4):
+            self.ip[i] = ip[i]
+            self.gateway[i] = gateway[i]
+            bits = min(8, max(0, prefix - 8 * i))
+            self.netmask[i] = (0xFF << (8 - bits)) & 0xFF
+            self._bcast[i] = ip[i] | (~self.netmask[i] & 0xFF)
+        self._subnet_bcast = prefix <= 30
+        self._have_ip = ip[0] | ip[1] | ip[2] | ip[3] != 0
+
+    # == Ethernet ============================================================================
+
+    def input(self, buf, n, now):
+        """One received Ethernet frame (buf[0:n], no FCS), through every layer to completion."""
+        self.eth_rx += 1
+        if n > len(buf):
+            self.eth_bad_length += 1
+            return
+        if n < 14:
+            self.eth_too_short += 1
+            return
+        l2_bcast = False
+        if not wire.equal(buf, 0, self.mac, 0, 6):
+            if wire.equal(buf, 0, _BCAST_MAC, 0, 6):
+                l2_bcast = True
+            elif buf[0] & 1:
+                self.eth_multicast += 1      # we join no groups
+                return
+            else:
+                self.eth_not_for_us += 1
+                return
+        if buf[6] & 1:
+            self.eth_bad_src += 1            # a group address is never a sender
+            return
+        ethertype = (buf[12] << 8) | buf[13]
+        if ethertype == _ETHERTYPE_IPV4:
+            self._ipv4_input(buf, n, l2_bcast, now)
+        elif ethertype == _ETHERTYPE_ARP:
+            self._arp_input(buf, n, now)
+        else:
+            self.eth_unknown_type += 1
+
+    def _transmit(self, n):
+        if self._send(self.tx, n):
+            self.eth_tx += 1
+            return True
+        self.eth_tx_failed += 1
+        return False
+
+    def _eth_header(self, dst, dst_off, ethertype):
+        t = self.tx
+        wire.copy(t, 0, dst, dst_off, 6)
+        wire.copy(t, 6, self.mac, 0, 6)
+        t[12] = ethertype >> 8
+        t[13] = ethertype & 0xFF
+
+    # == ARP =================================================================================
+
+    def _arp_input(self, buf, n, now):
+        self.arp_rx += 1
+        if n < 14 + 28:
+            self.arp_too_short += 1
+            return
+        if wire.get16(buf, 14) != 1:
+            self.arp_bad_htype += 1
+            return
+        if wire.get16(buf, 16) != _ETHERTYPE_IPV4:
+            self.arp_bad_ptype += 1
+            return
+        if buf[18] != 6:
+            self.arp_bad_hlen += 1
+            return
+        if buf[19] != 4:
+            self.arp_bad_plen += 1
+            return
+        oper = wire.get16(buf, 20)
+        if oper != 1 and oper != 2:
+            self.arp_bad_oper += 1
+            return
+        if buf[22] & 1 or wire.equal(buf, 22, self.mac, 0, 6):
+            self.arp_bad_sender += 1         # group or our own hardware address
+            return
+        if self._have_ip and wire.equal(buf, 28, self.ip, 0, 4):
+            self.arp_conflict += 1           # another station claims our address
+            return
+        if oper == 1:
+            self.arp_rx_requests += 1
+        else:
+            self.arp_rx_replies += 1
+        for_us = self._have_ip and wire.equal(buf, 38, self.ip, 0, 4)
+        # RFC 826 merge: refresh a known sender from any ARP packet (gratuitous ARP moves it);
+        # add it only when the packet was meant for us. Probes (sender 0.0.0.0) teach nothing.
+        if self._is_unicast(buf, 28) and self._on_link(buf, 28):
+            self.arp.update(buf, 28, buf, 22, now, for_us)
+        if oper == 1 and for_us:
+            if self._arp_send(2, buf, 22, buf, 22, buf, 28):
+                self.arp_tx_replies += 1
+
+    def _arp_send(self, oper, eth_dst, eth_off, tha, tha_off, tpa, tpa_off):
+        """ARP packet from us (SHA, SPA) in tx; the Ethernet destination given separately."""
+        t = self.tx
+        self._eth_header(eth_dst, eth_off, _ETHERTYPE_ARP)
+        t[14] = 0
+        t[15] = 1
+        t[16] = 0x08
+        t[17] = 0x00
+        t[18] = 6
+        t[19] = 4
+        t[20] = 0
+        t[21] = oper
+        wire.copy(t, 22, self.mac, 0, 6)
+        wire.copy(t, 28, self.ip, 0, 4)
+        wire.copy(t, 32, tha, tha_off, 6)
+        wire.copy(t, 38, tpa, tpa_off, 4)
+        return self._transmit(_ARP_FRAME)
+
+    def announce(self, now):
+        """Gratuitous ARP, request form (SPA = TPA = our address), so neighbours update."""
+        if not self._have_ip:
+            return False
+        if self._arp_send(1, _BCAST_MAC, 0, _ZERO_MAC, 0, self.ip, 0):
+            self.arp_tx_gratuitous += 1
+            return True
+        return False
+
+    # == IPv4 input ==========================================================================
+
+    def _ipv4_input(self, buf, n, l2_bcast, now):
+        self.ip_rx += 1
+        avail = n - _IP
+        if avail < 20:
+            self.ip_too_short += 1
+            return
+        if buf[_IP] >> 4 != 4:
+            self.ip_bad_version += 1
+            return
+        ihl = (buf[_IP] & 0x0F) << 2
+        if ihl < 20:
+            self.ip_bad_ihl += 1
+            return
+        if ihl > avail:
+            self.ip_too_short += 1
+            return
+        if wire.checksum(buf, _IP, ihl, 0) != 0xFFFF:
+            self.ip_bad_checksum += 1
+            return
+        total = wire.get16(buf, _IP + 2)
+        if total < ihl:
+            self.ip_bad_length += 1
+            return
+        if total > avail:
+            self.ip_truncated += 1         # bytes beyond total are Ethernet padding: fine
+            return
+        if not self._is_unicast(buf, _IP + 12) or wire.equal(buf, _IP + 12, self.ip, 0, 4):
+            self.ip_bad_src += 1           # RFC 1122 3.2.1.3: broadcast/multicast sources
+            return
+        kind = self._dst_kind(buf, _IP + 16)
+        if kind == _NOT_OURS:
+            self.ip_not_for_us += 1        # a host does not forward
+            return
+        if kind == _UNICAST and l2_bcast:
+            self.ip_l2_bcast_unicast += 1  # RFC 1122 3.3.6: discard
+            return
+        if ihl > 20:
+            self.ip_options += 1           # skipped: only IHL is trusted, never their content
+        proto = buf[_IP + 9]
+        if kind == _BROADCAST and proto != _PROTO_UDP:
+            self.ip_bcast_not_udp += 1
+            return
+        if kind == _UNICAST and self._on_link(buf, _IP + 12):
+            # smoltcp fills the neighbour cache from on-link IPv4 traffic too: a peer that
+            # talks to us keeps its entry alive, so replies never stall on an expired entry.
+            self.arp.refresh(buf, _IP + 12, buf, 6, now)
+        if proto != _PROTO_ICMP and proto != _PROTO_TCP and proto != _PROTO_UDP:
+            self.ip_unknown_protocol += 1
+            self._icmp_error(buf, _IP, _ICMP_UNREACH, _UNREACH_PROTOCOL, now)
+            return
+        if wire.get16(buf, _IP + 6) & (_MF | _OFFSET_MASK):
+            self._reassemble(buf, ihl, total, kind == _BROADCAST, now)
+            return
+        self._deliver(buf, _IP, ihl, total, kind == _BROADCAST, now)
+
+    def _reassemble(self, buf, ihl, total, bcast, now):
+        r = self.reasm
+        s = r.input(buf, _IP, ihl, total, now)
+        if s < 0:
+            return
+        b = r.base[s]
+        try:
+            self._deliver(r.pool, b, 20, wire.get16(r.pool, b + 2), bcast, now)
+        finally:
+            r.release(s)
+
+    def _deliver(self, buf, ip_off, ihl, total, bcast, now):
+        """A whole datagram for us (a frame, or the reassembly pool) to its transport."""
+        self.ip_delivered += 1
+        proto = buf[ip_off + 9]
+        l4 = ip_off + ihl
+        n = total - ihl
+        if proto == _PROTO_TCP:
+            self._tcp_input(buf, ip_off, l4, n, now)
+        elif proto == _PROTO_UDP:
+            self._udp_input(buf, ip_off, l4, n, bcast, now)
+        else:
+            self._icmp_input(buf, ip_off, l4, n, now)
+
+    def _l4_sum(self, buf, ip_off, proto, off, n):
+        return _sum(buf, off, n, wire.pseudo_header_sum(buf, ip_off, proto, n))
+
+    def _tcp_input(self, buf, ip_off, l4, n, now):
+        if n < 20:
+            self.ip_tcp_too_short += 1
+            return
+        if self._l4_sum(buf, ip_off, _PROTO_TCP, l4, n) != 0xFFFF:
+            self.ip_tcp_bad_checksum += 1
+            return
+        self.stack.tcp.input(buf, ip_off, l4, n, now)
+
+    def _udp_input(self, buf, ip_off, l4, n, bcast, now):
+        if n >= 8:
+            ulen = wire.get16(buf, l4 + 4)
+            # Verify when the sender computed one (0 = none, allowed in IPv4). A bad length
+            # is left to Udp.input, which counts it.
+            if 8 <= ulen <= n and (buf[l4 + 6] | buf[l4 + 7]):
+                if self._l4_sum(buf, ip_off, _PROTO_UDP, l4, ulen) != 0xFFFF:
+                    self.ip_udp_bad_checksum += 1
+                    return
+        if self.stack.udp.input(buf, ip_off, l4, n, now):
+            return
+        if not bcast:
+            self._icmp_error(buf, ip_off, _ICMP_UNREACH, _UNREACH_PORT, now)
+
+    def _dst_kind(self, buf, off):
+        if self._have_ip and wire.equal(buf, off, self.ip, 0, 4):
+            return _UNICAST
+        if wire.equal(buf, off, _BCAST_IP, 0, 4):
+            return _BROADCAST
+        if self._subnet_bcast and wire.equal(buf, off, self._bcast, 0, 4):
+            return _BROADCAST
+        return _NOT_OURS
+
+    def _is_unicast(self, buf, off):
+        """Could this address be one host? Not 0/8, loopback, multicast, class E, broadcast."""
+        b0 = buf[off]
+        if b0 == 0 or b0 == 127 or b0 >= 224:
+            return False
+        return not (self._subnet_bcast and wire.equal(buf, off, self._bcast, 0, 4))
+
+    def _on_link(self, buf, off):
+        ip = self.ip
+        mask = self.netmask
+        i = 0
+        while i < 4:
+            if (buf[off + i] ^ ip[i]) & mask[i]:
+                return False
+            i += 1
+        return True
+
+    # == ICMP ================================================================================
+
+    def _icmp_input(self, buf, ip_off, l4, n, now):
+        self.icmp_rx += 1
+        if n < 8:
+            self.icmp_too_short += 1
+            return
+        if _sum(buf, l4, n, 0) != 0xFFFF:
+            self.icmp_bad_checksum += 1
+            return
+        kind = buf[l4]
+        if kind == _ICMP_ECHO_REQUEST:
+            self.icmp_rx_echo_requests += 1
+            self._echo_reply(buf, ip_off, l4, n, now)
+        elif kind == _ICMP_ECHO_REPLY:
+            self.icmp_rx_echo_replies += 1
+        elif kind == _ICMP_UNREACH:
+            self.icmp_rx_unreachable += 1
+        elif kind == _ICMP_TIME_EXCEEDED:
+            self.icmp_rx_time_exceeded += 1
+        else:
+            self.icmp_rx_other += 1
+
+    def _echo_reply(self, buf, ip_off, l4, n, now):
+        """Same identifier, sequence and data back to the sender (fragmented if need be)."""
+        t = self.tx
+        wire.copy(t, L4_OFF, buf, l4, 8)
+        t[L4_OFF] = _ICMP_ECHO_REPLY
+        t[L4_OFF + 1] = 0
+        if self.send_ipv4(_PROTO_ICMP, buf, ip_off + 12, t, L4_OFF, 8,
+                          buf, l4 + 8, n - 8, now):
+            self.icmp_tx_echo_replies += 1
+        else:
+            self.icmp_tx_failed += 1
+
+    def _icmp_error(self, buf, ip_off, kind, code, now):
+        """Report a problem with the datagram at buf[ip_off] to its sender (RFC 1122 3.2.2).
+
+        Never about: an ICMP error, a datagram not sent to our unicast address (broadcast,
+        multicast), a fragment other than the first, a source that is not one host. Sends
+        the offending IPv4 header and the first 8 bytes of its payload; rate-limited.
+        """
+        ihl = (buf[ip_off] & 0x0F) << 2
+        total = wire.get16(buf, ip_off + 2)
+        if (wire.get16(buf, ip_off + 6) & _OFFSET_MASK
+                or not self._have_ip
+                or not wire.equal(buf, ip_off + 16, self.ip, 0, 4)
+                or not self._is_unicast(buf, ip_off + 12)
+                or (buf[ip_off + 9] == _PROTO_ICMP and
+                    (total <= ihl or not _is_icmp_query(buf[ip_off + ihl])))):
+            self.icmp_suppressed += 1
+            return False
+        if not self._icmp_token(now):
+            self.icmp_rate_limited += 1
+            return False
+        quote = total - ihl
+        if quote > 8:
+            quote = 8
+        t = self.tx
+        t[L4_OFF] = kind
+        t[L4_OFF + 1] = code
+        wire.fill(t, L4_OFF + 2, 6, 0)
+        if self.send_ipv4(_PROTO_ICMP, buf, ip_off + 12, t, L4_OFF, 8,
+                          buf, ip_off, ihl + quote, now):
+            if kind == _ICMP_UNREACH:
+                self.icmp_tx_unreachable += 1
+            else:
+                self.icmp_tx_time_exceeded += 1
+            return True
+        self.icmp_tx_failed += 1
+        return False
+
+    def _icmp_token(self, now):
+        """Token bucket: icmp_rate_per_s errors per second, bursts up to that many."""
+        rate = self._icmp_rate
+        if rate <= 0:
+            return False
+        if self._icmp_started:
+            elapsed = time.ticks_diff(now, self._icmp_last)
+            if elapsed > 1000:
+                elapsed = 1000                 # a full bucket; keeps the product small
+            if elapsed > 0:
+                self._icmp_tokens += elapsed * rate
+                if self._icmp_tokens > rate * 1000:
+                    self._icmp_tokens = rate * 1000
+        self._icmp_started = True
+        self._icmp_last = now
+        if self._icmp_tokens < 1000:
+            return False
+        self._icmp_tokens -= 1000
+        return True
+
+    # == IPv4 output =========================================================================
+
+    def send_ipv4(self, proto, dst, dst_off, hdr, hdr_off, hdr_len, data, data_off, data_len,
+                  now, df=False):
+        """Send transport header hdr[hdr_off:+hdr_len] + payload data[data_off:+data_len].
+
+        Computes the transport checksum, adds the IPv4 and Ethernet headers, fragments when
+        the datagram is larger than the MTU (unless df). In place - hdr is tx at L4_OFF and
+        data, if any, follows it in tx - nothing is copied. Returns what the NIC returned;
+        False also when the neighbour is still being resolved, so the caller retries later.
+        """
+        if data is None:
+            data_len = 0
+        l4_len = hdr_len + data_len
+        if l4_len + 20 > 65535 or hdr_len > _FRAG_MAX:
+            self.ip_tx_too_big += 1
+            return False
+        if l4_len + 20 > _MTU and df:
+            self.ip_tx_df_drop += 1
+            return False
+        d = self._dst
+        wire.copy(d, 0, dst, dst_off, 4)
+        if not self._link_dst(d, now):
+            return False
+        t = self.tx
+        if not (hdr is t and hdr_off == L4_OFF):
+            wire.copy(t, L4_OFF, hdr, hdr_off, hdr_len)
+        self._ip_header(proto, d)
+        self._l4_checksum(proto, hdr_len, data, data_off, data_len)
+        self.ip_tx += 1
+        if l4_len + 20 <= _MTU:
+            if data_len and not (data is t and data_off == L4_OFF + hdr_len):
+                wire.copy(t, L4_OFF + hdr_len, data, data_off, data_len)
+            return self._emit(l4_len, _DF if df else 0)
+        return self._send_fragments(hdr_len, data, data_off, data_len)
+
+    def _send_fragments(self, hdr_len, data, data_off, data_len):
+        """RFC 791 fragmentation: 1480-byte pieces (a multiple of 8), MF on all but the last.
+
+        The first fragment carries the transport header, already in tx; each later one
+        copies its part of the payload to L4_OFF (a memmove when data itself is in tx).
+        """
+        self.ip_tx_fragmented += 1
+        t = self.tx
+        l4_len = hdr_len + data_len
+        pos = 0
+        while pos < l4_len:
+            n = l4_len - pos
+            more = 0
+            if n > _FRAG_MAX:
+                n = _FRAG_MAX
+                more = _MF
+            if pos == 0:
+                if not (data is t and data_off == L4_OFF + hdr_len):
+                    wire.copy(t, L4_OFF + hdr_len, data, data_off, n - hdr_len)
+            else:
+                wire.copy(t, L4_OFF, data, data_off + pos - hdr_len, n)
+            if not self._emit(n, more | (pos >> 3)):
+                return False
+            self.ip_tx_fragments += 1
+            pos += n
+        return True
+
+    def _ip_header(self, proto, d):
+        """The fields every frame of this datagram shares; _emit fills length/flags/sum."""
+        t = self.tx
+        t[14] = 0x45
+        t[15] = 0
+        wire.put16(t, 18, self.ip_id)
+        self.ip_id = (self.ip_id + self.ip_id_step) & 0xFFFF
+        t[22] = _TTL
+        t[23] = proto
+        wire.copy(t, 26, self.ip, 0, 4)
+        wire.copy(t, 30, d, 0, 4)
+
+    def _emit(self, payload_len, frag):
+        t = self.tx
+        wire.put16(t, 16, 20 + payload_len)
+        wire.put16(t, 20, frag)
+        t[24] = 0
+        t[25] = 0
+        wire.put16(t, 24, ~wire.checksum(t, _IP, 20, 0) & 0xFFFF)
+        return self._transmit(L4_OFF + payload_len)
+
+    def _l4_checksum(self, proto, hdr_len, data, data_off, data_len):
+        """Transport checksum over the header in tx and the payload wherever it is."""
+        if proto == _PROTO_TCP:
+            field = L4_OFF + 16
+        elif proto == _PROTO_UDP:
+            field = L4_OFF + 6
+        elif proto == _PROTO_ICMP:
+            field = L4_OFF + 2
+        else:
+            return
+        t = self.tx
+        t[field] = 0
+        t[field + 1] = 0
+        acc = 0
+        if proto != _PROTO_ICMP:
+            acc = wire.pseudo_header_sum(t, _IP, proto, hdr_len + data_len)
+        acc = wire.checksum(t, L4_OFF, hdr_len, acc)
+        if data_len:
+            s = _sum(data, data_off, data_len, 0)
+            if hdr_len & 1:
+                s = ((s & 0xFF) << 8) | (s >> 8)   # payload starts on an odd byte
+            acc += s
+            acc = (acc & 0xFFFF) + (acc >> 16)
+            acc = (acc & 0xFFFF) + (acc >> 16)
+        v = ~acc & 0xFFFF
+        if v == 0 and proto == _PROTO_UDP:
+            v = 0xFFFF                             # 0 would mean "no checksum"
+        wire.put16(t, field, v)
+
+    def _link_dst(self, d, now):
+        """Ethernet header for IPv4 destination d in tx; False if there is none yet."""
+        kind = self._route(d)
+        if kind == _NO_ROUTE:
+            self.ip_tx_no_route += 1
+            return False
+        t = self.tx
+        if kind == _BROADCAST:
+            self._eth_header(_BCAST_MAC, 0, _ETHERTYPE_IPV4)
+        elif kind == _MULTICAST:
+            self._eth_header(_BCAST_MAC, 0, _ETHERTYPE_IPV4)
+            t[0] = 0x01                            # RFC 1112: 01:00:5e + low 23 bits
+            t[1] = 0x00
+            t[2] = 0x5E
+            t[3] = d[1] & 0x7F
+            t[4] = d[2]
+            t[5] = d[3]
+        else:
+            nh = self._nexthop
+            i = self.arp.lookup(nh, 0, now)
+            if i < 0:
+                self.ip_tx_unresolved += 1
+                if self.arp.request_due(nh, 0, now):
+                    if self._arp_send(1, _BCAST_MAC, 0, _ZERO_MAC, 0, nh, 0):
+                        self.arp_tx_requests += 1
+                return False
+            self._eth_header(self.arp.macs, 6 * i, _ETHERTYPE_IPV4)
+        return True
+
+    def _route(self, d):
+        """Where d is reached: _BROADCAST, _MULTICAST, _UNICAST (via _nexthop) or _NO_ROUTE."""
+        b0 = d[0]
+        if wire.equal(d, 0, _BCAST_IP, 0, 4):
+            return _BROADCAST
+        if b0 == 0 or b0 == 127 or b0 >= 240 or not self._have_ip:
+            return _NO_ROUTE
+        if b0 >= 224:
+            return _MULTICAST
+        if self._on_link(d, 0):
+            if self._subnet_bcast and wire.equal(d, 0, self._bcast, 0, 4):
+                return _BROADCAST
+            if wire.equal(d, 0, self.ip, 0, 4):
+                return _NO_ROUTE                   # no loopback device
+            wire.copy(self._nexthop, 0, d, 0, 4)
+            return _UNICAST
+        g = self.gateway
+        if g[0] | g[1] | g[2] | g[3] == 0:
+            return _NO_ROUTE
+        wire.copy(self._nexthop, 0, g, 0, 4)
+        return _UNICAST
+
+    # == Timers ==============================================================================
+
+    def poll(self, now):
+        """ARP entry expiry; reassembly timeouts (ICMP time exceeded if fragment 0 came)."""
+        self.arp.expire(now)
+        r = self.reasm
+        s = r.expired(now)
+        while s >= 0:
+            if r.first_bytes(s) > 0:
+                self._icmp_error(r.pool, r.base[s], _ICMP_TIME_EXCEEDED,
+                                 _EXCEEDED_REASSEMBLY, now)
+            r.time_out(s)
+            s = r.expired(now)
+
+    def poll_at(self, now):
+        """Milliseconds until poll() has work: 0 now, -1 nothing pending."""
+        a = self.arp.next_deadline(now)
+        b = self.reasm.next_deadline(now)
+        if a < 0:
+            return b
+        if b < 0:
+            return a
+        return a if a < b else b
+
+    # == Counters (allocate: for reports) ====================================================
+
+    def eth_counters(self):
+        return {
+            "rx": self.eth_rx,
+            "too_short": self.eth_too_short,
+            "bad_length": self.eth_bad_length,
+            "not_for_us": self.eth_not_for_us,
+            "multicast": self.eth_multicast,
+            "bad_src": self.eth_bad_src,
+            "unknown_type": self.eth_unknown_type,
+            "tx": self.eth_tx,
+            "tx_failed": self.eth_tx_failed,
+        }
+
+    def arp_counters(self):
+        c = {
+            "rx": self.arp_rx,
+            "rx_requests": self.arp_rx_requests,
+            "rx_replies": self.arp_rx_replies,
+            "too_short": self.arp_too_short,
+            "bad_htype": self.arp_bad_htype,
+            "bad_ptype": self.arp_bad_ptype,
+            "bad_hlen": self.arp_bad_hlen,
+            "bad_plen": self.arp_bad_plen,
+            "bad_oper": self.arp_bad_oper,
+            "bad_sender": self.arp_bad_sender,
+            "conflict": self.arp_conflict,
+            "tx_requests": self.arp_tx_requests,
+            "tx_replies": self.arp_tx_replies,
+            "tx_gratuitous": self.arp_tx_gratuitous,
+        }
+        c.update(self.arp.counters())
+        return c
+
+    def ip_counters(self):
+        c = {
+            "rx": self.ip_rx,
+            "too_short": self.ip_too_short,
+            "bad_version": self.ip_bad_version,
+            "bad_ihl": self.ip_bad_ihl,
+            "bad_checksum": self.ip_bad_checksum,
+            "bad_length": self.ip_bad_length,
+            "truncated": self.ip_truncated,
+            "bad_src": self.ip_bad_src,
+            "not_for_us": self.ip_not_for_us,
+            "l2_bcast_unicast": self.ip_l2_bcast_unicast,
+            "bcast_not_udp": self.ip_bcast_not_udp,
+            "unknown_protocol": self.ip_unknown_protocol,
+            "options": self.ip_options,
+            "delivered": self.ip_delivered,
+            "tcp_too_short": self.ip_tcp_too_short,
+            "tcp_bad_checksum": self.ip_tcp_bad_checksum,
+            "udp_bad_checksum": self.ip_udp_bad_checksum,
+            "tx": self.ip_tx,
+            "tx_fragmented": self.ip_tx_fragmented,
+            "tx_fragments": self.ip_tx_fragments,
+            "tx_no_route": self.ip_tx_no_route,
+            "tx_unresolved": self.ip_tx_unresolved,
+            "tx_df_drop": self.ip_tx_df_drop,
+            "tx_too_big": self.ip_tx_too_big,
+        }
+        c.update(self.reasm.counters())
+        return c
+
+    def icmp_counters(self):
+        return {
+            "rx": self.icmp_rx,
+            "too_short": self.icmp_too_short,
+            "bad_checksum": self.icmp_bad_checksum,
+            "rx_echo_requests": self.icmp_rx_echo_requests,
+            "rx_echo_replies": self.icmp_rx_echo_replies,
+            "rx_unreachable": self.icmp_rx_unreachable,
+            "rx_time_exceeded": self.icmp_rx_time_exceeded,
+            "rx_other": self.icmp_rx_other,
+            "tx_echo_replies": self.icmp_tx_echo_replies,
+            "tx_unreachable": self.icmp_tx_unreachable,
+            "tx_time_exceeded": self.icmp_tx_time_exceeded,
+            "tx_failed": self.icmp_tx_failed,
+            "rate_limited": self.icmp_rate_limited,
+            "suppressed": self.icmp_suppressed,
+        }

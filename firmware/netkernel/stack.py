@@ -1,0 +1,82 @@
+# One complete TCP/IPv4 stack: the object a net kernel owns outright.
+#
+# The layers follow smoltcp: `wire` knows packet layout, `iface` is the interface (Ethernet,
+# ARP cache, IPv4 with reassembly and fragmentation, ICMP, routing, egress), `tcp` and `udp`
+# hold the sockets and their state machines, `services` the built-in echo/discard. There is
+# no module-level mutable state anywhere below, so two Stack objects run side by side on two
+# cores; time is always passed in (`now`, milliseconds from time.ticks_ms()).
+from netkernel.iface import Interface
+from netkernel.services import Services
+from netkernel.tcp import Tcp
+from netkernel.udp import Udp
+
+
+class StackConfig:
+    """Tunables with their defaults; a board's config may override any of them."""
+
+    def __init__(self, **overrides):
+        self.tcp_rx_buffer = 4096        # bytes per connection: the most we advertise
+        self.tcp_tx_buffer = 4096
+        self.tcp_max_connections = 24    # established + handshaking, per stack
+        self.tcp_syn_backlog = 8         # per listener, SYN-RECEIVED + not yet accepted
+        self.tcp_nagle = True
+        self.tcp_keepalive_ms = 0        # 0 = off (RFC 1122: off by default)
+        self.tcp_delayed_ack_ms = 40     # <= 200 ms (RFC 9293)
+        self.tcp_time_wait_ms = 2000     # 2 * MSL; short MSL suits a LAN offload engine
+        self.arp_lifetime_ms = 60000
+        self.arp_retry_ms = 1000
+        self.reasm_timeout_ms = 15000
+        self.reasm_max_datagrams = 4
+        self.reasm_max_bytes = 16384
+        self.icmp_rate_per_s = 50        # ICMP errors we send, per second
+        self.services = True             # TCP/UDP echo (7), TCP discard (9)
+        for name in overrides:
+            if not hasattr(self, name):
+                raise ValueError("unknown stack setting: " + name)
+            setattr(self, name, overrides[name])
+
+
+class Stack:
+    def __init__(self, send, mac, ip, prefix, gateway, config=None):
+        """``send(buf, n)`` transmits a frame (the NIC); ``mac``/``ip``/``gateway`` are bytes."""
+        self.config = config or StackConfig()
+        self.iface = Interface(self, send, mac, ip, prefix, gateway)
+        self.tcp = Tcp(self)
+        self.udp = Udp(self)
+        self.services = Services(self) if self.config.services else None
+
+    def input(self, buf, n, now):
+        """Run one received frame through every layer, to completion."""
+        self.iface.input(buf, n, now)
+
+    def poll(self, now):
+        """Timers and pending output of every layer (bounded work)."""
+        self.iface.poll(now)
+        self.tcp.poll(now)
+        if self.services is not None:
+            self.services.poll(now)
+
+    def poll_at(self, now):
+        """Milliseconds until the stack next needs poll(); 0 = now, -1 = nothing pending."""
+        a = self.iface.poll_at(now)
+        b = self.tcp.poll_at(now)
+        if a < 0:
+            return b
+        if b < 0:
+            return a
+        return a if a < b else b
+
+    def announce(self, now):
+        """Gratuitous ARP for our address."""
+        self.iface.announce(now)
+
+    def counters(self):
+        """Every layer's counters, by layer (allocates: for reports, not per packet)."""
+        return {
+            "eth": self.iface.eth_counters(),
+            "arp": self.iface.arp_counters(),
+            "ip": self.iface.ip_counters(),
+            "icmp": self.iface.icmp_counters(),
+            "udp": self.udp.counters(),
+            "tcp": self.tcp.counters(),
+        }

@@ -1,0 +1,1539 @@
+# TCP (RFC 9293): the layer (listeners, connection table, demux, RST for closed ports, ISNs,
+# counters) and the sockets with their state machine, timers and congestion control.
+#
+# Shape (smoltcp's TCP socket, PyTCP's one-method-per-event FSM, without their costs):
+# - Sequence numbers never become Python ints (above 2**30 they would be heap objects on the
+#   RP2040). Each socket keeps SND.UNA, RCV.NXT, ISS, IRS, WL1 and WL2 as 4-byte big-endian
+#   fields of one bytearray; everything else on the send side is a small int offset from
+#   SND.UNA (snd_nxt_off, snd_max_off, recover_off, rtt_off) that shrinks as ACKs arrive, and
+#   wire.seq_delta() turns incoming seq/ack fields into small signed deltas.
+# - The TX ring is the retransmit queue (bytes stay until acked; see tcpbuf.py). The RX ring's
+#   free space is the receive window, and out-of-order data waits inside it.
+# - The segment being processed is described by one preallocated _Segment record per Tcp
+#   object (the "Repr" of the design notes): no per-packet objects, no module globals.
+# - Time is passed in (`now`, ticks_ms) and compared with ticks_diff. Each socket has one
+#   timer slot for retransmit / persist / TIME-WAIT (smoltcp), plus the delayed-ACK and
+#   keepalive deadlines.
+# - Nothing on the established data path allocates: in-order data in, recv_into, send, ACK
+#   processing, output and polls whose timers do not fire (tests/firmware/test_tcp_alloc.py).
+#   Connection setup and teardown may allocate (socket objects, rings, accept queue).
+#
+# Choices worth knowing:
+# - RTO minimum 200 ms (as Linux; RFC 6298 says 1 s, but this is a LAN engine and a 1 s floor
+#   would stall every loss), maximum 60 s, initial 1 s, Karn's rule, exponential backoff.
+#   After 12 retransmissions of the same data (6 for a SYN, 5 for a SYN-ACK) the connection
+#   is closed without a RST and `error` becomes ETIMEDOUT.
+# - Congestion control: RFC 5681 (IW per RFC 3390, byte-counted slow start, congestion
+#   avoidance), fast retransmit/recovery with NewReno partial ACKs (RFC 6582), and RFC 5827
+#   early retransmit because with the default 4 KB buffers there are rarely 4 segments in
+#   flight. After an RTO the sender goes back to SND.UNA (go-back-N from the TX ring).
+# - No window scaling, SACK or timestamps are offered, so peers never send them; the largest
+#   window is 65535. Data carried on a SYN is not accepted (the peer sends it again).
+# - Zero-window probes and keepalives are ACKs with SEQ = SND.UNA - 1 (as Linux), which make
+#   the peer answer with its current window without sending it any data.
+# - A SYN for a TIME-WAIT connection with a higher sequence number reopens it (RFC 6191
+#   style), so a client that reuses its port does not wait for 2 MSL.
+import os
+from time import ticks_add, ticks_diff
+
+from micropython import const
+
+from netkernel.tcpbuf import Assembler, RingBuffer
+from netkernel.wire import copy, equal, fill, get16, put16, seq_add, seq_delta, seq_put
+
+try:
+    from netkernel.iface import L4_OFF
+except ImportError:  # the interface layer is not there (unit tests bring a fake one)
+    L4_OFF = 34
+
+try:
+    import hashlib
+except ImportError:
+    hashlib = None
+
+# Connection states, ordered as in lwIP so "closing or after" is a comparison.
+CLOSED = const(0)
+LISTEN = const(1)
+SYN_SENT = const(2)
+SYN_RCVD = const(3)
+ESTABLISHED = const(4)
+FIN_WAIT_1 = const(5)
+FIN_WAIT_2 = const(6)
+CLOSE_WAIT = const(7)
+CLOSING = const(8)
+LAST_ACK = const(9)
+TIME_WAIT = const(10)
+STATE_NAMES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
+               "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
+
+# errno values (MicroPython's own numbering, equal to Linux's; EPIPE is missing from the
+# errno module of some ports, so all of them are spelled out here).
+_EAGAIN = const(11)
+_ENOMEM = const(12)
+_EPIPE = const(32)
+_EADDRINUSE = const(98)
+_ECONNRESET = const(104)
+_ENOTCONN = const(107)
+_ETIMEDOUT = const(110)
+_ECONNREFUSED = const(111)
+
+# Header fields and flags (copies of wire's: const() only inlines within a module).
+_PROTO_TCP = const(6)
+_HLEN = const(20)
+_FIN = const(0x01)
+_SYN = const(0x02)
+_RST = const(0x04)
+_PSH = const(0x08)
+_ACK = const(0x10)
+
+# Per-socket sequence fields: 4-byte big-endian slots of TcpSocket.seq.
+_SND_UNA = const(0)
+_RCV_NXT = const(4)
+_ISS = const(8)
+_IRS = const(12)
+_WL1 = const(16)     # SEG.SEQ of the segment that last updated the send window
+_WL2 = const(20)     # its SEG.ACK
+_SEQ_LEN = const(24)
+
+# Sizes and limits.
+_OUR_MSS = const(1460)         # Ethernet MTU 1500 - 40
+_DEFAULT_MSS = const(536)      # peer's MSS when its SYN carries none (RFC 9293)
+_MIN_MSS = const(64)
+_MAX_WINDOW = const(65535)     # no window scaling
+_OOO_RANGES = const(4)         # holes the reassembler tracks
+_MAX_BURST = const(8)          # segments one output call may send
+_CWND_MAX = const(0x40000)     # keeps cwnd a small int; far above any usable window
+_SSTHRESH_INIT = const(65535)
+_DUPACK_THRESHOLD = const(3)
+_RECOVER_NONE = const(-1)      # recover_off clamp: SND.UNA is past recover (RFC 6582)
+
+# Timers (ms).
+_RTO_INIT = const(1000)
+_RTO_MIN = const(200)
+_RTO_MAX = const(60000)
+_RTO_AFTER_SYN_LOSS = const(3000)   # RFC 6298 5.7
+_MAX_RETRIES = const(12)
+_SYN_RETRIES = const(6)
+_SYNACK_RETRIES = const(5)
+_TX_RETRY_MS = const(20)       # the interface could not send (ARP pending, no TX room)
+_KA_INTERVAL_MS = const(1000)
+_KA_PROBES = const(9)
+_CHALLENGE_ACKS_PER_S = const(10)
+
+# The socket's single timer slot.
+_T_NONE = const(0)
+_T_RTX = const(1)
+_T_PERSIST = const(2)
+_T_TIMEWAIT = const(3)
+
+# Where a passively opened socket is with its listener.
+_LS_NONE = const(0)
+_LS_EMBRYONIC = const(1)   # SYN-RECEIVED, counts against the backlog
+_LS_QUEUED = const(2)      # established, waiting for accept()
+
+_EPHEMERAL_LO = const(49152)
+_EPHEMERAL_SPAN = const(16384)
+_COUNTER_MASK = const(0x3FFFFFFF)   # hot counters wrap instead of becoming big ints
+
+_COUNTER_NAMES = (
+    "segs_in", "segs_out", "active_opens", "passive_opens", "established",
+    "drop_malformed", "drop_bad_options", "drop_no_socket", "drop_out_of_window",
+    "drop_bad_ack", "drop_no_ack", "drop_backlog_full", "drop_max_connections",
+    "drop_no_memory", "drop_ooo_full", "drop_syn_in_syn_rcvd",
+    "ooo_segments", "rst_sent", "rst_received", "resets", "challenge_acks",
+    "challenge_acks_suppressed", "retransmits", "fast_retransmits", "rto_timeouts",
+    "conn_timeouts", "zero_window_probes", "keepalive_probes", "keepalive_timeouts",
+    "time_wait_reuse", "tx_blocked",
+)
+
+
+class _Segment:
+    """The incoming segment being processed: one per Tcp, overwritten for every segment."""
+
+    def __init__(self):
+        self.buf = None
+        self.ip_off = 0
+        self.off = 0         # TCP header
+        self.flags = 0
+        self.data_off = 0
+        self.data_len = 0
+        self.wnd = 0
+        self.mss = 0         # MSS option value, 0 when absent
+        self.sport = 0
+        self.dport = 0
+        self.rel = 0         # SEG.SEQ - RCV.NXT after trimming to the window
+
+
+def _parse_options(buf, i, end, g):
+    """Walk the options; False when a length is 0, 1 or runs past the header (drop it)."""
+    while i < end:
+        kind = buf[i]
+        if kind == 0:            # end of option list
+            return True
+        if kind == 1:            # no-operation
+            i += 1
+            continue
+        if i + 1 >= end:
+            return False
+        n = buf[i + 1]
+        if n < 2 or i + n > end:
+            return False
+        if kind == 2:            # MSS
+            if n != 4:
+                return False
+            g.mss = (buf[i + 2] << 8) | buf[i + 3]
+        i += n
+    return True
+
+
+def _sooner(best, d):
+    """Fold one deadline (ms from now, may be negative = overdue) into the soonest so far."""
+    if d < 0:
+        d = 0
+    if best < 0 or d < best:
+        return d
+    return best
+
+
+def _add_high16(buf, off, v):
+    """Add v (< 2**16) to the upper 16 bits of the 32-bit number at buf[off]."""
+    t = ((buf[off] << 8) | buf[off + 1]) + v
+    buf[off] = (t >> 8) & 0xFF
+    buf[off + 1] = t & 0xFF
+
+
+def _keyed_mix(key, data, out, off):
+    """Keyed 32-bit mix for ports without hashlib: two 16-bit lanes, products < 2**30."""
+    a = 0x9E37
+    b = 0x79B9
+    for src in (key, data, key):
+        for x in src:
+            a = ((a ^ x) * 0x3C6F + b + 1) & 0xFFFF
+            b = ((b ^ a) * 0x2C1B + (a >> 7)) & 0xFFFF
+    out[off] = a >> 8
+    out[off + 1] = a & 0xFF
+    out[off + 2] = b >> 8
+    out[off + 3] = b & 0xFF
+
+
+class TcpListener:
+    """A passive open on one port, with a bounded backlog of half-open + unaccepted sockets."""
+
+    def __init__(self, tcp, port, backlog):
+        self.tcp = tcp
+        self.port = port
+        self.backlog = backlog
+        self.queue = []        # established, not yet accepted
+        self.embryonic = 0     # SYN-RECEIVED sockets of this listener
+
+    def pending(self):
+        return len(self.queue)
+
+    def accept(self):
+        if not self.queue:
+            return None
+        s = self.queue.pop(0)
+        s.listener = None
+        s.listen_state = _LS_NONE
+        return s
+
+    def close(self):
+        tcp = self.tcp
+        if self in tcp.listeners:
+            tcp.listeners.remove(self)
+        # Connections nobody accepted (or that are still handshaking) are reset.
+        for s in list(tcp.conns):
+            if s.listener is self:
+                s.abort()
+
+
+class TcpSocket:
+    def __init__(self, tcp, local_port, remote_port, remote_ip):
+        cfg = tcp.config
+        self.tcp = tcp
+        self.iface = tcp.iface
+        self.state = CLOSED
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self.remote_ip = remote_ip
+        self.error = 0
+        self.listener = None
+        self.listen_state = _LS_NONE
+        self.seq = bytearray(_SEQ_LEN)
+        # Send side, as offsets from SND.UNA.
+        self.syn_off = 0           # 1 while our SYN is unacknowledged (it precedes the data)
+        self.snd_nxt_off = 0
+        self.snd_max_off = 0       # highest sequence sent (snd_nxt_off falls back on RTO)
+        self.snd_wnd = 0
+        self.max_snd_wnd = 0
+        self.mss = _DEFAULT_MSS    # effective send MSS
+        self.rcv_mss = _DEFAULT_MSS  # largest segment received (delayed-ACK rule)
+        # Congestion control (RFC 5681 / 6582).
+        self.cwnd = _OUR_MSS
+        self.ssthresh = _SSTHRESH_INIT
+        self.dupacks = 0
+        self.in_recovery = False
+        self.recover_off = _RECOVER_NONE
+        # Retransmission timer (RFC 6298); srtt in ms * 8, rttvar in ms * 4 (BSD scaling).
+        self.rto = _RTO_INIT
+        self.srtt8 = 0
+        self.rttvar4 = 0
+        self.rtt_active = False
+        self.rtt_off = 0           # ACK of this offset completes the timed segment
+        self.rtt_start = 0
+        self.retries = 0
+        self.syn_retransmitted = False
+        self.timer = _T_NONE
+        self.timer_at = 0
+        self.persist_ms = 0
+        self.persist_probes = 0
+        # ACK generation.
+        self.ack_now = False
+        self.ack_armed = False     # delayed ACK pending
+        self.ack_at = 0
+        self.unacked_bytes = 0
+        self.rcv_adv_rel = 0       # right edge we last advertised, relative to RCV.NXT
+        self.need_output = False
+        self.blocked = False       # the interface refused a segment; retry at retry_at
+        self.retry_at = 0
+        # Closing.
+        self.fin_queued = False    # close() called: FIN goes after the queued data
+        self.fin_received = False
+        self.rx_fin_pending = False  # a FIN arrived out of order at rx_fin_off
+        self.rx_fin_off = 0
+        # Buffers (passive sockets get them when the handshake completes).
+        self.rx = None
+        self.tx = None
+        self.asm = None
+        # Application knobs.
+        self.nagle = cfg.tcp_nagle
+        self.keepalive_ms = cfg.tcp_keepalive_ms
+        self.keepalive_interval_ms = _KA_INTERVAL_MS
+        self.keepalive_probes = _KA_PROBES
+        self.ka_probes = 0
+        self.ka_at = 0
+        self.last_rx = 0
+
+    # ---- application interface -------------------------------------------------------
+
+    def send(self, buf, off, n):
+        """Queue up to n bytes of buf[off:]; returns how many fit (0 when the ring is full)."""
+        st = self.state
+        if st == CLOSED or st == LISTEN:
+            raise OSError(_ENOTCONN)
+        if self.fin_queued:
+            raise OSError(_EPIPE)
+        tx = self.tx
+        if tx is None:
+            return 0
+        k = tx.write(buf, off, n)
+        if k:
+            self.need_output = True
+        return k
+
+    def recv_into(self, buf, off, n):
+        """Copy up to n received bytes into buf[off:]; 0 when nothing is waiting."""
+        rx = self.rx
+        if rx is None:
+            return 0
+        k = rx.read_into(buf, off, n)
+        if k:
+            self._window_opened()
+        return k
+
+    def recv_available(self):
+        rx = self.rx
+        return 0 if rx is None else rx.used
+
+    def send_space(self):
+        tx = self.tx
+        if tx is None or self.fin_queued:
+            return 0
+        return tx.size - tx.used
+
+    def at_eof(self):
+        """The peer sent FIN (or the connection is gone) and every byte has been read."""
+        if not self.fin_received and self.state != CLOSED:
+            return False
+        rx = self.rx
+        return rx is None or rx.used == 0
+
+    def close(self):
+        """Graceful close: a FIN follows the queued data. Receiving goes on (half-close)."""
+        st = self.state
+        if st == CLOSED or self.fin_queued:
+            return
+        if st == SYN_SENT:
+            self._finish(0)
+            return
+        self.fin_queued = True
+        if st == ESTABLISHED:
+            self.state = FIN_WAIT_1
+        elif st == CLOSE_WAIT:
+            self.state = LAST_ACK
+        # SYN-RECEIVED moves on to FIN-WAIT-1 when the handshake completes.
+        self.need_output = True
+
+    def abort(self):
+        """Reset the connection now (RST to the peer in the states that have one)."""
+        st = self.state
+        if st == CLOSED:
+            return
+        if SYN_RCVD <= st <= CLOSE_WAIT:
+            self._emit_rst(self.tcp.now)
+        self._finish(0)
+
+    # ---- segment arrival -------------------------------------------------------------
+
+    def _input(self, g, now):
+        st = self.state
+        if st == SYN_SENT:
+            self._input_syn_sent(g, now)
+            return
+        self.last_rx = now
+        self.ka_probes = 0
+        flags = g.flags
+        if flags & _SYN and not flags & _RST:
+            if st == SYN_RCVD and seq_delta(g.buf, g.off + 4, self.seq, _IRS) == 0:
+                self._input_syn_again(g, now)
+            else:
+                self._input_syn_synchronized(now)
+            return
+        if st == TIME_WAIT and flags & _FIN:
+            self._arm_time_wait(now)
+        if not self._check_sequence(g):
+            self.tcp.drop_out_of_window += 1
+            if not flags & _RST:
+                self.ack_now = True       # tell the peer where we are (RFC 9293 3.10.7.4)
+            return
+        if flags & _RST:
+            self._input_rst(g, now)
+            return
+        if not flags & _ACK:
+            self.tcp.drop_no_ack += 1
+            return
+        if st == SYN_RCVD and not self._input_ack_syn_rcvd(g, now):
+            return
+        if not self._process_ack(g, now):
+            return
+        if g.data_len or g.flags & _FIN:
+            self._receive(g, now)
+
+    def _input_syn_sent(self, g, now):
+        """RFC 9293 3.10.7.3: our SYN is out; expect SYN-ACK (or SYN: simultaneous open)."""
+        tcp = self.tcp
+        flags = g.flags
+        buf = g.buf
+        o = g.off
+        if flags & _ACK:
+            d = seq_delta(buf, o + 8, self.seq, _SND_UNA)
+            if d <= 0 or d > self.snd_max_off:
+                tcp.drop_bad_ack += 1
+                tcp._reply_rst(g, now)
+                return
+        if flags & _RST:
+            if flags & _ACK:
+                tcp.rst_received += 1
+                self._finish(_ECONNREFUSED)
+            return
+        if not flags & _SYN:
+            return
+        copy(self.seq, _IRS, buf, o + 4, 4)
+        seq_put(self.seq, _RCV_NXT, buf, o + 4, 1)
+        copy(self.seq, _WL1, buf, o + 4, 4)
+        copy(self.seq, _WL2, buf, o + 8, 4)
+        self._set_peer_mss(g.mss)
+        self.snd_wnd = g.wnd
+        self.max_snd_wnd = g.wnd
+        self.last_rx = now
+        self.ack_now = True
+        if flags & _ACK:
+            if not self._establish(now):
+                return
+            self._ack_new(d, now)
+        else:
+            # Simultaneous open: answer with SYN-ACK (our SYN again, now with an ACK).
+            self.state = SYN_RCVD
+            self.snd_nxt_off = 0
+            self.need_output = True
+
+    def _input_syn_again(self, g, now):
+        """SYN-RECEIVED and the peer's SYN once more: it lost our SYN-ACK, or (simultaneous
+        open) this is its SYN-ACK, which carries the ACK of our SYN."""
+        if not g.flags & _ACK:
+            self.snd_nxt_off = 0        # send the SYN-ACK again
+            self.need_output = True
+            return
+        d = seq_delta(g.buf, g.off + 8, self.seq, _SND_UNA)
+        if d <= 0 or d > self.snd_max_off:
+            self.tcp.drop_bad_ack += 1
+            self.tcp._reply_rst(g, now)
+            return
+        if not self._establish(now):
+            return
+        g.data_len = 0
+        g.flags &= ~_FIN
+        self._process_ack(g, now)
+        self.ack_now = True
+
+    def _input_syn_synchronized(self, now):
+        """A SYN in a synchronized state (RFC 5961 4.2): challenge ACK; a half-open passive
+        connection goes back to LISTEN instead (RFC 9293)."""
+        if self.state == SYN_RCVD and self.listener is not None:
+            self.tcp.drop_syn_in_syn_rcvd += 1
+            self._finish(0)
+            return
+        self._challenge_ack(now)
+
+    def _input_rst(self, g, now):
+        """RFC 5961 3.2: only a RST exactly at RCV.NXT resets; others in window get a
+        challenge ACK (out-of-window ones were already dropped)."""
+        tcp = self.tcp
+        if g.rel != 0:
+            self._challenge_ack(now)
+            return
+        tcp.rst_received += 1
+        st = self.state
+        if st == SYN_RCVD:
+            self._finish(0 if self.listener is not None else _ECONNREFUSED)
+            return
+        if ESTABLISHED <= st <= CLOSE_WAIT:
+            tcp.resets += 1
+            self._finish(_ECONNRESET)
+            return
+        self._finish(0)    # CLOSING, LAST-ACK, TIME-WAIT: just go away
+
+    def _input_ack_syn_rcvd(self, g, now):
+        """The handshake's last ACK: acceptable if it acknowledges our SYN."""
+        d = seq_delta(g.buf, g.off + 8, self.seq, _SND_UNA)
+        if d <= 0 or d > self.snd_max_off:
+            self.tcp.drop_bad_ack += 1
+            self.tcp._reply_rst(g, now)
+            return False
+        return self._establish(now)
+
+    def _check_sequence(self, g):
+        """RFC 9293 segment acceptability, then trim the segment to the receive window.
+
+        Leaves g.rel = SEG.SEQ - RCV.NXT (>= 0 for data after trimming; exact for RST).
+        A zero window still accepts a segment at exactly RCV.NXT so its ACK, RST or FIN is
+        seen (its data is dropped), as RFC 9293 asks.
+        """
+        d = seq_delta(g.buf, g.off + 4, self.seq, _RCV_NXT)
+        w = self._rcv_space()
+        flags = g.flags
+        g.rel = d
+        if flags & _RST:
+            return d == 0 or 0 <= d < w
+        n = g.data_len
+        slen = n + (1 if flags & _FIN else 0)
+        if slen == 0:
+            return d == 0 or 0 <= d < w
+        if d != 0 and (d >= w or d + slen <= 0):
+            return False
+        if d < 0:
+            cut = -d             # already received: trim the front
+            g.data_off += cut
+            g.data_len = n - cut
+            n -= cut
+            d = 0
+            g.rel = 0
+        if d + n > w:
+            # Beyond the window: keep what fits; the FIN (after the data) goes too.
+            n = w - d
+            if n < 0:
+                n = 0
+            g.data_len = n
+            g.flags = flags & ~_FIN
+        return True
+
+    def _process_ack(self, g, now):
+        """RFC 9293 "fifth, check the ACK field" with the RFC 5961 5.2 range check.
+
+        Returns False when the segment must be dropped (or the connection ended).
+        """
+        tcp = self.tcp
+        d = seq_delta(g.buf, g.off + 8, self.seq, _SND_UNA)
+        if d > self.snd_max_off:
+            tcp.drop_bad_ack += 1      # acknowledges something never sent
+            self._challenge_ack(now)
+            return False
+        if d < 0:
+            if -d > self.max_snd_wnd:
+                tcp.drop_bad_ack += 1
+                self._challenge_ack(now)
+                return False
+            return True                # an old ACK: ignore it, keep the data
+        self.persist_probes = 0
+        dup = (d == 0 and g.data_len == 0 and not g.flags & (_SYN | _FIN)
+               and g.wnd == self.snd_wnd and self.snd_max_off > 0)
+        if d > 0:
+            self._ack_new(d, now)
+            if self.state == CLOSED:
+                return False
+        self._update_window(g)
+        if dup:
+            self._dup_ack(now)
+        return True
+
+    def _ack_new(self, d, now):
+        """SND.UNA advances by d: free acked bytes, time RTT, grow cwnd, move timers."""
+        tx = self.tx
+        acked = d
+        if self.syn_off:
+            self.syn_off = 0
+            acked -= 1
+        fin_acked = False
+        data_acked = 0
+        if acked > 0:
+            used = tx.used
+            if acked > used:
+                fin_acked = True
+                data_acked = used
+            else:
+                data_acked = acked
+            if data_acked:
+                tx.discard(data_acked)
+        seq_add(self.seq, _SND_UNA, d)
+        nxt = self.snd_nxt_off - d
+        self.snd_nxt_off = nxt if nxt > 0 else 0
+        self.snd_max_off -= d
+        full = d >= self.recover_off
+        ro = self.recover_off - d
+        self.recover_off = ro if ro > _RECOVER_NONE else _RECOVER_NONE
+        if self.rtt_active:
+            if d >= self.rtt_off:
+                self.rtt_active = False
+                self._rtt_sample(ticks_diff(now, self.rtt_start))
+            else:
+                self.rtt_off -= d
+        self.retries = 0
+        if not self.in_recovery:
+            self.dupacks = 0
+        if data_acked:
+            self._cc_ack(data_acked, full, now)
+        if self.snd_max_off == 0:
+            if self.timer == _T_RTX:
+                self.timer = _T_NONE
+        else:
+            self._arm_rtx(now)
+        self.need_output = True
+        if fin_acked:
+            self._our_fin_acked(now)
+
+    def _cc_ack(self, acked, full, now):
+        """RFC 5681 growth; in fast recovery, RFC 6582 full/partial ACK handling."""
+        mss = self.mss
+        if self.in_recovery:
+            if full:
+                # Leave fast recovery: cwnd = min(ssthresh, max(FlightSize, SMSS) + SMSS).
+                self.in_recovery = False
+                self.dupacks = 0
+                flight = self.snd_max_off
+                c = (flight if flight > mss else mss) + mss
+                self.cwnd = self.ssthresh if self.ssthresh < c else c
+            else:
+                # Partial ACK: the next hole is lost too. Resend it, deflate by what was
+                # acked, add back one SMSS.
+                self._retransmit_first(now)
+                c = self.cwnd - acked + mss
+                self.cwnd = c if c > mss else mss
+            return
+        c = self.cwnd
+        if c < self.ssthresh:
+            c += acked if acked < mss else mss       # slow start
+        else:
+            inc = (mss * mss) // c                   # congestion avoidance
+            c += inc if inc > 0 else 1
+        self.cwnd = c if c < _CWND_MAX else _CWND_MAX
+
+    def _dup_ack(self, now):
+        """RFC 5681 duplicate ACK: fast retransmit at the threshold, inflate in recovery."""
+        mss = self.mss
+        self.dupacks += 1
+        if self.in_recovery:
+            self.cwnd += mss
+            if self.cwnd > _CWND_MAX:
+                self.cwnd = _CWND_MAX
+            self.need_output = True
+            return
+        threshold = _DUPACK_THRESHOLD
+        # RFC 5827 early retransmit: with fewer than 4 segments out and nothing new that
+        # may be sent, that many duplicates can never arrive; use segments - 1.
+        flight = self.snd_max_off
+        segs = (flight + mss - 1) // mss
+        if 2 <= segs < 4:
+            unsent = self.tx.used - self.snd_nxt_off
+            win = self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd
+            if unsent <= 0 or win <= self.snd_nxt_off:
+                threshold = segs - 1
+        if self.dupacks != threshold:
+            return
+        if self.recover_off != _RECOVER_NONE:
+            return     # RFC 6582: these duplicates are from before the last recovery
+        ss = flight >> 1
+        if ss < 2 * mss:
+            ss = 2 * mss
+        self.ssthresh = ss
+        self.recover_off = flight
+        self.in_recovery = True
+        self.tcp.fast_retransmits += 1
+        self._retransmit_first(now)
+        self.cwnd = ss + self.dupacks * mss
+        self.need_output = True
+
+    def _update_window(self, g):
+        """Take SEG.WND if this segment is newer than the last window update (WL1/WL2)."""
+        buf = g.buf
+        o = g.off
+        w1 = seq_delta(buf, o + 4, self.seq, _WL1)
+        if w1 < 0 or (w1 == 0 and seq_delta(buf, o + 8, self.seq, _WL2) < 0):
+            return
+        old = self.snd_wnd
+        w = g.wnd
+        self.snd_wnd = w
+        if w > self.max_snd_wnd:
+            self.max_snd_wnd = w
+        copy(self.seq, _WL1, buf, o + 4, 4)
+        copy(self.seq, _WL2, buf, o + 8, 4)
+        if w > old:
+            if self.timer == _T_PERSIST:
+                self.timer = _T_NONE
+            self.need_output = True
+
+    def _receive(self, g, now):
+        """Segment text and FIN (RFC 9293 seventh and eighth steps)."""
+        st = self.state
+        n = g.data_len
+        fin = g.flags & _FIN
+        if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2):
+            return     # FIN already received: nothing more to take
+        if n > self.rcv_mss:
+            self.rcv_mss = n if n < _OUR_MSS else _OUR_MSS
+        rel = g.rel
+        rx = self.rx
+        asm = self.asm
+        if rel == 0 and asm.count == 0 and not self.rx_fin_pending:
+            # The common case: in order, no holes.
+            if n:
+                rx.write(g.buf, g.data_off, n)
+                self._advance_rcv(n)
+            if fin:
+                self._receive_fin(now)
+            else:
+                self._note_data(n, now)
+            return
+        # Out of order, or filling a hole: ACK at once (RFC 5681 4.2).
+        self.ack_now = True
+        if n:
+            if not asm.add(rel, rel + n):
+                self.tcp.drop_ooo_full += 1
+                return
+            rx.write_at(rel, g.buf, g.data_off, n)
+            if rel > 0:
+                self.tcp.ooo_segments += 1
+        if fin and not self.rx_fin_pending:
+            self.rx_fin_pending = True
+            self.rx_fin_off = rel + n
+        front = asm.take_front()
+        if front:
+            rx.commit(front)
+            self._advance_rcv(front)
+        if self.rx_fin_pending and self.rx_fin_off <= 0:
+            asm.clear()    # anything stored beyond the FIN is not data
+            self._receive_fin(now)
+
+    def _advance_rcv(self, k):
+        seq_add(self.seq, _RCV_NXT, k)
+        self.rcv_adv_rel -= k
+        if self.rx_fin_pending:
+            self.rx_fin_off -= k
+
+    def _note_data(self, n, now):
+        """In-order data: delay the ACK, but ACK every second full-sized segment."""
+        if n == 0:
+            return
+        self.unacked_bytes += n
+        delay = self.tcp.config.tcp_delayed_ack_ms
+        if self.unacked_bytes >= 2 * self.rcv_mss or delay <= 0:
+            self.ack_now = True
+        elif not self.ack_armed:
+            self.ack_armed = True
+            self.ack_at = ticks_add(now, delay)
+
+    def _receive_fin(self, now):
+        self.rx_fin_pending = False
+        seq_add(self.seq, _RCV_NXT, 1)
+        self.rcv_adv_rel -= 1
+        self.fin_received = True
+        self.ack_now = True
+        st = self.state
+        if st == ESTABLISHED:
+            self.state = CLOSE_WAIT
+        elif st == FIN_WAIT_1:
+            self.state = CLOSING       # simultaneous close: our FIN is not acked yet
+        elif st == FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _our_fin_acked(self, now):
+        st = self.state
+        if st == FIN_WAIT_1:
+            self.state = FIN_WAIT_2
+        elif st == CLOSING:
+            self._enter_time_wait(now)
+        elif st == LAST_ACK:
+            self._finish(0)
+
+    # ---- state changes -----------------------------------------------------------------
+
+    def _open_passive(self, g, now):
+        """A SYN reached our listener: SYN-RECEIVED, SYN-ACK goes out on _output."""
+        buf = g.buf
+        o = g.off
+        copy(self.seq, _IRS, buf, o + 4, 4)
+        seq_put(self.seq, _RCV_NXT, buf, o + 4, 1)
+        copy(self.seq, _WL1, buf, o + 4, 4)
+        self.tcp._make_isn(self, now)
+        copy(self.seq, _SND_UNA, self.seq, _ISS, 4)
+        copy(self.seq, _WL2, self.seq, _ISS, 4)
+        self._set_peer_mss(g.mss)
+        self.snd_wnd = g.wnd
+        self.max_snd_wnd = g.wnd
+        self.syn_off = 1
+        self.state = SYN_RCVD
+        self.last_rx = now
+        self.need_output = True
+
+    def _open_active(self, now):
+        self._attach_buffers()
+        self.tcp._make_isn(self, now)
+        copy(self.seq, _SND_UNA, self.seq, _ISS, 4)
+        self.syn_off = 1
+        self.state = SYN_SENT
+        self.last_rx = now
+        self.need_output = True
+
+    def _attach_buffers(self):
+        cfg = self.tcp.config
+        self.rx = RingBuffer(cfg.tcp_rx_buffer)
+        self.tx = RingBuffer(cfg.tcp_tx_buffer)
+        self.asm = Assembler(_OOO_RANGES)
+
+    def _establish(self, now):
+        """The handshake completed (our SYN is acked on the caller's _ack_new)."""
+        tcp = self.tcp
+        if self.rx is None:
+            try:
+                self._attach_buffers()
+            except MemoryError:
+                tcp.drop_no_memory += 1
+                self._emit_rst(now)
+                self._finish(0)
+                return False
+        mss = self.mss
+        # RFC 3390 initial window; one segment if the SYN or SYN-ACK was lost (RFC 5681).
+        iw = 4380 if 4380 > 2 * mss else 2 * mss
+        if iw > 4 * mss:
+            iw = 4 * mss
+        if self.syn_retransmitted:
+            iw = mss
+            if self.rto < _RTO_AFTER_SYN_LOSS:
+                self.rto = _RTO_AFTER_SYN_LOSS
+        self.cwnd = iw
+        self.state = FIN_WAIT_1 if self.fin_queued else ESTABLISHED
+        tcp.established += 1
+        lsn = self.listener
+        if lsn is not None and self.listen_state == _LS_EMBRYONIC:
+            lsn.embryonic -= 1
+            lsn.queue.append(self)
+            self.listen_state = _LS_QUEUED
+        return True
+
+    def _enter_time_wait(self, now):
+        self.state = TIME_WAIT
+        self.ack_armed = False
+        self._arm_time_wait(now)
+
+    def _arm_time_wait(self, now):
+        self.timer = _T_TIMEWAIT
+        self.timer_at = ticks_add(now, self.tcp.config.tcp_time_wait_ms)
+
+    def _finish(self, err):
+        """Enter CLOSED and leave the connection table (and the listener's books)."""
+        if err:
+            self.error = err
+            if self.rx is not None:
+                self.rx.clear()    # a reset connection's data is void (RFC 9293)
+        self.state = CLOSED
+        self.timer = _T_NONE
+        self.ack_armed = False
+        self.ack_now = False
+        self.need_output = False
+        self.blocked = False
+        lsn = self.listener
+        if lsn is not None:
+            if self.listen_state == _LS_QUEUED:
+                if self in lsn.queue:
+                    lsn.queue.remove(self)
+            elif self.listen_state == _LS_EMBRYONIC:
+                lsn.embryonic -= 1
+            self.listener = None
+            self.listen_state = _LS_NONE
+        self.tcp._remove(self)
+
+    def _set_peer_mss(self, m):
+        if m == 0:
+            m = _DEFAULT_MSS
+        if m > _OUR_MSS:
+            m = _OUR_MSS
+        if m < _MIN_MSS:
+            m = _MIN_MSS
+        self.mss = m
+
+    # ---- timers ------------------------------------------------------------------------
+
+    def _poll(self, now):
+        if self.timer != _T_NONE and ticks_diff(now, self.timer_at) >= 0:
+            self._on_timer(now)
+            if self.state == CLOSED:
+                return
+        if self.ack_armed and ticks_diff(now, self.ack_at) >= 0:
+            self.ack_armed = False
+            self.ack_now = True
+        if self.keepalive_ms > 0:
+            self._keepalive(now)
+            if self.state == CLOSED:
+                return
+        if self.need_output or self.ack_now:
+            self._output(now)
+
+    def _due_in(self, now):
+        """Milliseconds until this socket needs a poll; -1 = nothing pending."""
+        best = -1
+        if self.blocked:
+            best = _sooner(best, ticks_diff(self.retry_at, now))
+        elif self.need_output or self.ack_now:
+            return 0
+        if self.timer != _T_NONE:
+            best = _sooner(best, ticks_diff(self.timer_at, now))
+        if self.ack_armed:
+            best = _sooner(best, ticks_diff(self.ack_at, now))
+        if self.keepalive_ms > 0 and self._keepalive_applies():
+            if self.ka_probes:
+                at = self.ka_at
+            else:
+                at = ticks_add(self.last_rx, self.keepalive_ms)
+            best = _sooner(best, ticks_diff(at, now))
+        return best
+
+    def _on_timer(self, now):
+        t = self.timer
+        self.timer = _T_NONE
+        if t == _T_RTX:
+            self._on_rto(now)
+        elif t == _T_PERSIST:
+            self._on_persist(now)
+        elif t == _T_TIMEWAIT:
+            self._finish(0)
+
+    def _arm_rtx(self, now):
+        self.timer = _T_RTX
+        self.timer_at = ticks_add(now, self.rto)
+
+    def _on_rto(self, now):
+        """RFC 6298 5.4-5.6 and RFC 5681 (4): back off, collapse cwnd, go back to SND.UNA."""
+        tcp = self.tcp
+        st = self.state
+        self.retries += 1
+        if st == SYN_SENT or st == SYN_RCVD:
+            limit = _SYN_RETRIES if st == SYN_SENT else _SYNACK_RETRIES
+            if self.retries > limit:
+                tcp.conn_timeouts += 1
+                self._finish(0 if self.listener is not None else _ETIMEDOUT)
+                return
+            self.syn_retransmitted = True
+        else:
+            if self.retries > _MAX_RETRIES:
+                tcp.conn_timeouts += 1
+                self._finish(_ETIMEDOUT)
+                return
+            mss = self.mss
+            ss = self.snd_max_off >> 1
+            if ss < 2 * mss:
+                ss = 2 * mss
+            self.ssthresh = ss
+            self.cwnd = mss
+            self.in_recovery = False
+            self.dupacks = 0
+            self.recover_off = self.snd_max_off
+        tcp.rto_timeouts += 1
+        self.rtt_active = False
+        rto = self.rto * 2
+        self.rto = rto if rto < _RTO_MAX else _RTO_MAX
+        self.snd_nxt_off = 0
+        self._output(now)
+
+    def _on_persist(self, now):
+        """Zero-window probe: an ACK from just below SND.UNA makes the peer state its window."""
+        tcp = self.tcp
+        if self.snd_wnd != 0 or self.tx.used <= self.snd_nxt_off:
+            self.need_output = True
+            return
+        self.persist_probes += 1
+        if self.persist_probes > _MAX_RETRIES:
+            tcp.conn_timeouts += 1
+            self._finish(_ETIMEDOUT)
+            return
+        self._emit(-1, 0, _ACK, now)
+        tcp.zero_window_probes += 1
+        p = self.persist_ms * 2
+        self.persist_ms = p if p < _RTO_MAX else _RTO_MAX
+        self.timer = _T_PERSIST
+        self.timer_at = ticks_add(now, self.persist_ms)
+
+    def _keepalive_applies(self):
+        st = self.state
+        return ((st == ESTABLISHED or st == CLOSE_WAIT or st == FIN_WAIT_2)
+                and self.snd_max_off == 0)
+
+    def _keepalive(self, now):
+        """RFC 1122 keepalive: after keepalive_ms of silence, probe every interval."""
+        if not self._keepalive_applies():
+            return
+        if self.ka_probes == 0:
+            if ticks_diff(now, self.last_rx) < self.keepalive_ms:
+                return
+        elif ticks_diff(now, self.ka_at) < 0:
+            return
+        tcp = self.tcp
+        if self.ka_probes >= self.keepalive_probes:
+            tcp.keepalive_timeouts += 1
+            self._finish(_ETIMEDOUT)
+            return
+        self.ka_probes += 1
+        self.ka_at = ticks_add(now, self.keepalive_interval_ms)
+        tcp.keepalive_probes += 1
+        self._emit(-1, 0, _ACK, now)
+
+    def _rtt_sample(self, r):
+        """RFC 6298 2.2/2.3 with alpha 1/8, beta 1/4, K 4; G is 1 ms."""
+        if r < 1:
+            r = 1
+        elif r > _RTO_MAX:
+            r = _RTO_MAX
+        if self.srtt8 == 0:
+            self.srtt8 = r << 3
+            self.rttvar4 = r << 1
+        else:
+            delta = r - (self.srtt8 >> 3)
+            self.srtt8 += delta
+            if delta < 0:
+                delta = -delta
+            self.rttvar4 += delta - (self.rttvar4 >> 2)
+        var = self.rttvar4 if self.rttvar4 > 0 else 1
+        rto = (self.srtt8 >> 3) + var
+        if rto < _RTO_MIN:
+            rto = _RTO_MIN
+        elif rto > _RTO_MAX:
+            rto = _RTO_MAX
+        self.rto = rto
+
+    # ---- segment departure -------------------------------------------------------------
+
+    def _output(self, now):
+        """Send what the state, windows and Nagle allow, and any ACK that is owed."""
+        if self.blocked:
+            if ticks_diff(now, self.retry_at) < 0:
+                return
+            self.blocked = False
+        self.need_output = False
+        st = self.state
+        if st == CLOSED:
+            return
+        if st == SYN_SENT or st == SYN_RCVD:
+            self._output_syn(now)
+            return
+        if st != FIN_WAIT_2 and st != TIME_WAIT:    # (there our FIN is acked)
+            self._output_data(now)
+        if self.ack_now and not self.blocked:
+            # A pure ACK carries SND.MAX, not SND.NXT (BSD): after an RTO pulled SND.NXT
+            # back, that sequence is old to the peer, which would answer with an ACK of its
+            # own, and two such peers would ACK each other forever.
+            if not self._emit(self.snd_max_off, 0, _ACK, now):
+                self._blocked(now, False)
+
+    def _output_syn(self, now):
+        st = self.state
+        if self.snd_nxt_off == 0:
+            flags = _SYN if st == SYN_SENT else _SYN | _ACK
+            if self.snd_max_off:
+                self.tcp.retransmits += 1
+            if not self._emit(0, 0, flags, now):
+                self._blocked(now, True)
+                return
+            self.snd_nxt_off = 1
+            if self.snd_max_off == 0:
+                self.snd_max_off = 1
+                self.rtt_active = True
+                self.rtt_off = 1
+                self.rtt_start = now
+            if self.timer != _T_RTX:
+                self._arm_rtx(now)
+        elif self.ack_now and st == SYN_RCVD:
+            self._emit(self.snd_max_off, 0, _ACK, now)
+        else:
+            self.ack_now = False
+
+    def _output_data(self, now):
+        """Segments from SND.NXT: min(peer window, cwnd) bounds the flight, segments are at
+        most one MSS, small ones wait while data is in flight (Nagle, sender SWS)."""
+        tx = self.tx
+        mss = self.mss
+        burst = _MAX_BURST
+        sent = False
+        while burst > 0:
+            data_end = tx.used
+            rel = self.snd_nxt_off
+            if rel > data_end:
+                break                         # the FIN is out too
+            unsent = data_end - rel
+            win = self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd
+            n = win - rel
+            if n > unsent:
+                n = unsent
+            if n > mss:
+                n = mss
+            if n < 0:
+                n = 0
+            fin = self.fin_queued and rel + n == data_end
+            if n == 0 and not fin:
+                break
+            if n < mss and not fin and rel > 0:
+                if n < unsent:
+                    if n < (self.max_snd_wnd >> 1):
+                        break                 # sender SWS avoidance: wait for more window
+                elif self.nagle:
+                    break                     # Nagle: one small segment in flight at most
+            flags = _ACK
+            if rel + n == data_end:
+                flags |= _PSH
+            if fin:
+                flags |= _FIN
+            if not self._emit(rel, n, flags, now):
+                self._blocked(now, True)
+                break
+            end = rel + n + (1 if fin else 0)
+            if rel < self.snd_max_off:
+                self.tcp.retransmits += 1
+            elif not self.rtt_active:
+                self.rtt_active = True
+                self.rtt_off = end
+                self.rtt_start = now
+            if end > self.snd_max_off:
+                self.snd_max_off = end
+            self.snd_nxt_off = end
+            if self.timer != _T_RTX:
+                self._arm_rtx(now)
+            sent = True
+            burst -= 1
+        if burst == 0:
+            self.need_output = True           # more may go on the next poll
+        if (not sent and self.snd_wnd == 0 and self.timer == _T_NONE
+                and tx.used > self.snd_nxt_off):
+            self.persist_ms = self.rto
+            self.timer = _T_PERSIST
+            self.timer_at = ticks_add(now, self.persist_ms)
+
+    def _retransmit_first(self, now):
+        """Resend the segment at SND.UNA (fast retransmit, partial ACK); SND.NXT stays."""
+        data_end = self.tx.used
+        n = data_end
+        if n > self.mss:
+            n = self.mss
+        if n > self.snd_max_off:
+            n = self.snd_max_off
+        fin = self.fin_queued and n == data_end and self.snd_max_off > data_end
+        if n <= 0 and not fin:
+            return
+        flags = _ACK
+        if n == data_end:
+            flags |= _PSH
+        if fin:
+            flags |= _FIN
+        self.tcp.retransmits += 1
+        self.rtt_active = False           # Karn: no sample from a retransmitted range
+        if self._emit(0, n, flags, now):
+            end = n + (1 if fin else 0)
+            if self.snd_nxt_off < end:
+                self.snd_nxt_off = end
+        if self.timer != _T_RTX:
+            self._arm_rtx(now)
+
+    def _blocked(self, now, has_data):
+        """The interface could not send: retry shortly. Data also arms the retransmit timer
+        so a neighbour that never resolves ends in ETIMEDOUT."""
+        self.blocked = True
+        self.need_output = True
+        self.retry_at = ticks_add(now, _TX_RETRY_MS)
+        self.tcp.tx_blocked += 1
+        if has_data and self.timer == _T_NONE:
+            self._arm_rtx(now)
+
+    def _rcv_space(self):
+        rx = self.rx
+        if rx is None:
+            return self.tcp.config.tcp_rx_buffer
+        return rx.size - rx.used
+
+    def _window_opened(self):
+        """The application read: announce the window if it grew by an MSS or half the ring."""
+        st = self.state
+        if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2):
+            return
+        w = self._rcv_space()
+        if w > _MAX_WINDOW:
+            w = _MAX_WINDOW
+        threshold = self.rx.size >> 1
+        if self.mss < threshold:
+            threshold = self.mss
+        if w - self.rcv_adv_rel >= threshold:
+            self.ack_now = True
+            self.need_output = True
+
+    def _challenge_ack(self, now):
+        tcp = self.tcp
+        if tcp._challenge_allowed(now):
+            tcp.challenge_acks += 1
+            self._emit(self.snd_max_off, 0, _ACK, now)
+        else:
+            tcp.challenge_acks_suppressed += 1
+
+    def _emit(self, rel, n, flags, now):
+        """Build one segment in the interface's TX frame and send it.
+
+        SEQ = SND.UNA + rel; n payload bytes come from the TX ring at the same offset; a
+        SYN carries our MSS. Returns False if the interface could not send it.
+        """
+        tcp = self.tcp
+        iface = self.iface
+        tx = iface.tx
+        o = L4_OFF
+        put16(tx, o, self.local_port)
+        put16(tx, o + 2, self.remote_port)
+        seq_put(tx, o + 4, self.seq, _SND_UNA, rel)
+        if flags & _ACK:
+            copy(tx, o + 8, self.seq, _RCV_NXT, 4)
+        else:
+            fill(tx, o + 8, 4, 0)
+        hlen = _HLEN
+        if flags & _SYN:
+            hlen = _HLEN + 4
+            tx[o + 20] = 2
+            tx[o + 21] = 4
+            put16(tx, o + 22, _OUR_MSS)
+        tx[o + 12] = hlen << 2
+        tx[o + 13] = flags
+        w = self._rcv_space()
+        if w > _MAX_WINDOW:
+            w = _MAX_WINDOW
+        put16(tx, o + 14, w)
+        fill(tx, o + 16, 4, 0)            # checksum (the interface fills it), urgent
+        if n > 0:
+            self.tx.peek_into(tx, o + hlen, rel - self.syn_off, n)
+        if not iface.send_ipv4(_PROTO_TCP, self.remote_ip, 0, tx, o, hlen, tx, o + hlen, n,
+                               now):
+            return False
+        tcp.segs_out = (tcp.segs_out + 1) & _COUNTER_MASK
+        if flags & _ACK:
+            self.rcv_adv_rel = w
+            self.ack_now = False
+            self.ack_armed = False
+            self.unacked_bytes = 0
+        return True
+
+    def _emit_rst(self, now):
+        """RST for abort(): SEQ = SND.NXT (the highest sent), with the ACK Linux also sends."""
+        self.tcp.rst_sent += 1
+        self._emit(self.snd_max_off, 0, _RST | _ACK, now)
+
+
+class Tcp:
+    """The TCP layer of one Stack: listeners, connections, demux, RSTs, ISNs, counters."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self.config = stack.config
+        self.iface = stack.iface
+        self.conns = []
+        self.listeners = []
+        self.seg = _Segment()
+        self.last = None               # demux cache: the socket of the previous segment
+        self.secret = os.urandom(16)   # RFC 6528 key, per stack
+        r = os.urandom(2)
+        self.next_port = _EPHEMERAL_LO + ((r[0] << 8) | r[1]) % _EPHEMERAL_SPAN
+        self.now = 0
+        self.ca_start = 0              # challenge-ACK rate limit window
+        self.ca_count = 0
+        for name in _COUNTER_NAMES:
+            setattr(self, name, 0)
+
+    # ---- application interface -------------------------------------------------------
+
+    def listen(self, port, backlog=None):
+        if self._find_listener(port) is not None:
+            raise OSError(_EADDRINUSE)
+        if backlog is None:
+            backlog = self.config.tcp_syn_backlog
+        lsn = TcpListener(self, port, backlog)
+        self.listeners.append(lsn)
+        return lsn
+
+    def connect(self, dst, dst_off, dst_port, now, local_port=0):
+        """Active open to dst[dst_off:dst_off+4]:dst_port; the SYN leaves at once."""
+        self.now = now
+        if len(self.conns) >= self.config.tcp_max_connections:
+            raise OSError(_ENOMEM)
+        rip = bytes(dst[dst_off:dst_off + 4])
+        if local_port == 0:
+            local_port = self._ephemeral_port()
+        elif self._find(rip, 0, dst_port, local_port) is not None:
+            raise OSError(_EADDRINUSE)
+        s = TcpSocket(self, local_port, dst_port, rip)
+        s._open_active(now)
+        self.conns.append(s)
+        self.active_opens += 1
+        s._output(now)
+        return s
+
+    def connection_count(self):
+        return len(self.conns)
+
+    def counters(self):
+        d = {}
+        for name in _COUNTER_NAMES:
+            d[name] = getattr(self, name)
+        d["connections"] = len(self.conns)
+        return d
+
+    # ---- segments in -------------------------------------------------------------------
+
+    def input(self, buf, ip_off, tcp_off, tcp_len, now):
+        """One TCP segment for us (checksum already verified by the interface)."""
+        self.now = now
+        self.segs_in = (self.segs_in + 1) & _COUNTER_MASK
+        if tcp_len < _HLEN:
+            self.drop_malformed += 1
+            return
+        hlen = (buf[tcp_off + 12] >> 4) << 2
+        if hlen < _HLEN or hlen > tcp_len:
+            self.drop_malformed += 1
+            return
+        g = self.seg
+        g.mss = 0
+        if hlen > _HLEN and not _parse_options(buf, tcp_off + _HLEN, tcp_off + hlen, g):
+            self.drop_bad_options += 1
+            return
+        sport = get16(buf, tcp_off)
+        dport = get16(buf, tcp_off + 2)
+        if sport == 0 or dport == 0:
+            self.drop_malformed += 1
+            return
+        g.buf = buf
+        g.ip_off = ip_off
+        g.off = tcp_off
+        g.flags = buf[tcp_off + 13] & 0x3F
+        g.data_off = tcp_off + hlen
+        g.data_len = tcp_len - hlen
+        g.wnd = get16(buf, tcp_off + 14)
+        g.sport = sport
+        g.dport = dport
+        s = self._find(buf, ip_off + 12, sport, dport)
+        if s is not None and s.state == TIME_WAIT and self._time_wait_reopens(s, g):
+            s = None
+        if s is not None:
+            s._input(g, now)
+            if s.state != CLOSED and (s.need_output or s.ack_now):
+                s._output(now)
+            return
+        lsn = self._find_listener(dport)
+        if lsn is not None:
+            self._listen_input(lsn, g, now)
+            return
+        self.drop_no_socket += 1
+        self._reply_rst(g, now)
+
+    def _find(self, buf, ip_off, sport, dport):
+        s = self.last
+        if (s is not None and s.remote_port == sport and s.local_port == dport
+                and equal(buf, ip_off, s.remote_ip, 0, 4)):
+            return s
+        conns = self.conns
+        i = 0
+        n = len(conns)
+        while i < n:
+            s = conns[i]
+            if (s.remote_port == sport and s.local_port == dport
+                    and equal(buf, ip_off, s.remote_ip, 0, 4)):
+                self.last = s
+                return s
+            i += 1
+        return None
+
+    def _find_listener(self, port):
+        ls = self.listeners
+        i = 0
+        while i < len(ls):
+            if ls[i].port == port:
+                return ls[i]
+            i += 1
+        return None
+
+    def _time_wait_reopens(self, s, g):
+        """A new SYN (seq above the old connection's) may end TIME-WAIT early."""
+        if g.flags & (_SYN | _ACK | _RST) != _SYN:
+            return False
+        if self._find_listener(g.dport) is None:
+            return False
+        if seq_delta(g.buf, g.off + 4, s.seq, _RCV_NXT) <= 0:
+            return False
+        self.time_wait_reuse += 1
+        s._finish(0)
+        return True
+
+    def _listen_input(self, lsn, g, now):
+        """RFC 9293 3.10.7.2 LISTEN: RST ignored, ACK answered with RST, SYN opens."""
+        flags = g.flags
+        if flags & _RST:
+            return
+        if flags & _ACK:
+            self.drop_no_socket += 1
+            self._reply_rst(g, now)
+            return
+        if not flags & _SYN:
+            self.drop_no_socket += 1
+            return
+        if flags & _FIN:
+            self.drop_malformed += 1     # SYN+FIN: a scan, not a connection
+            return
+        if lsn.embryonic + len(lsn.queue) >= lsn.backlog:
+            self.drop_backlog_full += 1
+            return
+        if len(self.conns) >= self.config.tcp_max_connections:
+            self.drop_max_connections += 1
+            return
+        buf = g.buf
+        ip = g.ip_off + 12
+        s = TcpSocket(self, g.dport, g.sport, bytes(buf[ip:ip + 4]))
+        s.listener = lsn
+        s.listen_state = _LS_EMBRYONIC
+        lsn.embryonic += 1
+        s._open_passive(g, now)
+        self.conns.append(s)
+        self.passive_opens += 1
+        s._output(now)
+
+    # ---- segments out (no socket) -------------------------------------------------------
+
+    def _reply_rst(self, g, now):
+        """RST answering segment g (RFC 9293 3.10.7.1); never answers a RST."""
+        if g.flags & _RST:
+            return
+        buf = g.buf
+        t = g.off
+        tx = self.iface.tx
+        o = L4_OFF
+        put16(tx, o, g.dport)
+        put16(tx, o + 2, g.sport)
+        if g.flags & _ACK:
+            copy(tx, o + 4, buf, t + 8, 4)       # <SEQ=SEG.ACK><CTL=RST>
+            fill(tx, o + 8, 4, 0)
+            flags = _RST
+        else:
+            fill(tx, o + 4, 4, 0)                # <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>
+            slen = g.data_len + (1 if g.flags & _SYN else 0) + (1 if g.flags & _FIN else 0)
+            seq_put(tx, o + 8, buf, t + 4, slen)
+            flags = _RST | _ACK
+        tx[o + 12] = _HLEN << 2
+        tx[o + 13] = flags
+        fill(tx, o + 14, 6, 0)
+        if self.iface.send_ipv4(_PROTO_TCP, buf, g.ip_off + 12, tx, o, _HLEN, None, 0, 0, now):
+            self.rst_sent += 1
+            self.segs_out = (self.segs_out + 1) & _COUNTER_MASK
+
+    def _challenge_allowed(self, now):
+        """RFC 5961 7: at most _CHALLENGE_ACKS_PER_S challenge ACKs per second per stack."""
+        if ticks_diff(now, self.ca_start) >= 1000 or ticks_diff(now, self.ca_start) < 0:
+            self.ca_start = now
+            self.ca_count = 0
+        if self.ca_count >= _CHALLENGE_ACKS_PER_S:
+            return False
+        self.ca_count += 1
+        return True
+
+    # ---- timers --------------------------------------------------------------------------
+
+    def poll(self, now):
+        self.now = now
+        conns = self.conns
+        i = len(conns) - 1
+        while i >= 0:
+            if i < len(conns):
+                conns[i]._poll(now)
+            i -= 1
+
+    def poll_at(self, now):
+        best = -1
+        conns = self.conns
+        i = 0
+        while i < len(conns):
+            d = conns[i]._due_in(now)
+            if d >= 0 and (best < 0 or d < best):
+                best = d
+                if best == 0:
+                    return 0
+            i += 1
+        return best
+
+    # ---- connection setup helpers (may allocate) ----------------------------------------
+
+    def _remove(self, s):
+        if self.last is s:
+            self.last = None
+        if s in self.conns:
+            self.conns.remove(s)
+
+    def _ephemeral_port(self):
+        span = _EPHEMERAL_SPAN
+        port = self.next_port
+        for _ in range(span):
+            port += 1
+            if port >= _EPHEMERAL_LO + span:
+                port = _EPHEMERAL_LO
+            if self._port_in_use(port):
+                continue
+            self.next_port = port
+            return port
+        raise OSError(_EAGAIN)
+
+    def _port_in_use(self, port):
+        for s in self.conns:
+            if s.local_port == port:
+                return True
+        return self._find_listener(port) is not None
+
+    def _make_isn(self, s, now):
+        """RFC 6528: ISN = M + F(4-tuple, secret), M a 4 µs clock."""
+        t = bytearray(12)
+        copy(t, 0, self.iface.ip, 0, 4)
+        put16(t, 4, s.local_port)
+        copy(t, 6, s.remote_ip, 0, 4)
+        put16(t, 10, s.remote_port)
+        if hashlib is not None and hasattr(hashlib, "sha256"):
+            h = hashlib.sha256(self.secret)
+            h.update(t)
+            copy(s.seq, _ISS, h.digest(), 0, 4)
+        else:
+            _keyed_mix(self.secret, t, s.seq, _ISS)
+        m = now * 250      # ms -> 4 µs ticks (a big int on 32-bit ports: setup only)
+        seq_add(s.seq, _ISS, m & 0xFFFF)
+        _add_high16(s.seq, _ISS, (m >> 16) & 0xFFFF)

@@ -1,0 +1,100 @@
+# UDP (RFC 768): a port -> handler table, datagrams in and out.
+#
+# The interface has already checked the IPv4 header and, when the sender computed one, the UDP
+# checksum (0 = none is allowed in IPv4); a failed checksum never reaches us. input() checks
+# the UDP length against what IPv4 delivered and hands the payload to the bound handler in
+# place (no copy): the handler must be done with it when it returns. sendto() builds the
+# header in the interface's tx frame and lets send_ipv4 copy (and fragment) the payload and
+# compute the checksum, which we always send.
+import errno
+
+from micropython import const
+
+from netkernel import wire
+from netkernel.iface import L4_OFF
+
+_HLEN = const(8)
+_PROTO_UDP = const(17)
+_MAX_PAYLOAD = const(65507)    # 65535 - 20 (IPv4) - 8 (UDP)
+
+
+class Udp:
+    def __init__(self, stack):
+        self.stack = stack
+        self._handlers = {}        # port -> handler; changed by bind/unbind, only read per packet
+        self.rx_datagrams = 0
+        self.rx_too_short = 0      # fewer than 8 bytes after the IPv4 header
+        self.rx_bad_length = 0     # UDP length < 8 or beyond the IPv4 payload
+        self.rx_no_port = 0
+        self.tx_datagrams = 0
+        self.tx_failed = 0         # send_ipv4 said no (neighbour unresolved, NIC full, no route)
+        self.tx_too_big = 0
+
+    def bind(self, port, handler):
+        """handler(buf, data_off, data_len, src, src_off, src_port, dst_port, now)."""
+        if port < 1 or port > 65535:
+            raise ValueError("port must be 1..65535")
+        if port in self._handlers:
+            raise OSError(errno.EADDRINUSE)
+        self._handlers[port] = handler
+
+    def unbind(self, port):
+        self._handlers.pop(port, None)
+
+    def bound(self, port):
+        return port in self._handlers
+
+    def input(self, buf, ip_off, udp_off, udp_len, now):
+        """One datagram (udp_len bytes from udp_off). False only when no socket has the port.
+
+        Malformed datagrams are counted and dropped, and return True: the port was not the
+        problem, so no ICMP port unreachable.
+        """
+        if udp_len < _HLEN:
+            self.rx_too_short += 1
+            return True
+        ulen = wire.get16(buf, udp_off + 4)
+        if ulen < _HLEN or ulen > udp_len:
+            self.rx_bad_length += 1
+            return True
+        dst_port = wire.get16(buf, udp_off + 2)
+        handler = self._handlers.get(dst_port)
+        if handler is None:
+            self.rx_no_port += 1
+            return False
+        self.rx_datagrams += 1
+        handler(buf, udp_off + _HLEN, ulen - _HLEN, buf, ip_off + 12,
+                wire.get16(buf, udp_off), dst_port, now)
+        return True
+
+    def sendto(self, data, off, n, dst, dst_off, dst_port, src_port, now):
+        """Send data[off:off+n] to dst[dst_off:+4]:dst_port. True if it went to the NIC."""
+        if n < 0 or n > _MAX_PAYLOAD:
+            self.tx_too_big += 1
+            return False
+        iface = self.stack.iface
+        t = iface.tx
+        wire.put16(t, L4_OFF, src_port)
+        wire.put16(t, L4_OFF + 2, dst_port)
+        wire.put16(t, L4_OFF + 4, _HLEN + n)
+        t[L4_OFF + 6] = 0
+        t[L4_OFF + 7] = 0
+        if n == 0:
+            data = None
+        if iface.send_ipv4(_PROTO_UDP, dst, dst_off, t, L4_OFF, _HLEN, data, off, n, now):
+            self.tx_datagrams += 1
+            return True
+        self.tx_failed += 1
+        return False
+
+    def counters(self):
+        return {
+            "rx_datagrams": self.rx_datagrams,
+            "rx_too_short": self.rx_too_short,
+            "rx_bad_length": self.rx_bad_length,
+            "rx_no_port": self.rx_no_port,
+            "tx_datagrams": self.tx_datagrams,
+            "tx_failed": self.tx_failed,
+            "tx_too_big": self.tx_too_big,
+            "bound": len(self._handlers),
+        }

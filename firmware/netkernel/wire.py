@@ -1,0 +1,211 @@
+# Packet layout: field offsets and the few hot helpers every layer needs (viper).
+#
+# Like smoltcp's `wire`: stateless, knows where fields are and how to sum and copy bytes,
+# nothing about state. Frames live in FRAME_BUFFER_SIZE bytearrays: Ethernet at 0, IPv4 at
+# ETH_HLEN, the transport header after the IPv4 header (its length comes from IHL).
+#
+# 32-bit values (TCP sequence numbers, IPv4 addresses) are never made into Python ints on
+# the data path: above 2**30 they would be heap objects on the RP2040. They stay as 4 bytes
+# in a buffer, and seq_delta()/seq_put()/seq_add() do the arithmetic in viper, handing back
+# small signed differences.
+import micropython
+from micropython import const
+
+# Ethernet II
+ETH_DST = const(0)
+ETH_SRC = const(6)
+ETH_TYPE = const(12)
+ETH_HLEN = const(14)
+ETHERTYPE_IPV4 = const(0x0800)
+ETHERTYPE_ARP = const(0x0806)
+ETH_MIN_FRAME = const(60)
+MTU = const(1500)
+
+# ARP (Ethernet/IPv4), offsets from the start of the ARP packet
+ARP_HTYPE = const(0)
+ARP_PTYPE = const(2)
+ARP_HLEN = const(4)
+ARP_PLEN = const(5)
+ARP_OPER = const(6)
+ARP_SHA = const(8)
+ARP_SPA = const(14)
+ARP_THA = const(18)
+ARP_TPA = const(24)
+ARP_LEN = const(28)
+ARP_REQUEST = const(1)
+ARP_REPLY = const(2)
+
+# IPv4, offsets from the start of the IPv4 header
+IP_VIHL = const(0)
+IP_TOS = const(1)
+IP_LEN = const(2)
+IP_ID = const(4)
+IP_FRAG = const(6)
+IP_TTL = const(8)
+IP_PROTO = const(9)
+IP_CSUM = const(10)
+IP_SRC = const(12)
+IP_DST = const(16)
+IP_HLEN = const(20)
+IP_DF = const(0x4000)
+IP_MF = const(0x2000)
+IP_OFFSET_MASK = const(0x1FFF)
+PROTO_ICMP = const(1)
+PROTO_TCP = const(6)
+PROTO_UDP = const(17)
+
+# ICMP
+ICMP_TYPE = const(0)
+ICMP_CODE = const(1)
+ICMP_CSUM = const(2)
+ICMP_HLEN = const(8)
+ICMP_ECHO_REPLY = const(0)
+ICMP_UNREACH = const(3)
+ICMP_ECHO_REQUEST = const(8)
+ICMP_TIME_EXCEEDED = const(11)
+UNREACH_PROTOCOL = const(2)
+UNREACH_PORT = const(3)
+UNREACH_NEEDFRAG = const(4)
+
+# UDP
+UDP_SPORT = const(0)
+UDP_DPORT = const(2)
+UDP_LEN = const(4)
+UDP_CSUM = const(6)
+UDP_HLEN = const(8)
+
+# TCP
+TCP_SPORT = const(0)
+TCP_DPORT = const(2)
+TCP_SEQ = const(4)
+TCP_ACK = const(8)
+TCP_OFF = const(12)     # data offset in the high nibble
+TCP_FLAGS = const(13)
+TCP_WIN = const(14)
+TCP_CSUM = const(16)
+TCP_URP = const(18)
+TCP_HLEN = const(20)
+TCP_FIN = const(0x01)
+TCP_SYN = const(0x02)
+TCP_RST = const(0x04)
+TCP_PSH = const(0x08)
+TCP_ACK_FLAG = const(0x10)
+TCP_URG = const(0x20)
+TCPOPT_END = const(0)
+TCPOPT_NOP = const(1)
+TCPOPT_MSS = const(2)
+
+
+@micropython.viper
+def checksum(buf: ptr8, off: int, n: int, acc: int) -> int:
+    """Internet checksum sum of buf[off:off+n] added to acc, folded to 16 bits (not inverted)."""
+    i = off
+    end = off + (n & ~1)
+    while i < end:
+        acc += (buf[i] << 8) | buf[i + 1]
+        i += 2
+    if n & 1:
+        acc += buf[end] << 8
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc
+
+
+@micropython.viper
+def pseudo_header_sum(buf: ptr8, ip_off: int, proto: int, length: int) -> int:
+    """Sum of the IPv4 pseudo header (addresses from the IPv4 header at ip_off)."""
+    acc = proto + length
+    i = ip_off + 12
+    while i < ip_off + 20:
+        acc += (buf[i] << 8) | buf[i + 1]
+        i += 2
+    while acc >> 16:
+        acc = (acc & 0xFFFF) + (acc >> 16)
+    return acc
+
+
+@micropython.viper
+def copy(dst: ptr8, doff: int, src: ptr8, soff: int, n: int):
+    """dst[doff:doff+n] = src[soff:soff+n] without making slices (which allocate)."""
+    if uint(dst) == uint(src) and doff > soff:
+        i = n - 1
+        while i >= 0:
+            dst[doff + i] = src[soff + i]
+            i -= 1
+    else:
+        i = 0
+        while i < n:
+            dst[doff + i] = src[soff + i]
+            i += 1
+
+
+@micropython.viper
+def fill(dst: ptr8, off: int, n: int, value: int):
+    i = off
+    end = off + n
+    while i < end:
+        dst[i] = value
+        i += 1
+
+
+@micropython.viper
+def equal(a: ptr8, aoff: int, b: ptr8, boff: int, n: int) -> bool:
+    i = 0
+    while i < n:
+        if a[aoff + i] != b[boff + i]:
+            return False
+        i += 1
+    return True
+
+
+@micropython.viper
+def seq_delta(p: ptr8, poff: int, q: ptr8, qoff: int) -> int:
+    """(p - q) mod 2**32 as a signed value, for 32-bit big-endian numbers at p[poff], q[qoff].
+
+    Clamped to [-2**30, 2**30 - 1] so the result is always a small int: anything that far
+    apart is simply "far outside any window".
+    """
+    hi = ((p[poff] << 8) | p[poff + 1]) - ((q[qoff] << 8) | q[qoff + 1])
+    lo = ((p[poff + 2] << 8) | p[poff + 3]) - ((q[qoff + 2] << 8) | q[qoff + 3])
+    if lo < 0:
+        lo += 65536
+        hi -= 1
+    hi &= 0xFFFF
+    if hi >= 0x8000:
+        hi -= 0x10000
+    if hi >= 0x4000:
+        return 0x3FFFFFFF
+    if hi < -0x4000:
+        return -0x40000000
+    return hi * 65536 + lo
+
+
+@micropython.viper
+def seq_put(dst: ptr8, doff: int, q: ptr8, qoff: int, delta: int):
+    """dst[doff:doff+4] = (q[qoff:qoff+4] + delta) mod 2**32, big-endian (delta may be < 0)."""
+    lo = ((q[qoff + 2] << 8) | q[qoff + 3]) + (delta & 0xFFFF)
+    hi = ((q[qoff] << 8) | q[qoff + 1]) + ((delta >> 16) & 0xFFFF) + (lo >> 16)
+    dst[doff] = (hi >> 8) & 0xFF
+    dst[doff + 1] = hi & 0xFF
+    dst[doff + 2] = (lo >> 8) & 0xFF
+    dst[doff + 3] = lo & 0xFF
+
+
+@micropython.viper
+def seq_add(q: ptr8, qoff: int, delta: int):
+    """q[qoff:qoff+4] += delta (mod 2**32), in place."""
+    lo = ((q[qoff + 2] << 8) | q[qoff + 3]) + (delta & 0xFFFF)
+    hi = ((q[qoff] << 8) | q[qoff + 1]) + ((delta >> 16) & 0xFFFF) + (lo >> 16)
+    q[qoff] = (hi >> 8) & 0xFF
+    q[qoff + 1] = hi & 0xFF
+    q[qoff + 2] = (lo >> 8) & 0xFF
+    q[qoff + 3] = lo & 0xFF
+
+
+def get16(buf, off):
+    return (buf[off] << 8) | buf[off + 1]
+
+
+def put16(buf, off, value):
+    buf[off] = (value >> 8) & 0xFF
+    buf[off + 1] = value & 0xFF

@@ -1,0 +1,155 @@
+# Windows both ways: the receive window is the RX ring's free space and opens only as the
+# application reads; the peer's window bounds what we send (zero-window probes, sender SWS);
+# Nagle on and off.
+from tcp_harness import ACK, FIN, PSH, drain, server_established
+
+
+def test_receive_window_is_free_rx_space():
+    st, lsn, s, p = server_established()
+    p.send(ACK | PSH, bytes(1000), now=2000)
+    st.tcp.poll(2040)
+    a = p.one()
+    assert a.ack == p.seq and a.wnd == 4096 - 1000
+
+
+def test_window_opens_only_as_the_application_reads():
+    st, lsn, s, p = server_established()
+    for _ in range(2):
+        p.send(ACK, bytes(1460), now=2000)
+    p.send(ACK, bytes(4096 - 2920), now=2000)
+    st.tcp.poll(2100)
+    acks = p.take()
+    assert acks[-1].wnd == 0 and acks[-1].ack == p.seq
+    st.tcp.poll(3000)
+    p.none()                                   # no reading, no window update
+    buf = bytearray(2000)
+    assert s.recv_into(buf, 0, 100) == 100
+    st.tcp.poll(3001)
+    p.none()                                   # 100 bytes is less than an MSS
+    assert s.recv_into(buf, 0, 1400) == 1400
+    assert st.tcp.poll_at(3002) == 0
+    st.tcp.poll(3002)
+    upd = p.one()
+    assert upd.is_(ACK) and upd.wnd == 1500 and upd.ack == p.seq
+
+
+def test_data_beyond_the_window_is_trimmed():
+    st, lsn, s, p = server_established()
+    p.send(ACK, bytes(3000), now=2000)
+    p.send(ACK, bytes(range(200)) * 10, now=2000)      # only 1096 bytes fit
+    st.tcp.poll(2100)
+    a = p.take()[-1]
+    assert s.recv_available() == 4096 and a.wnd == 0
+    assert a.ack == (p.seq - 2000 + 1096) & 0xFFFFFFFF
+
+
+def test_zero_window_still_sees_ack_and_fin():
+    st, lsn, s, p = server_established()
+    p.send(ACK, bytes(4096), now=2000)
+    p.take()
+    s.send(b"hi", 0, 2)
+    st.tcp.poll(2001)
+    d = p.one()
+    p.send(ACK | FIN, now=2002)                 # window 0, but the ACK and FIN count
+    a = p.one()
+    assert s.tx.used == 0 and s.fin_received and a.ack == p.seq and a.wnd == 0
+    assert drain(s) == bytes(4096) and s.at_eof()
+    assert d.payload == b"hi"
+
+
+def test_zero_window_probe_with_backoff_until_the_window_opens():
+    st, lsn, s, p = server_established(peer_wnd=0)
+    assert s.send(b"waiting", 0, 7) == 7
+    st.tcp.poll(2000)
+    p.none()                                    # window 0: nothing may go
+    d = st.tcp.poll_at(2000)
+    assert d == s.rto
+    st.tcp.poll(2000 + d)
+    probe = p.one()
+    assert probe.is_(ACK) and not probe.payload
+    assert probe.seq == (p.ack - 1) & 0xFFFFFFFF     # SND.UNA - 1: forces an ACK
+    assert st.tcp.zero_window_probes == 1
+    p.send(ACK, now=2000 + d)                         # still 0
+    assert st.tcp.poll_at(2000 + d) == 2 * d          # backoff
+    st.tcp.poll(2000 + 3 * d)
+    assert p.one().seq == probe.seq
+    p.send(ACK, now=2000 + 3 * d + 5, wnd=1000)       # it opens
+    out = p.one()
+    assert out.payload == b"waiting"
+    assert st.tcp.zero_window_probes == 2
+    p.send(ACK, now=2000 + 3 * d + 10, wnd=1000)
+    st.tcp.poll(60000)
+    p.none()                                          # no more probes
+    assert st.tcp.poll_at(60000) == -1
+
+
+def test_zero_window_probes_continue_while_answered():
+    st, lsn, s, p = server_established(peer_wnd=0)
+    s.send(b"x", 0, 1)
+    now = 2000
+    st.tcp.poll(now)
+    for _ in range(20):                        # more than the retry limit
+        now += st.tcp.poll_at(now)
+        st.tcp.poll(now)
+        assert p.one().is_(ACK)
+        p.send(ACK, now=now)
+    assert s.state == 4 and s.persist_ms == 60000
+
+
+def test_small_peer_window_is_used_when_nothing_is_in_flight():
+    st, lsn, s, p = server_established(peer_wnd=1000)
+    s.send(bytes(3000), 0, 3000)
+    st.tcp.poll(2000)
+    segs = p.take()
+    assert [len(x.payload) for x in segs] == [1000]
+    p.send(ACK, now=2010, wnd=1000)
+    assert [len(x.payload) for x in p.take()] == [1000]
+
+
+def test_nagle_holds_small_segment_while_data_is_unacked():
+    st, lsn, s, p = server_established()
+    assert s.nagle
+    s.send(b"a" * 10, 0, 10)
+    st.tcp.poll(2000)
+    assert p.one().payload == b"a" * 10
+    s.send(b"b" * 10, 0, 10)
+    s.send(b"c" * 10, 0, 10)
+    st.tcp.poll(2001)
+    p.none()
+    p.send(ACK, now=2010)
+    assert p.one().payload == b"b" * 10 + b"c" * 10
+
+
+def test_nagle_off_sends_small_segments_at_once():
+    st, lsn, s, p = server_established(tcp_nagle=False)
+    assert not s.nagle
+    s.send(b"a" * 10, 0, 10)
+    st.tcp.poll(2000)
+    s.send(b"b" * 10, 0, 10)
+    st.tcp.poll(2001)
+    assert [x.payload for x in p.take()] == [b"a" * 10, b"b" * 10]
+
+
+def test_nagle_does_not_hold_full_segments_or_the_final_fin():
+    st, lsn, s, p = server_established()
+    s.send(b"a", 0, 1)
+    st.tcp.poll(2000)
+    p.take()
+    s.send(bytes(1470), 0, 1470)
+    st.tcp.poll(2001)
+    assert [len(x.payload) for x in p.take()] == [1460]      # the 10-byte tail waits
+    s.close()
+    st.tcp.poll(2002)
+    last = p.one()
+    assert len(last.payload) == 10 and last.flags & FIN      # closing overrides Nagle
+
+
+def test_send_space_shrinks_and_frees_on_ack():
+    st, lsn, s, p = server_established()
+    assert s.send_space() == 4096
+    assert s.send(bytes(5000), 0, 5000) == 4096
+    assert s.send(b"x", 0, 1) == 0 and s.send_space() == 0
+    st.tcp.poll(2000)
+    p.take()
+    p.send(ACK, now=2010)
+    assert s.send_space() == 4096 - (4096 - 2920)
