@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""`make sim`: boot the simulated board, show frames crossing its wire both ways, stop cleanly.
+"""`make sim`: boot the simulated board and serve real traffic from the Linux kernel, then stop.
 
 1. `twinstack sim` brings up the board (namespace, veth, pty, MicroPython with the W5500
-   emulator) and prints its `ready` line.
-2. The Linux kernel in the namespace sends ARP and ICMP to the board: the firmware logs
-   each frame it receives.
-3. The host opens the board's USB (the pty) like /dev/ttyACM1, checks the link with an
-   echo, and asks the board to transmit a UDP datagram: tcpdump in the namespace shows it.
+   emulator and the firmware's TCP/IPv4 stack) and prints its `ready` line.
+2. From the namespace, the Linux kernel pings the board (also with 3,000-byte pings that are
+   fragmented both ways), uses its UDP echo, and sends data through its TCP echo and
+   discard services.
+3. The host opens the board's USB (the pty) like /dev/ttyACM1, reads the board's counters,
+   and has the board open a TCP connection to a server in the namespace.
 4. SIGINT: the board prints its counters and everything it created is removed.
 """
 
@@ -44,7 +45,7 @@ def main() -> int:
     say("starting the simulated board: twinstack sim")
     sim = subprocess.Popen(
         [sys.executable, "-m", "twinstack", "sim", "--netns", args.netns,
-         "--board-ip", args.board_ip, "--peer-ip", args.peer_ip, "--log-frames"],
+         "--board-ip", args.board_ip, "--peer-ip", args.peer_ip, "--no-log-frames"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
     )
     ready: dict[str, str] = {}
@@ -66,39 +67,34 @@ def main() -> int:
         if not got_ready.wait(60):
             print("the simulated board did not come up", file=sys.stderr)
             return 1
-        mac = ready["mac"]
-        tcpdump = subprocess.Popen(
-            ["ip", "netns", "exec", args.netns, "tcpdump", "-i", "eth0", "-n", "-e", "-l",
-             "-c", "1", "udp"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        time.sleep(1.0)  # tcpdump attaches its socket
+        say(f"peer -> board: ping {board_ip} from namespace {args.netns}")
+        for size in ("56", "3000"):
+            out = ns(args.netns, "ping", "-c", "3", "-i", "0.2", "-s", size, board_ip).stdout
+            print("  " + "\n  ".join(out.strip().splitlines()[-2:]), flush=True)
 
-        say(f"peer -> board: arping and ping {board_ip} from namespace {args.netns}")
-        ns(args.netns, "arping", "-c", "2", "-w", "3", "-I", "eth0", board_ip)
-        # No stack on the board yet, so no ARP reply: a static entry lets ping send its frames.
-        ns(args.netns, "ip", "neigh", "replace", board_ip, "lladdr", mac, "dev", "eth0")
-        ns(args.netns, "ping", "-c", "2", "-W", "1", board_ip)
-        time.sleep(0.5)
+        say("peer -> board: UDP echo, TCP echo (1 MiB), TCP discard (20 MiB)")
+        out = ns(args.netns, sys.executable, str(ROOT / "tools" / "peer_client.py"), board_ip,
+                 timeout=120)
+        print("  " + "\n  ".join((out.stdout + out.stderr).strip().splitlines()), flush=True)
 
-        say(f"host -> board -> peer: link echo on {ready['usb']}, then a frame to transmit")
-        from scapy.layers.inet import IP, UDP
-        from scapy.layers.l2 import Ether
+        say(f"host: the board's counters over {ready['usb']}, then an active open")
         from twinstack.link import Link
 
-        peer_mac = ns(args.netns, "cat", "/sys/class/net/eth0/address").stdout.strip()
-        frame = bytes(Ether(src=mac, dst=peer_mac) / IP(src=board_ip, dst=args.peer_ip)
-                      / UDP(sport=7, dport=9) / b"hello from the simulated board")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", args.netns, sys.executable,
+             str(ROOT / "tools" / "peer_client.py"), "--echo-server", args.peer_ip, "7777"],
+            stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None
+        server.stdout.readline()   # "listening"
         with Link(ready["usb"]) as link:
-            print(f"  link echo round trip: {link.echo() * 1000:.2f} ms", flush=True)
-            link.wire_tx(frame)
-        try:
-            out, _ = tcpdump.communicate(timeout=5)
-            print("  tcpdump in the namespace saw:\n    " + out.strip().replace("\n", "\n    "))
-        except subprocess.TimeoutExpired:
-            tcpdump.kill()
-            print("  tcpdump saw nothing", file=sys.stderr)
-            return 1
+            stats = link.stats()
+            print(f"  heap free {stats['heap_free']} B, tcp connections {stats['tcp_conns']}, "
+                  f"frames in {stats['rx_frames']}", flush=True)
+            status, sent, verified, ms = link.tcp_test(args.peer_ip, 7777, 100_000)
+            print(f"  board -> {args.peer_ip}:7777: status {status}, sent {sent}, "
+                  f"verified {verified} in {ms} ms", flush=True)
+        server.terminate()
+        server.wait(5)
         say("stopping the board (SIGINT)")
         return 0
     finally:

@@ -77,12 +77,16 @@ class HostLink:
         self.send(r, 14)
 
     def send_text(self, kind, text):
+        """Send text of any length as frames of kind + more-flag + a piece of the text."""
         data = text.encode()
-        n = min(len(data), lf.MAX_PAYLOAD - 1)
+        step = lf.MAX_PAYLOAD - 2
         r = self._reply
         r[0] = kind
-        r[1:1 + n] = data[:n]
-        self.send(r, 1 + n)
+        for start in range(0, max(len(data), 1), step):
+            piece = data[start:start + step]
+            r[1] = 1 if start + step < len(data) else 0
+            r[2:2 + len(piece)] = piece
+            self.send(r, 2 + len(piece))
 
     def send(self, payload, n):
         """Frame payload[:n] and write it; if the host stops reading, drop and count."""

@@ -33,18 +33,25 @@
 #   the peer answer with its current window without sending it any data.
 # - A SYN for a TIME-WAIT connection with a higher sequence number reopens it (RFC 6191
 #   style), so a client that reuses its port does not wait for 2 MSL.
+# - When ACKs leave: input() answers at once only what must be at once (dup ACKs for
+#   out-of-order data and hole fills, ACKs for unacceptable segments, challenge ACKs,
+#   SYN-ACKs, RSTs). Everything else owed (every second full segment, FIN, window updates,
+#   data the new ACK allows) goes out from the next poll(), which the kernel runs at the end
+#   of the same turn: an application that has read and written by then gets its reopened
+#   window and its data onto that one segment. Otherwise ACKs are delayed by
+#   config.tcp_delayed_ack_ms.
+# - Buffers: a passive socket gets its rings only when the handshake completes (a SYN
+#   flood costs socket objects, bounded by the backlog); TX is released when our FIN is
+#   acknowledged, RX when the peer's FIN is in and the reader has drained it, so TIME-WAIT
+#   sockets hold no rings.
 import os
 from time import ticks_add, ticks_diff
 
 from micropython import const
 
+from netkernel.iface import L4_OFF
 from netkernel.tcpbuf import Assembler, RingBuffer
 from netkernel.wire import copy, equal, fill, get16, put16, seq_add, seq_delta, seq_put
-
-try:
-    from netkernel.iface import L4_OFF
-except ImportError:  # the interface layer is not there (unit tests bring a fake one)
-    L4_OFF = 34
 
 try:
     import hashlib
@@ -288,7 +295,8 @@ class TcpSocket:
         self.persist_ms = 0
         self.persist_probes = 0
         # ACK generation.
-        self.ack_now = False
+        self.ack_now = False       # an ACK is owed: sent by the next poll (end of the turn)
+        self.ack_urgent = False    # ...or at once, from input() (out of order: dup ACKs)
         self.ack_armed = False     # delayed ACK pending
         self.ack_at = 0
         self.unacked_bytes = 0
@@ -338,7 +346,10 @@ class TcpSocket:
             return 0
         k = rx.read_into(buf, off, n)
         if k:
-            self._window_opened()
+            if self.fin_received:
+                self._release_buffers()
+            else:
+                self._window_opened()
         return k
 
     def recv_available(self):
@@ -405,6 +416,7 @@ class TcpSocket:
             self.tcp.drop_out_of_window += 1
             if not flags & _RST:
                 self.ack_now = True       # tell the peer where we are (RFC 9293 3.10.7.4)
+                self.ack_urgent = True
             return
         if flags & _RST:
             self._input_rst(g, now)
@@ -723,8 +735,10 @@ class TcpSocket:
             else:
                 self._note_data(n, now)
             return
-        # Out of order, or filling a hole: ACK at once (RFC 5681 4.2).
+        # Out of order, or filling a hole: ACK at once (RFC 5681 4.2), one per segment so
+        # the sender can count duplicates.
         self.ack_now = True
+        self.ack_urgent = True
         if n:
             if not asm.add(rel, rel + n):
                 self.tcp.drop_ooo_full += 1
@@ -783,6 +797,19 @@ class TcpSocket:
             self._enter_time_wait(now)
         elif st == LAST_ACK:
             self._finish(0)
+        self._release_buffers()
+
+    def _release_buffers(self):
+        """Give the rings back to the heap once no byte can pass through them again: TX when
+        our FIN is acknowledged, RX when the peer's FIN is in and the reader has drained it.
+        (A TIME-WAIT socket would otherwise hold both for 2 MSL.)"""
+        st = self.state
+        if self.fin_queued and (st == FIN_WAIT_2 or st == TIME_WAIT or st == CLOSED):
+            self.tx = None
+        rx = self.rx
+        if rx is not None and rx.used == 0 and (self.fin_received or st == CLOSED):
+            self.rx = None
+            self.asm = None
 
     # ---- state changes -----------------------------------------------------------------
 
@@ -853,6 +880,7 @@ class TcpSocket:
         self.state = TIME_WAIT
         self.ack_armed = False
         self._arm_time_wait(now)
+        self._release_buffers()
 
     def _arm_time_wait(self, now):
         self.timer = _T_TIMEWAIT
@@ -868,6 +896,7 @@ class TcpSocket:
         self.timer = _T_NONE
         self.ack_armed = False
         self.ack_now = False
+        self.ack_urgent = False
         self.need_output = False
         self.blocked = False
         lsn = self.listener
@@ -880,6 +909,10 @@ class TcpSocket:
             self.listener = None
             self.listen_state = _LS_NONE
         self.tcp._remove(self)
+        if self.rx is not None and self.rx.used == 0:
+            self.rx = None
+            self.asm = None
+        self.tx = None
 
     def _set_peer_mss(self, m):
         if m == 0:
@@ -976,7 +1009,7 @@ class TcpSocket:
     def _on_persist(self, now):
         """Zero-window probe: an ACK from just below SND.UNA makes the peer state its window."""
         tcp = self.tcp
-        if self.snd_wnd != 0 or self.tx.used <= self.snd_nxt_off:
+        if self.snd_wnd != 0 or self.tx is None or self.tx.used <= self.snd_nxt_off:
             self.need_output = True
             return
         self.persist_probes += 1
@@ -1247,6 +1280,7 @@ class TcpSocket:
         if flags & _ACK:
             self.rcv_adv_rel = w
             self.ack_now = False
+            self.ack_urgent = False
             self.ack_armed = False
             self.unacked_bytes = 0
         return True
@@ -1352,7 +1386,9 @@ class Tcp:
             s = None
         if s is not None:
             s._input(g, now)
-            if s.state != CLOSED and (s.need_output or s.ack_now):
+            # Most replies wait for this turn's poll(): by then the application has read
+            # (the ACK then opens the window) and may have written (the ACK rides on data).
+            if s.ack_urgent and s.state != CLOSED:
                 s._output(now)
             return
         lsn = self._find_listener(dport)

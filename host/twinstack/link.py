@@ -88,7 +88,12 @@ class Link:
 
     def stats(self, timeout: float = 2.0) -> dict[str, int]:
         """The board's counters (every layer of every kernel, heap, link, NIC)."""
-        text = self._request(lf.KIND_STATS_REQUEST, b"", lf.KIND_STATS_REPLY, timeout)
+        piece = self._request(lf.KIND_STATS_REQUEST, b"", lf.KIND_STATS_REPLY, timeout)
+        text = piece[1:]
+        while piece[:1] == b"\x01":   # more follows
+            kind, piece = self.recv(timeout)
+            if kind == lf.KIND_STATS_REPLY:
+                text += piece[1:]
         out: dict[str, int] = {}
         for item in text.decode().split():
             name, _, value = item.partition("=")

@@ -172,7 +172,8 @@ class Peer:
         self.received = bytearray()
 
     def send(self, flags, data=b"", now=0, seq=None, ack=None, wnd=None, options=b"",
-             hlen=None):
+             hlen=None, poll=True):
+        """Deliver one segment, then poll the stack as the kernel does after each batch."""
         if seq is None:
             seq = self.seq
             self.seq = (self.seq + len(data) + (1 if flags & SYN else 0)
@@ -184,6 +185,8 @@ class Peer:
         buf, ip, t, n = build(self.ip, self.stack.iface.ip, self.port, self.our_port, seq & M32,
                               ack & M32, flags, wnd, data, options, hlen)
         self.stack.tcp.input(buf, ip, t, n, now)
+        if poll:
+            self.stack.tcp.poll(now)
 
     def take(self):
         """Segments TCP sent to this peer since the last take(); in-order ones advance our

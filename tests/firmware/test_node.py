@@ -106,3 +106,17 @@ def test_lost_link_is_reported():
     turns(node, 1)
     assert not node.link_up
     node.stop()
+
+
+def test_stats_reach_the_host_whole_even_when_longer_than_a_frame():
+    node, hw = started()
+    hw.stream.incoming += link_frame(lf.KIND_STATS_REQUEST)
+    turns(node, 3)
+    replies = link_replies(hw.stream)
+    assert len(replies) >= 2 and all(r[0] == lf.KIND_STATS_REPLY for r in replies)
+    assert [r[1] for r in replies] == [1] * (len(replies) - 1) + [0]
+    text = b"".join(r[2:] for r in replies).decode()
+    fields = dict(item.split("=") for item in text.split())
+    assert fields["errors"] == "0" and int(fields["heap_free"]) > 0
+    assert fields["tcp.connections"] == "0" and "ip.bad_checksum" in fields
+    node.stop()

@@ -169,3 +169,17 @@ def test_client_data_retransmitted_on_rto():
     p.send(ACK, now=1400)
     assert s.tx.used == 0 and st.tcp.poll_at(1400) == -1
     assert p.received == b"req"
+
+
+def test_pure_ack_after_rto_carries_the_highest_sequence_sent():
+    st, lsn, s, p = server_established(tcp_tx_buffer=8192)
+    s.send(bytes(4380), 0, 4380)
+    st.tcp.poll(2000)
+    out = p.take()
+    st.tcp.poll(2200)                                   # RTO: SND.NXT back to SND.UNA
+    p.take()
+    p.send(ACK, b"x", now=2210, seq=p.seq, ack=out[0].seq)   # acks nothing new
+    st.tcp.poll(2260)
+    a = [x for x in p.take() if not x.payload][-1]
+    # SND.MAX, not the pulled-back SND.NXT: an old SEQ would make the peer ACK back.
+    assert a.seq == out[2].seq + 1460

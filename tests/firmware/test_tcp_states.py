@@ -461,3 +461,16 @@ def test_client_established_and_close_both_ways():
     assert fin.flags & FIN and fin.ack == p.seq
     p.send(FIN | ACK, now=1102)
     assert s.state == T.TIME_WAIT and s.at_eof()
+
+
+def test_rings_are_released_once_no_byte_can_pass():
+    st, s, p, fin = fin_wait_1()
+    p.send(ACK, now=1100)                              # our FIN acked: TX ring goes
+    assert s.state == T.FIN_WAIT_2 and s.tx is None and s.rx is not None
+    p.send(FIN | ACK, b"tail", now=1200)               # TIME-WAIT with unread data
+    assert p.one().ack == p.seq
+    assert s.state == T.TIME_WAIT and s.rx is not None
+    assert drain(s) == b"tail" and s.rx is None and s.at_eof()
+    assert s.recv_into(bytearray(4), 0, 4) == 0 and s.send_space() == 0
+    p.send(FIN | ACK, now=1300, seq=p.seq - 1)         # still answers in TIME-WAIT
+    assert p.one().is_(ACK)

@@ -23,7 +23,8 @@ KIND_ECHO_REQUEST = const(0x01)  # link liveness: the board answers with the sam
 KIND_ECHO_REPLY = const(0x02)
 KIND_WIRE_TX = const(0x03)       # host -> board: put this Ethernet frame on the wire
 KIND_STATS_REQUEST = const(0x04) # host -> board: counters, please
-KIND_STATS_REPLY = const(0x05)   # board -> host: "name=value name=value ..." (ASCII)
+KIND_STATS_REPLY = const(0x05)   # board -> host: more(1) + "name=value ..." (ASCII); more=1:
+                                 # the text goes on in the next KIND_STATS_REPLY
 KIND_TCP_TEST = const(0x06)      # host -> board: ip(4) port(2) nbytes(4): the built-in test
                                  # client connects, sends a pattern, checks the echo, closes
 KIND_TCP_TEST_REPLY = const(0x07)  # board -> host: status(1) sent(4) verified(4) ms(4)
