@@ -1,6 +1,5 @@
 # Two whole stacks talking TCP/UDP/ICMP to each other through every layer.
 import micropython
-
 from netkernel import tcp, wire
 from stack_pair import IP_B, StackPair
 

@@ -1,6 +1,5 @@
 # netkernel.wire: checksum, 32-bit sequence arithmetic without big ints, copies.
 import micropython
-
 from netkernel import wire
 
 
