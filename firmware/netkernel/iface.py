@@ -18,6 +18,7 @@
 #   request (at most one per address per arp_retry_ms) and returns False; the caller retries.
 import time
 
+import micropython
 from micropython import const
 
 from netkernel import wire
@@ -186,6 +187,7 @@ class Interface:
 
     # == Ethernet ============================================================================
 
+    @micropython.native
     def input(self, buf, n, now):
         """One received Ethernet frame (buf[0:n], no FCS), through every layer to completion."""
         self.eth_rx += 1
@@ -216,6 +218,7 @@ class Interface:
         else:
             self.eth_unknown_type += 1
 
+    @micropython.native
     def _transmit(self, n):
         if self._send(self.tx, n):
             self.eth_tx += 1
@@ -223,6 +226,7 @@ class Interface:
         self.eth_tx_failed += 1
         return False
 
+    @micropython.native
     def _eth_header(self, dst, dst_off, ethertype):
         t = self.tx
         wire.copy(t, 0, dst, dst_off, 6)
@@ -232,6 +236,7 @@ class Interface:
 
     # == ARP =================================================================================
 
+    @micropython.native
     def _arp_input(self, buf, n, now):
         self.arp_rx += 1
         if n < 14 + 28:
@@ -301,6 +306,7 @@ class Interface:
 
     # == IPv4 input ==========================================================================
 
+    @micropython.native
     def _ipv4_input(self, buf, n, l2_bcast, now):
         self.ip_rx += 1
         avail = n - _IP
@@ -367,6 +373,7 @@ class Interface:
         finally:
             r.release(s)
 
+    @micropython.native
     def _deliver(self, buf, ip_off, ihl, total, bcast, now):
         """A whole datagram for us (a frame, or the reassembly pool) to its transport."""
         self.ip_delivered += 1
@@ -380,9 +387,11 @@ class Interface:
         else:
             self._icmp_input(buf, ip_off, l4, n, now)
 
+    @micropython.native
     def _l4_sum(self, buf, ip_off, proto, off, n):
         return _sum(buf, off, n, wire.pseudo_header_sum(buf, ip_off, proto, n))
 
+    @micropython.native
     def _tcp_input(self, buf, ip_off, l4, n, now):
         if n < 20:
             self.ip_tcp_too_short += 1
@@ -392,6 +401,7 @@ class Interface:
             return
         self.stack.tcp.input(buf, ip_off, l4, n, now)
 
+    @micropython.native
     def _udp_input(self, buf, ip_off, l4, n, bcast, now):
         if n >= 8:
             ulen = wire.get16(buf, l4 + 4)
@@ -406,6 +416,7 @@ class Interface:
         if not bcast:
             self._icmp_error(buf, ip_off, _ICMP_UNREACH, _UNREACH_PORT, now)
 
+    @micropython.native
     def _dst_kind(self, buf, off):
         if self._have_ip and wire.equal(buf, off, self.ip, 0, 4):
             return _UNICAST
@@ -415,6 +426,7 @@ class Interface:
             return _BROADCAST
         return _NOT_OURS
 
+    @micropython.native
     def _is_unicast(self, buf, off):
         """Could this address be one host? Not 0/8, loopback, multicast, class E, broadcast."""
         b0 = buf[off]
@@ -422,6 +434,7 @@ class Interface:
             return False
         return not (self._subnet_bcast and wire.equal(buf, off, self._bcast, 0, 4))
 
+    @micropython.native
     def _on_link(self, buf, off):
         ip = self.ip
         mask = self.netmask
@@ -434,6 +447,7 @@ class Interface:
 
     # == ICMP ================================================================================
 
+    @micropython.native
     def _icmp_input(self, buf, ip_off, l4, n, now):
         self.icmp_rx += 1
         if n < 8:
@@ -455,6 +469,7 @@ class Interface:
         else:
             self.icmp_rx_other += 1
 
+    @micropython.native
     def _echo_reply(self, buf, ip_off, l4, n, now):
         """Same identifier, sequence and data back to the sender (fragmented if need be)."""
         t = self.tx
@@ -526,6 +541,7 @@ class Interface:
 
     # == IPv4 output =========================================================================
 
+    @micropython.native
     def send_ipv4(self, proto, dst, dst_off, hdr, hdr_off, hdr_len, data, data_off, data_len,
                   now, df=False):
         """Send transport header hdr[hdr_off:+hdr_len] + payload data[data_off:+data_len].
@@ -587,6 +603,7 @@ class Interface:
             pos += n
         return True
 
+    @micropython.native
     def _ip_header(self, proto, d):
         """The fields every frame of this datagram shares; _emit fills length/flags/sum."""
         t = self.tx
@@ -599,6 +616,7 @@ class Interface:
         wire.copy(t, 26, self.ip, 0, 4)
         wire.copy(t, 30, d, 0, 4)
 
+    @micropython.native
     def _emit(self, payload_len, frag):
         t = self.tx
         wire.put16(t, 16, 20 + payload_len)
@@ -608,6 +626,7 @@ class Interface:
         wire.put16(t, 24, ~wire.checksum(t, _IP, 20, 0) & 0xFFFF)
         return self._transmit(L4_OFF + payload_len)
 
+    @micropython.native
     def _l4_checksum(self, proto, hdr_len, data, data_off, data_len):
         """Transport checksum over the header in tx and the payload wherever it is."""
         if proto == _PROTO_TCP:
@@ -637,6 +656,7 @@ class Interface:
             v = 0xFFFF                             # 0 would mean "no checksum"
         wire.put16(t, field, v)
 
+    @micropython.native
     def _link_dst(self, d, now):
         """Ethernet header for IPv4 destination d in tx; False if there is none yet."""
         kind = self._route(d)
@@ -666,6 +686,7 @@ class Interface:
             self._eth_header(self.arp.macs, 6 * i, _ETHERTYPE_IPV4)
         return True
 
+    @micropython.native
     def _route(self, d):
         """Where d is reached: _BROADCAST, _MULTICAST, _UNICAST (via _nexthop) or _NO_ROUTE."""
         b0 = d[0]
@@ -690,6 +711,7 @@ class Interface:
 
     # == Timers ==============================================================================
 
+    @micropython.native
     def poll(self, now):
         """ARP entry expiry; reassembly timeouts (ICMP time exceeded if fragment 0 came)."""
         self.arp.expire(now)
@@ -702,6 +724,7 @@ class Interface:
             r.time_out(s)
             s = r.expired(now)
 
+    @micropython.native
     def poll_at(self, now):
         """Milliseconds until poll() has work: 0 now, -1 nothing pending."""
         a = self.arp.next_deadline(now)

@@ -4,6 +4,7 @@
 # One turn: take up to _BATCH frames from the NIC and run each through the whole stack to
 # completion, then run the stack's timers and pending output. Bounded work per turn, so
 # core 0's USB and timers keep their turn.
+import micropython
 from micropython import const
 
 from netkernel.stack import Stack
@@ -33,6 +34,7 @@ class NetKernel:
         self.rx_bytes = 0
         self.turns = 0
 
+    @micropython.native
     def poll(self, now, rx=True):
         """One turn (frames from the NIC only if ``rx``); True if frames may be waiting."""
         self.turns += 1

@@ -7,6 +7,7 @@
 import gc
 import time
 
+import micropython
 from micropython import const
 
 from netkernel.hostlink import HostLink
@@ -78,6 +79,7 @@ class Node:
             if not self.turn(time.ticks_ms()):
                 time.sleep_ms(1)
 
+    @micropython.native
     def turn(self, now):
         """One bounded turn of core 0's loop; returns True if work is still waiting."""
         rx = self._wake

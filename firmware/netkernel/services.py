@@ -5,6 +5,7 @@
 # reading closes the board's window instead of filling its memory.
 import time
 
+import micropython
 from micropython import const
 
 _ECHO_PORT = const(7)
@@ -29,10 +30,12 @@ class Services:
         self.discard_bytes = 0
         self.udp_echoes = 0
 
+    @micropython.native
     def _udp_echo(self, buf, off, n, src, src_off, src_port, dst_port, now):
         if self._stack.udp.sendto(buf, off, n, src, src_off, src_port, dst_port, now):
             self.udp_echoes += 1
 
+    @micropython.native
     def poll(self, now):
         self._accept(self._echo, _KIND_ECHO)
         self._accept(self._discard, _KIND_DISCARD)
@@ -51,6 +54,7 @@ class Services:
             else:
                 self.tests.pop(i)
 
+    @micropython.native
     def _accept(self, listener, kind):
         while True:
             sock = listener.accept()
@@ -58,6 +62,7 @@ class Services:
                 return
             self._conns.append([sock, kind])
 
+    @micropython.native
     def _serve(self, sock, kind):
         """Move data for one connection; False once it is finished with."""
         if sock.error:
@@ -100,6 +105,7 @@ class TcpTestClient:
         self._buf = bytearray(_CHUNK)
         self._bad = False
 
+    @micropython.native
     def poll(self, now):
         """Advance; False once finished (on_done has been called)."""
         sock = self._sock

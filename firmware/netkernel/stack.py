@@ -5,6 +5,8 @@
 # hold the sockets and their state machines, `services` the built-in echo/discard. There is
 # no module-level mutable state anywhere below, so two Stack objects run side by side on two
 # cores; time is always passed in (`now`, milliseconds from time.ticks_ms()).
+import micropython
+
 from netkernel.iface import Interface
 from netkernel.services import Services
 from netkernel.tcp import Tcp
@@ -45,10 +47,12 @@ class Stack:
         self.udp = Udp(self)
         self.services = Services(self) if self.config.services else None
 
+    @micropython.native
     def input(self, buf, n, now):
         """Run one received frame through every layer, to completion."""
         self.iface.input(buf, n, now)
 
+    @micropython.native
     def poll(self, now):
         """Timers and pending output of every layer (bounded work)."""
         self.iface.poll(now)
@@ -56,6 +60,7 @@ class Stack:
         if self.services is not None:
             self.services.poll(now)
 
+    @micropython.native
     def poll_at(self, now):
         """Milliseconds until the stack next needs poll(); 0 = now, -1 = nothing pending."""
         a = self.iface.poll_at(now)

@@ -47,6 +47,7 @@
 import os
 from time import ticks_add, ticks_diff
 
+import micropython
 from micropython import const
 
 from netkernel.iface import L4_OFF
@@ -171,6 +172,7 @@ class _Segment:
         self.rel = 0         # SEG.SEQ - RCV.NXT after trimming to the window
 
 
+@micropython.native
 def _parse_options(buf, i, end, g):
     """Walk the options; False when a length is 0, 1 or runs past the header (drop it)."""
     while i < end:
@@ -193,6 +195,7 @@ def _parse_options(buf, i, end, g):
     return True
 
 
+@micropython.native
 def _sooner(best, d):
     """Fold one deadline (ms from now, may be negative = overdue) into the soonest so far."""
     if d < 0:
@@ -202,6 +205,7 @@ def _sooner(best, d):
     return best
 
 
+@micropython.native
 def _add_high16(buf, off, v):
     """Add v (< 2**16) to the upper 16 bits of the 32-bit number at buf[off]."""
     t = ((buf[off] << 8) | buf[off + 1]) + v
@@ -324,6 +328,7 @@ class TcpSocket:
 
     # ---- application interface -------------------------------------------------------
 
+    @micropython.native
     def send(self, buf, off, n):
         """Queue up to n bytes of buf[off:]; returns how many fit (0 when the ring is full)."""
         st = self.state
@@ -339,6 +344,7 @@ class TcpSocket:
             self.need_output = True
         return k
 
+    @micropython.native
     def recv_into(self, buf, off, n):
         """Copy up to n received bytes into buf[off:]; 0 when nothing is waiting."""
         rx = self.rx
@@ -352,16 +358,19 @@ class TcpSocket:
                 self._window_opened()
         return k
 
+    @micropython.native
     def recv_available(self):
         rx = self.rx
         return 0 if rx is None else rx.used
 
+    @micropython.native
     def send_space(self):
         tx = self.tx
         if tx is None or self.fin_queued:
             return 0
         return tx.size - tx.used
 
+    @micropython.native
     def at_eof(self):
         """The peer sent FIN (or the connection is gone) and every byte has been read."""
         if not self.fin_received and self.state != CLOSED:
@@ -396,6 +405,7 @@ class TcpSocket:
 
     # ---- segment arrival -------------------------------------------------------------
 
+    @micropython.native
     def _input(self, g, now):
         st = self.state
         if st == SYN_SENT:
@@ -524,6 +534,7 @@ class TcpSocket:
             return False
         return self._establish(now)
 
+    @micropython.native
     def _check_sequence(self, g):
         """RFC 9293 segment acceptability, then trim the segment to the receive window.
 
@@ -559,6 +570,7 @@ class TcpSocket:
             g.flags = flags & ~_FIN
         return True
 
+    @micropython.native
     def _process_ack(self, g, now):
         """RFC 9293 "fifth, check the ACK field" with the RFC 5961 5.2 range check.
 
@@ -588,6 +600,7 @@ class TcpSocket:
             self._dup_ack(now)
         return True
 
+    @micropython.native
     def _ack_new(self, d, now):
         """SND.UNA advances by d: free acked bytes, time RTT, grow cwnd, move timers."""
         tx = self.tx
@@ -633,6 +646,7 @@ class TcpSocket:
         if fin_acked:
             self._our_fin_acked(now)
 
+    @micropython.native
     def _cc_ack(self, acked, full, now):
         """RFC 5681 growth; in fast recovery, RFC 6582 full/partial ACK handling."""
         mss = self.mss
@@ -659,6 +673,7 @@ class TcpSocket:
             c += inc if inc > 0 else 1
         self.cwnd = c if c < _CWND_MAX else _CWND_MAX
 
+    @micropython.native
     def _dup_ack(self, now):
         """RFC 5681 duplicate ACK: fast retransmit at the threshold, inflate in recovery."""
         mss = self.mss
@@ -694,6 +709,7 @@ class TcpSocket:
         self.cwnd = ss + self.dupacks * mss
         self.need_output = True
 
+    @micropython.native
     def _update_window(self, g):
         """Take SEG.WND if this segment is newer than the last window update (WL1/WL2)."""
         buf = g.buf
@@ -713,6 +729,7 @@ class TcpSocket:
                 self.timer = _T_NONE
             self.need_output = True
 
+    @micropython.native
     def _receive(self, g, now):
         """Segment text and FIN (RFC 9293 seventh and eighth steps)."""
         st = self.state
@@ -757,12 +774,14 @@ class TcpSocket:
             asm.clear()    # anything stored beyond the FIN is not data
             self._receive_fin(now)
 
+    @micropython.native
     def _advance_rcv(self, k):
         seq_add(self.seq, _RCV_NXT, k)
         self.rcv_adv_rel -= k
         if self.rx_fin_pending:
             self.rx_fin_off -= k
 
+    @micropython.native
     def _note_data(self, n, now):
         """In-order data: delay the ACK, but ACK every second full-sized segment."""
         if n == 0:
@@ -925,6 +944,7 @@ class TcpSocket:
 
     # ---- timers ------------------------------------------------------------------------
 
+    @micropython.native
     def _poll(self, now):
         if self.timer != _T_NONE and ticks_diff(now, self.timer_at) >= 0:
             self._on_timer(now)
@@ -940,6 +960,7 @@ class TcpSocket:
         if self.need_output or self.ack_now:
             self._output(now)
 
+    @micropython.native
     def _due_in(self, now):
         """Milliseconds until this socket needs a poll; -1 = nothing pending."""
         best = -1
@@ -959,6 +980,7 @@ class TcpSocket:
             best = _sooner(best, ticks_diff(at, now))
         return best
 
+    @micropython.native
     def _on_timer(self, now):
         t = self.timer
         self.timer = _T_NONE
@@ -969,6 +991,7 @@ class TcpSocket:
         elif t == _T_TIMEWAIT:
             self._finish(0)
 
+    @micropython.native
     def _arm_rtx(self, now):
         self.timer = _T_RTX
         self.timer_at = ticks_add(now, self.rto)
@@ -1048,6 +1071,7 @@ class TcpSocket:
         tcp.keepalive_probes += 1
         self._emit(-1, 0, _ACK, now)
 
+    @micropython.native
     def _rtt_sample(self, r):
         """RFC 6298 2.2/2.3 with alpha 1/8, beta 1/4, K 4; G is 1 ms."""
         if r < 1:
@@ -1073,6 +1097,7 @@ class TcpSocket:
 
     # ---- segment departure -------------------------------------------------------------
 
+    @micropython.native
     def _output(self, now):
         """Send what the state, windows and Nagle allow, and any ACK that is owed."""
         if self.blocked:
@@ -1117,6 +1142,7 @@ class TcpSocket:
         else:
             self.ack_now = False
 
+    @micropython.native
     def _output_data(self, now):
         """Segments from SND.NXT: min(peer window, cwnd) bounds the flight, segments are at
         most one MSS, small ones wait while data is in flight (Nagle, sender SWS)."""
@@ -1202,6 +1228,7 @@ class TcpSocket:
         if self.timer != _T_RTX:
             self._arm_rtx(now)
 
+    @micropython.native
     def _blocked(self, now, has_data):
         """The interface could not send: retry shortly. Data also arms the retransmit timer
         so a neighbour that never resolves ends in ETIMEDOUT."""
@@ -1212,12 +1239,14 @@ class TcpSocket:
         if has_data and self.timer == _T_NONE:
             self._arm_rtx(now)
 
+    @micropython.native
     def _rcv_space(self):
         rx = self.rx
         if rx is None:
             return self.tcp.config.tcp_rx_buffer
         return rx.size - rx.used
 
+    @micropython.native
     def _window_opened(self):
         """The application read: announce the window if it grew by an MSS or half the ring."""
         st = self.state
@@ -1241,6 +1270,7 @@ class TcpSocket:
         else:
             tcp.challenge_acks_suppressed += 1
 
+    @micropython.native
     def _emit(self, rel, n, flags, now):
         """Build one segment in the interface's TX frame and send it.
 
@@ -1351,6 +1381,7 @@ class Tcp:
 
     # ---- segments in -------------------------------------------------------------------
 
+    @micropython.native
     def input(self, buf, ip_off, tcp_off, tcp_len, now):
         """One TCP segment for us (checksum already verified by the interface)."""
         self.now = now
@@ -1398,6 +1429,7 @@ class Tcp:
         self.drop_no_socket += 1
         self._reply_rst(g, now)
 
+    @micropython.native
     def _find(self, buf, ip_off, sport, dport):
         s = self.last
         if (s is not None and s.remote_port == sport and s.local_port == dport
@@ -1508,6 +1540,7 @@ class Tcp:
 
     # ---- timers --------------------------------------------------------------------------
 
+    @micropython.native
     def poll(self, now):
         self.now = now
         conns = self.conns
@@ -1517,6 +1550,7 @@ class Tcp:
                 conns[i]._poll(now)
             i -= 1
 
+    @micropython.native
     def poll_at(self, now):
         best = -1
         conns = self.conns

@@ -11,6 +11,8 @@
 #
 # Offsets handed to these classes are always small ints (at most the buffer size), never
 # sequence numbers. Nothing here allocates after construction.
+import micropython
+
 from netkernel.wire import copy
 
 
@@ -23,13 +25,16 @@ class RingBuffer:
         self.head = 0
         self.used = 0
 
+    @micropython.native
     def free(self):
         return self.size - self.used
 
+    @micropython.native
     def clear(self):
         self.head = 0
         self.used = 0
 
+    @micropython.native
     def _pos(self, rel):
         """Index in buf of the byte ``rel`` bytes after the head (0 <= rel < 2 * size)."""
         p = self.head + rel
@@ -37,6 +42,7 @@ class RingBuffer:
             p -= self.size
         return p
 
+    @micropython.native
     def write(self, src, off, n):
         """Append up to n bytes of src[off:]; returns how many fit."""
         free = self.size - self.used
@@ -47,6 +53,7 @@ class RingBuffer:
             self.used += n
         return n
 
+    @micropython.native
     def write_at(self, rel, src, off, n):
         """Store n bytes at ``rel`` bytes past the end of the data, without committing them.
 
@@ -62,10 +69,12 @@ class RingBuffer:
             copy(self.buf, p, src, off, first)
             copy(self.buf, 0, src, off + first, n - first)
 
+    @micropython.native
     def commit(self, n):
         """n bytes written with write_at(0, ...) (and after) now count as data."""
         self.used += n
 
+    @micropython.native
     def peek_into(self, dst, doff, rel, n):
         """Copy n bytes starting ``rel`` bytes after the head to dst[doff:], not consuming."""
         size = self.size
@@ -77,6 +86,7 @@ class RingBuffer:
             copy(dst, doff, self.buf, p, first)
             copy(dst, doff + first, self.buf, 0, n - first)
 
+    @micropython.native
     def read_into(self, dst, doff, n):
         """Move up to n bytes from the head into dst[doff:]; returns how many."""
         if n > self.used:
@@ -86,6 +96,7 @@ class RingBuffer:
             self.discard(n)
         return n
 
+    @micropython.native
     def discard(self, n):
         """Drop n bytes from the head (acknowledged TX data, or data the reader consumed).
 
@@ -113,9 +124,11 @@ class Assembler:
         self.capacity = capacity
         self.count = 0
 
+    @micropython.native
     def clear(self):
         self.count = 0
 
+    @micropython.native
     def add(self, start, end):
         """Record [start, end) as held; False (and nothing changed) if out of ranges."""
         if end <= start:
@@ -157,6 +170,7 @@ class Assembler:
         self.count = new_count
         return True
 
+    @micropython.native
     def take_front(self):
         """If data now starts at offset 0, remove that range and return its length.
 
@@ -176,6 +190,7 @@ class Assembler:
         self.count = c
         return n
 
+    @micropython.native
     def shift(self, n):
         """The receive point moved n bytes forward by in-order data: re-base every range."""
         s = self.starts
@@ -193,6 +208,7 @@ class Assembler:
             k += 1
         self.count = out
 
+    @micropython.native
     def held(self):
         """Bytes held out of order (for tests and counters)."""
         total = 0

@@ -8,6 +8,7 @@
 # compute the checksum, which we always send.
 import errno
 
+import micropython
 from micropython import const
 
 from netkernel import wire
@@ -44,6 +45,7 @@ class Udp:
     def bound(self, port):
         return port in self._handlers
 
+    @micropython.native
     def input(self, buf, ip_off, udp_off, udp_len, now):
         """One datagram (udp_len bytes from udp_off). False only when no socket has the port.
 
@@ -67,6 +69,7 @@ class Udp:
                 wire.get16(buf, udp_off), dst_port, now)
         return True
 
+    @micropython.native
     def sendto(self, data, off, n, dst, dst_off, dst_port, src_port, now):
         """Send data[off:off+n] to dst[dst_off:+4]:dst_port. True if it went to the NIC."""
         if n < 0 or n > _MAX_PAYLOAD:

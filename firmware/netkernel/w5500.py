@@ -14,6 +14,7 @@
 # covered by the free-space check and is never sent, because TX_WR ends at the frame.
 import time
 
+import micropython
 from micropython import const
 
 # Control byte pieces (w5500.md §1).
@@ -115,6 +116,7 @@ class W5500:
 
     # -- SPI access ------------------------------------------------------------------------
 
+    @micropython.native
     def _begin(self, addr, ctrl):
         h = self._hdr
         h[0] = addr >> 8
@@ -123,33 +125,40 @@ class W5500:
         self._cs(0)
         self._spi.write(h)
 
+    @micropython.native
     def _read_into(self, addr, bsb, buf):
         self._begin(addr, bsb)
         self._spi.readinto(buf)
         self._cs(1)
 
+    @micropython.native
     def _write_from(self, addr, bsb, buf):
         self._begin(addr, bsb | _WRITE)
         self._spi.write(buf)
         self._cs(1)
 
+    @micropython.native
     def _read8(self, addr, bsb):
         self._read_into(addr, bsb, self._r1)
         return self._reg[0]
 
+    @micropython.native
     def _write8(self, addr, bsb, value):
         self._reg[0] = value
         self._write_from(addr, bsb, self._r1)
 
+    @micropython.native
     def _read16(self, addr, bsb):
         self._read_into(addr, bsb, self._r2)
         return (self._reg[0] << 8) | self._reg[1]
 
+    @micropython.native
     def _write16(self, addr, bsb, value):
         self._reg[0] = (value >> 8) & 0xFF
         self._reg[1] = value & 0xFF
         self._write_from(addr, bsb, self._r2)
 
+    @micropython.native
     def views(self, buf):
         """The transfer views of a frame buffer, made the first time the buffer is seen.
 
@@ -161,6 +170,7 @@ class W5500:
             v = self._views[id(buf)] = _make_views(buf)
         return v
 
+    @micropython.native
     def _read16_stable(self, addr):
         # The chip updates these counters while we read them: take a value only when two
         # consecutive reads agree (datasheet p54-55).
@@ -172,6 +182,7 @@ class W5500:
             last = v
         raise W5500Error("W5500: 16-bit register 0x%02x never settled" % addr)
 
+    @micropython.native
     def _command(self, cmd):
         self._write8(_SN_CR, _BSB_S0_REG, cmd)
         for _ in range(_CMD_POLLS):
@@ -253,6 +264,7 @@ class W5500:
         """Bytes waiting in RX memory (several frames with their length headers)."""
         return self._read16_stable(_SN_RX_RSR)
 
+    @micropython.native
     def clear_interrupt(self):
         """Acknowledge socket 0's RECV so INTn can fall again on the next frame."""
         self._write8(_SN_IR, _BSB_S0_REG, _IR_RECV)
@@ -262,6 +274,7 @@ class W5500:
 
     # -- receive ---------------------------------------------------------------------------
 
+    @micropython.native
     def recv_into(self, buf):
         """Read the next frame into ``buf`` (a bytearray of >= FRAME_BUFFER_SIZE bytes).
 
@@ -290,6 +303,7 @@ class W5500:
 
     # -- transmit --------------------------------------------------------------------------
 
+    @micropython.native
     def _wait_sent(self):
         # Overlap: the previous frame has been transmitting while we wrote this one.
         for _ in range(_SENDOK_POLLS):
@@ -301,6 +315,7 @@ class W5500:
         self._send_pending = False
         return False
 
+    @micropython.native
     def send(self, frame, n):
         """Transmit the first ``n`` bytes of ``frame`` (a whole Ethernet frame, no FCS).
 
