@@ -15,8 +15,8 @@ stack.conn_per_s            conn/s     200 sequential connections to echo (port 
 stack.ping_ms_p50           ms         median RTT of ``ping -c 50 -i 0.05`` (56 bytes)
 stack.heap_bytes_per_conn   bytes      8 established echo connections: the board's
                                        ``heap_alloc`` (gc.mem_alloc()) with them open minus
-                                       without, divided by 8 (each the minimum over many
-                                       samples, i.e. just after a collection)
+                                       without, divided by 8 (each the lowest reading of
+                                       150 samples, i.e. live memory; median of 5 rounds)
 ==========================  =========  ====================================================
 
 The figures are merged into ``bench/results.json`` (keys of other benchmarks are kept) and
@@ -56,7 +56,8 @@ CONNS = 200
 CONN_BYTES = 100
 PINGS = 50
 HOLD_CONNS = 8
-HEAP_SAMPLES = 60
+HEAP_SAMPLES = 150
+HEAP_ROUNDS = 5
 
 log = logging.getLogger("bench")
 
@@ -66,22 +67,35 @@ Figures = dict[str, dict[str, Any]]
 # -- results file ---------------------------------------------------------------------------
 
 
-def figure(value: float, unit: str, **extra: Any) -> dict[str, Any]:
-    """One figure: its value, its unit and optional details."""
-    return {"value": value, "unit": unit, **extra}
+def figure(value: float, unit: str, **details: Any) -> dict[str, Any]:
+    """One measurement: its value, its unit and optional details (how it was obtained)."""
+    return {"value": value, "unit": unit, **details}
+
+
+def split_figure(measured: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the figure as the results file has it: value and unit only, the details)."""
+    core = {"value": measured["value"], "unit": measured["unit"]}
+    return core, {k: v for k, v in measured.items() if k not in core}
+
+
+def _merged(old: Any, new: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(old) if isinstance(old, Mapping) else {}
+    out.update(new)
+    return dict(sorted(out.items()))
 
 
 def merge_results(existing: Mapping[str, Any] | None, figures: Figures, date: str,
-                  machine: Mapping[str, Any]) -> dict[str, Any]:
+                  machine: Mapping[str, Any],
+                  details: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The results file with ``figures`` written in: other keys (and other benchmarks'
-    figures) are kept, ours replaced; ``date`` and ``machine`` describe the latest run."""
+    figures) are kept, ours replaced; ``date`` and ``machine`` describe the latest run.
+    ``details`` (per figure: how it was measured) go to a ``details`` map merged alike."""
     out: dict[str, Any] = dict(existing) if isinstance(existing, Mapping) else {}
-    old = out.get("figures")
-    merged: dict[str, Any] = dict(old) if isinstance(old, Mapping) else {}
-    merged.update(figures)
     out["date"] = date
     out["machine"] = dict(machine)
-    out["figures"] = dict(sorted(merged.items()))
+    out["figures"] = _merged(out.get("figures"), figures)
+    if details:
+        out["details"] = _merged(out.get("details"), details)
     return out
 
 
@@ -357,38 +371,59 @@ def heap_floor(stats: Callable[[], dict[str, int]], samples: int) -> int:
 
 
 def measure_heap(board: Board) -> dict[str, Any]:
-    """Heap per established connection: (floor with N open - floor with none) / N."""
+    """Heap per established connection: (floor with N open - floor with none) / N, the
+    median over a few rounds.
+
+    A floor is the lowest ``heap_alloc`` over many samples: every stats request leaves
+    garbage, so the board collects several times meanwhile and the lowest reading is live
+    memory. MicroPython's collector is conservative, so a floor is now and then a few KB off
+    (a stale pointer keeps a freed buffer alive): the median of the rounds is taken."""
     from twinstack.link import Link
 
+    bases: list[int] = []
+    loads: list[int] = []
+    conns: list[int] = []
     with Link(board.fields["usb"]) as link:
         def stats() -> dict[str, int]:
             return link.stats(timeout=5)
 
+        for _ in range(HEAP_ROUNDS):
+            wait_conns(stats, 0)
+            bases.append(heap_floor(stats, HEAP_SAMPLES))
+            loaded, n = hold_and_measure(board, stats)
+            loads.append(loaded)
+            conns.append(n)
         wait_conns(stats, 0)
-        base = heap_floor(stats, HEAP_SAMPLES)
-        holder = subprocess.Popen(
-            ["ip", "netns", "exec", board.netns, sys.executable, str(Path(__file__).resolve()),
-             "client", "hold", board.ip, "--count", str(HOLD_CONNS), "--timeout", "60"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            assert holder.stdout is not None and holder.stdin is not None
-            line = holder.stdout.readline()
-            if not line.startswith("{"):
-                raise RuntimeError(f"hold: {line}{holder.stderr.read() if holder.stderr else ''}")
-            conns = stats()["tcp_conns"]
-            loaded = heap_floor(stats, HEAP_SAMPLES)
-            holder.stdin.write("close\n")
-            holder.stdin.flush()
-            holder.wait(15)
-        finally:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait(5)
-        wait_conns(stats, 0)
-        after = heap_floor(stats, HEAP_SAMPLES)
-    per_conn = (loaded - base) / HOLD_CONNS
-    return figure(round(per_conn), "bytes", connections=HOLD_CONNS, tcp_conns=conns,
-                  heap_base=base, heap_loaded=loaded, heap_after=after)
+    if any(n != HOLD_CONNS for n in conns):
+        raise RuntimeError(f"expected {HOLD_CONNS} connections on the board, saw {conns}")
+    per_conn = statistics.median((lo - b) / HOLD_CONNS for lo, b in zip(loads, bases, strict=True))
+    return figure(round(per_conn), "bytes", connections=HOLD_CONNS, heap_empty=bases,
+                  heap_loaded=loads)
+
+
+def hold_and_measure(board: Board, stats: Callable[[], dict[str, int]]) -> tuple[int, int]:
+    """Open HOLD_CONNS echo connections from the namespace; (heap floor, tcp_conns) while
+    they are open. They are closed again before this returns."""
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", board.netns, sys.executable, str(Path(__file__).resolve()),
+         "client", "hold", board.ip, "--count", str(HOLD_CONNS), "--timeout", "60"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        line = holder.stdout.readline()
+        if not line.startswith("{"):
+            err = holder.stderr.read() if holder.stderr else ""
+            raise RuntimeError(f"hold: {line}{err}")
+        conns = stats()["tcp_conns"]
+        loaded = heap_floor(stats, HEAP_SAMPLES)
+        holder.stdin.write("close\n")
+        holder.stdin.flush()
+        holder.wait(15)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+    return loaded, conns
 
 
 def wait_conns(stats: Callable[[], dict[str, int]], want: int, timeout: float = 10.0) -> int:
@@ -415,6 +450,7 @@ def run_bench(netns: str, results: Path, only: Sequence[str] = ()) -> int:
     """Start a board, measure, stop it, merge and print. Exit status 0 if all worked."""
     board = Board(netns)
     figures: Figures = {}
+    details: dict[str, Any] = {}
     failed: list[str] = []
     try:
         board.wait_ready()
@@ -424,22 +460,28 @@ def run_bench(netns: str, results: Path, only: Sequence[str] = ()) -> int:
             log.info("measuring %s", name)
             start = time.monotonic()
             try:
-                figures[name] = measure(board)
-            except (RuntimeError, OSError, subprocess.SubprocessError, KeyError) as e:
+                figures[name], details[name] = split_figure(measure(board))
+            except (RuntimeError, OSError, subprocess.SubprocessError, KeyError,
+                    ValueError) as e:
                 log.error("%s failed: %s", name, e)
                 failed.append(name)
                 continue
-            log.info("%s = %s (%.1f s)", name, figures[name], time.monotonic() - start)
+            log.info("%s = %s %s %s (%.1f s)", name, figures[name]["value"],
+                     figures[name]["unit"], details[name], time.monotonic() - start)
     finally:
         status = board.stop()
         log.info("board stopped (exit %s)", status)
     for line in board.lines:
         if line.startswith("netkernel: stats"):
-            log.info("%s", line)
+            log.debug("%s", line)
+            m = re.search(r" errors=(\d+)", line)
+            if m and m.group(1) != "0":
+                log.error("the board counted %s internal errors", m.group(1))
+                failed.append("board errors")
     if figures:
         data = merge_results(load_results(results), figures,
                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                             machine_info())
+                             machine_info(), details)
         write_results(results, data)
         print(format_table(figures))
         print(f"written to {results}")

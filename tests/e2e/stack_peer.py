@@ -285,8 +285,9 @@ def enter_netns(name: str) -> None:
 
 
 class Impairment:
-    """netem-like loss, reordering (some packets skip the delay the others get) and
-    duplication, with a seeded random generator."""
+    """netem-like loss, reordering (some packets skip the delay the others get, as with
+    netem's ``reorder P delay D``; netem's correlation is not modelled) and duplication,
+    with a seeded random generator."""
 
     def __init__(self, loss: float, reorder: float, duplicate: float, delay_s: float,
                  seed: int) -> None:

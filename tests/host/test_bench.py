@@ -57,6 +57,18 @@ def test_partial_run_keeps_earlier_figures_of_our_own():
     assert second["figures"]["stack.bulk_mbps"]["value"] == 1.234
 
 
+def test_details_are_kept_apart_from_the_figures_and_merged_alike():
+    measured = bench.figure(2.5, "MB/s", bytes=100, seconds=0.04)
+    core, details = bench.split_figure(measured)
+    assert core == {"value": 2.5, "unit": "MB/s"}
+    assert details == {"bytes": 100, "seconds": 0.04}
+    existing = {"figures": {}, "details": {"other.x": {"n": 1}, "stack.bulk_mbps": {"old": 1}}}
+    data = bench.merge_results(existing, {"stack.bulk_mbps": core}, "d", MACHINE,
+                               {"stack.bulk_mbps": details})
+    assert data["figures"] == {"stack.bulk_mbps": {"value": 2.5, "unit": "MB/s"}}
+    assert data["details"] == {"other.x": {"n": 1}, "stack.bulk_mbps": details}
+
+
 def test_load_and_write_round_trip(tmp_path):
     path = tmp_path / "bench" / "results.json"
     assert bench.load_results(path) is None
