@@ -27,8 +27,13 @@
 #   avoidance), fast retransmit/recovery with NewReno partial ACKs (RFC 6582), and RFC 5827
 #   early retransmit because with the default 4 KB buffers there are rarely 4 segments in
 #   flight. After an RTO the sender goes back to SND.UNA (go-back-N from the TX ring).
-# - No window scaling, SACK or timestamps are offered, so peers never send them; the largest
-#   window is 65535. Data carried on a SYN is not accepted (the peer sends it again).
+# - SACK (RFC 2018), receiver side: SACK-permitted is offered and, when the peer offers it
+#   too, every ACK sent while out-of-order data is held carries up to 4 SACK blocks (the
+#   block with the latest segment first). A sender such as Linux then repairs a loss
+#   with fast retransmit instead of waiting for its RTO: with small windows it seldom
+#   sees three duplicate ACKs. As a sender we ignore incoming SACK blocks (allowed).
+# - No window scaling or timestamps, so the largest window is 65535. Data carried on a SYN
+#   is not accepted (the peer sends it again).
 # - Zero-window probes and keepalives are ACKs with SEQ = SND.UNA - 1 (as Linux), which make
 #   the peer answer with its current window without sending it any data.
 # - A SYN for a TIME-WAIT connection with a higher sequence number reopens it (RFC 6191
@@ -101,13 +106,15 @@ _ISS = const(8)
 _IRS = const(12)
 _WL1 = const(16)     # SEG.SEQ of the segment that last updated the send window
 _WL2 = const(20)     # its SEG.ACK
-_SEQ_LEN = const(24)
+_SACK_LAST = const(24)  # SEG.SEQ of the latest out-of-order segment (first SACK block)
+_SEQ_LEN = const(28)
 
 # Sizes and limits.
 _OUR_MSS = const(1460)         # Ethernet MTU 1500 - 40
 _DEFAULT_MSS = const(536)      # peer's MSS when its SYN carries none (RFC 9293)
 _MIN_MSS = const(64)
 _MAX_WINDOW = const(65535)     # no window scaling
+_MAX_SACK_BLOCKS = const(4)    # 2 NOPs + 2 + 4 * 8 = 36 option bytes (no timestamps)
 _OOO_RANGES = const(4)         # holes the reassembler tracks
 _MAX_BURST = const(8)          # segments one output call may send
 _CWND_MAX = const(0x40000)     # keeps cwnd a small int; far above any usable window
@@ -167,6 +174,7 @@ class _Segment:
         self.data_len = 0
         self.wnd = 0
         self.mss = 0         # MSS option value, 0 when absent
+        self.sack_ok = False  # SACK-permitted option present
         self.sport = 0
         self.dport = 0
         self.rel = 0         # SEG.SEQ - RCV.NXT after trimming to the window
@@ -191,6 +199,10 @@ def _parse_options(buf, i, end, g):
             if n != 4:
                 return False
             g.mss = (buf[i + 2] << 8) | buf[i + 3]
+        elif kind == 4:          # SACK permitted
+            if n != 2:
+                return False
+            g.sack_ok = True
         i += n
     return True
 
@@ -278,6 +290,7 @@ class TcpSocket:
         self.snd_wnd = 0
         self.max_snd_wnd = 0
         self.mss = _DEFAULT_MSS    # effective send MSS
+        self.sack = False          # peer said SACK-permitted: our ACKs carry SACK blocks
         self.rcv_mss = _DEFAULT_MSS  # largest segment received (delayed-ACK rule)
         # Congestion control (RFC 5681 / 6582).
         self.cwnd = _OUR_MSS
@@ -465,6 +478,7 @@ class TcpSocket:
         copy(self.seq, _WL1, buf, o + 4, 4)
         copy(self.seq, _WL2, buf, o + 8, 4)
         self._set_peer_mss(g.mss)
+        self.sack = g.sack_ok
         self.snd_wnd = g.wnd
         self.max_snd_wnd = g.wnd
         self.last_rx = now
@@ -763,6 +777,7 @@ class TcpSocket:
             rx.write_at(rel, g.buf, g.data_off, n)
             if rel > 0:
                 self.tcp.ooo_segments += 1
+                seq_put(self.seq, _SACK_LAST, self.seq, _RCV_NXT, rel)
         if fin and not self.rx_fin_pending:
             self.rx_fin_pending = True
             self.rx_fin_off = rel + n
@@ -843,6 +858,7 @@ class TcpSocket:
         copy(self.seq, _SND_UNA, self.seq, _ISS, 4)
         copy(self.seq, _WL2, self.seq, _ISS, 4)
         self._set_peer_mss(g.mss)
+        self.sack = g.sack_ok
         self.snd_wnd = g.wnd
         self.max_snd_wnd = g.wnd
         self.syn_off = 1
@@ -1290,10 +1306,18 @@ class TcpSocket:
             fill(tx, o + 8, 4, 0)
         hlen = _HLEN
         if flags & _SYN:
-            hlen = _HLEN + 4
             tx[o + 20] = 2
             tx[o + 21] = 4
             put16(tx, o + 22, _OUR_MSS)
+            hlen = _HLEN + 4
+            if self.sack or not flags & _ACK:   # offer it on our SYN; echo it on a SYN-ACK
+                tx[o + 24] = 1
+                tx[o + 25] = 1
+                tx[o + 26] = 4
+                tx[o + 27] = 2
+                hlen = _HLEN + 8
+        elif flags & _ACK and self.sack and self.asm is not None and self.asm.count:
+            hlen = _HLEN + self._sack_blocks(tx, o + _HLEN)
         tx[o + 12] = hlen << 2
         tx[o + 13] = flags
         w = self._rcv_space()
@@ -1314,6 +1338,45 @@ class TcpSocket:
             self.ack_armed = False
             self.unacked_bytes = 0
         return True
+
+    @micropython.native
+    def _sack_blocks(self, tx, p):
+        """Write NOP NOP + a SACK option for the out-of-order ranges at tx[p]; its length.
+
+        The block holding the latest out-of-order segment goes first (RFC 2018 section 4).
+        """
+        asm = self.asm
+        count = asm.count
+        if count > _MAX_SACK_BLOCKS:
+            count = _MAX_SACK_BLOCKS
+        latest = seq_delta(self.seq, _SACK_LAST, self.seq, _RCV_NXT)
+        first = 0
+        i = 0
+        while i < asm.count:
+            if asm.starts[i] <= latest < asm.ends[i]:
+                first = i
+                break
+            i += 1
+        tx[p] = 1
+        tx[p + 1] = 1
+        tx[p + 2] = 5
+        tx[p + 3] = 2 + 8 * count
+        q = p + 4
+        self._sack_block(tx, q, first)
+        i = 0
+        written = 1
+        while written < count:
+            if i != first:
+                q += 8
+                self._sack_block(tx, q, i)
+                written += 1
+            i += 1
+        return 4 + 8 * count
+
+    @micropython.native
+    def _sack_block(self, tx, q, i):
+        seq_put(tx, q, self.seq, _RCV_NXT, self.asm.starts[i])
+        seq_put(tx, q + 4, self.seq, _RCV_NXT, self.asm.ends[i])
 
     def _emit_rst(self, now):
         """RST for abort(): SEQ = SND.NXT (the highest sent), with the ACK Linux also sends."""
@@ -1395,6 +1458,7 @@ class Tcp:
             return
         g = self.seg
         g.mss = 0
+        g.sack_ok = False
         if hlen > _HLEN and not _parse_options(buf, tcp_off + _HLEN, tcp_off + hlen, g):
             self.drop_bad_options += 1
             return

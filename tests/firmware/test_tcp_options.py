@@ -46,7 +46,8 @@ def test_unknown_options_are_skipped():
     sa = p.one()
     assert sa.is_(SYN | ACK) and sa.mss == 1460
     assert st.tcp.conns[0].mss == 1300
-    assert sa.options == mss_option(1460)   # we offer no window scale / SACK / timestamps
+    # SACK-permitted is echoed; window scale and timestamps are not offered.
+    assert sa.options == mss_option(1460) + b"\x01\x01\x04\x02"
 
 
 def test_end_of_options_stops_parsing():
