@@ -1,6 +1,6 @@
 # SACK (RFC 2018), receiver side: offered on our SYN, echoed on the SYN-ACK only when the peer
 # offered it, and carried on ACKs while out-of-order data is held.
-from tcp_harness import ACK, SYN, PEER_IP, FakeStack, Peer, drain, mss_option, server
+from tcp_harness import ACK, PEER_IP, SYN, FakeStack, Peer, drain, mss_option, server
 
 SACK_OK = b"\x01\x01\x04\x02"
 DATA = bytes((i * 11 + 5) & 0xFF for i in range(6000))
