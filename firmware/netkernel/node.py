@@ -134,6 +134,7 @@ class Node:
         return self.stats()
 
     def stats(self):
+        gc.collect()   # so heap_alloc is live memory, not garbage awaiting collection
         d = self.link.deframer
         n = self.nic
         return ("%s heap_free=%d heap_alloc=%d nic_rx=%d nic_tx=%d rx_bad_length=%d "
