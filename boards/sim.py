@@ -3,6 +3,7 @@
 # learns it is simulated. `twinstack sim` writes sim_config.py and starts MicroPython with
 # `-X heapsize=HEAP_BYTES`.
 import _thread
+import os
 import time
 
 import micropython
@@ -24,6 +25,8 @@ CORES = 2
 FIRMWARE_HEAP_BYTES = const(242304)
 EMULATOR_HEAP_BYTES = const(45056)
 HEAP_BYTES = const(408512)   # FIRMWARE_HEAP_BYTES * 3 // 2 + EMULATOR_HEAP_BYTES
+# The unix port's thread stacks are not in the GC heap (core 1's is, on rp2).
+THREAD_STACK_BYTES = const(262144)
 
 
 class _TickTimer:
@@ -100,4 +103,8 @@ def load_config():
         "kernels": sim_config.KERNELS,
         "services": sim_config.SERVICES,
         "log_frames": sim_config.LOG_FRAMES,
+        # Kernels 1..N-1 are threads of the unix port: more C stack than core 1's 16 KB.
+        "thread_stack": THREAD_STACK_BYTES,
+        # TX_MODE "lock" (default) or "ring"; TWINSTACK_TX_MODE selects it for measurements.
+        "tx_mode": os.getenv("TWINSTACK_TX_MODE") or "lock",
     }

@@ -17,14 +17,17 @@ _WRITE_TRIES = const(64)   # a host that does not read must never stall the boar
 class HostLink:
     def __init__(self, stream, node):
         """``stream``: non-blocking readinto/write. ``node`` answers the diagnostics:
-        wire_tx(buf, n), stats_text(), start_tcp_test(ip, port, nbytes, on_done)."""
+        wire_tx(buf, n), stats_text(), flows_text(), configure(text) -> (status, text),
+        start_tcp_test(ip, port, nbytes, on_done)."""
         self._stream = stream
         self._node = node
         self._rx = bytearray(_RX_CHUNK)
         self._reply = bytearray(lf.MAX_PAYLOAD)
         self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
         self._out_view = memoryview(self._out)
-        self._frame = bytearray(1536)   # KIND_WIRE_TX frames are copied here for the NIC
+        # KIND_WIRE_TX frames are copied into a buffer the node lends (it has views made).
+        self._frame = node.wire_tx_buffer() if hasattr(node, "wire_tx_buffer") \
+            else bytearray(1536)
         self.deframer = lf.Deframer(self._on_frame)
         self.unknown_kind = 0
         self.bad_request = 0
@@ -59,6 +62,17 @@ class HostLink:
             self.wire_tx_frames += 1
         elif kind == lf.KIND_STATS_REQUEST:
             self.send_text(lf.KIND_STATS_REPLY, self._node.stats_text())
+        elif kind == lf.KIND_FLOWS_REQUEST:
+            self.send_text(lf.KIND_FLOWS_REPLY, self._node.flows_text())
+        elif kind == lf.KIND_CONFIG:
+            try:
+                text = bytes(buf[1:n]).decode()
+            except UnicodeError:
+                self.bad_request += 1
+                self._config_reply(22, "settings must be ASCII")
+                return
+            status, msg = self._node.configure(text)
+            self._config_reply(status, msg)
         elif kind == lf.KIND_TCP_TEST and n == 11:
             ip = bytes(buf[1:5])
             port, nbytes = struct.unpack_from(">HI", buf, 5)
@@ -69,6 +83,14 @@ class HostLink:
                 self.bad_request += 1
             else:
                 self.unknown_kind += 1
+
+    def _config_reply(self, status, msg):
+        r = self._reply
+        r[0] = lf.KIND_CONFIG_REPLY
+        r[1] = status & 0xFF
+        data = msg.encode()[:lf.MAX_PAYLOAD - 2]
+        r[2:2 + len(data)] = data
+        self.send(r, 2 + len(data))
 
     def _tcp_test_done(self, status, sent, verified, ms):
         r = self._reply

@@ -93,11 +93,16 @@ class Interface:
         self._subnet_bcast = False        # prefixes /31 and /32 have none (RFC 3021)
         self._have_ip = False
         self.set_address(ip, prefix, gateway)
+        # Every core learns from ARP; one answers (several cores share one address and MAC).
+        self.arp_responder = True
         self.tx = bytearray(FRAME_BUFFER_SIZE)
         self._dst = bytearray(4)          # send_ipv4's destination, copied out of the caller's
         self._nexthop = bytearray(4)
         self.ip_id = 0                    # next IPv4 identification
         self.ip_id_step = 1               # two stacks share one address: give them disjoint IDs
+        # Multi-kernel hook: None, or handoff(buf, ip_off, total, now) -> True when a
+        # reassembled datagram was handed to the core that owns its flow (not delivered here).
+        self.handoff = None
         self.arp = ArpCache(getattr(cfg, "arp_entries", _ARP_ENTRIES),
                             cfg.arp_lifetime_ms, cfg.arp_retry_ms)
         self.reasm = Reassembler(cfg.reasm_max_datagrams, cfg.reasm_max_bytes,
@@ -273,7 +278,7 @@ class Interface:
         # add it only when the packet was meant for us. Probes (sender 0.0.0.0) teach nothing.
         if self._is_unicast(buf, 28) and self._on_link(buf, 28):
             self.arp.update(buf, 28, buf, 22, now, for_us)
-        if oper == 1 and for_us:
+        if oper == 1 and for_us and self.arp_responder:
             if self._arp_send(2, buf, 22, buf, 22, buf, 28):
                 self.arp_tx_replies += 1
 
@@ -369,9 +374,17 @@ class Interface:
             return
         b = r.base[s]
         try:
-            self._deliver(r.pool, b, 20, wire.get16(r.pool, b + 2), bcast, now)
+            h = self.handoff
+            if h is None or not h(r.pool, b, wire.get16(r.pool, b + 2), now):
+                self._deliver(r.pool, b, 20, wire.get16(r.pool, b + 2), bcast, now)
         finally:
             r.release(s)
+
+    def deliver_handoff(self, buf, ip_off, total, now):
+        """A reassembled datagram handed over by another core's handoff hook."""
+        ihl = (buf[ip_off] & 0x0F) << 2
+        bcast = self._dst_kind(buf, ip_off + 16) == _BROADCAST
+        self._deliver(buf, ip_off, ihl, total, bcast, now)
 
     @micropython.native
     def _deliver(self, buf, ip_off, ihl, total, bcast, now):

@@ -1,78 +1,206 @@
-# A net kernel: one per core, owning its receive buffer, counters and its own TCP/IPv4 stack
+# A net kernel: one per core, owning its receive ring, counters and its own TCP/IPv4 stack
 # instance. No module-level mutable state; time is passed in by the caller.
 #
-# One turn: take up to _BATCH frames from the NIC and run each through the whole stack to
-# completion, then run the stack's timers and pending output. Bounded work per turn, so
-# core 0's USB and timers keep their turn.
+# One turn: take up to _BATCH frame slots from this kernel's ring (filled by the dispatcher
+# on core 0), run each through the whole stack to completion, give the slot back through the
+# return ring; take a datagram another core reassembled for us; then run the stack's timers
+# and pending output. Bounded work per turn, so core 0's USB and timers keep their turn.
+#
+# Per-flow counters (flow_frames[flow number], per kernel) show which kernel processed the
+# frames of each flow: a connection's frames are all counted on one kernel.
+import _thread
+from array import array
+from time import ticks_diff, ticks_us
+
 import micropython
 from micropython import const
 
+from netkernel import wire
+from netkernel.dispatch import KEY_LEN, _put_key
+from netkernel.rings import EventRing, SpscRing, pow2_at_least
 from netkernel.stack import Stack
-from netkernel.w5500 import FRAME_BUFFER_SIZE
 
 _BATCH = const(16)
-LOG_OFF = const(0)
-LOG_SUMMARY = const(1)
-LOG_HEX = const(2)
-
-
-def _mac_str(b, off):
-    return "%02x:%02x:%02x:%02x:%02x:%02x" % (
-        b[off], b[off + 1], b[off + 2], b[off + 3], b[off + 4], b[off + 5])
+_PROTO_TCP = const(6)
+_PROTO_UDP = const(17)
+_US_PER_S = const(1000000)
+_EVENTS = const(8)
 
 
 class NetKernel:
-    def __init__(self, core, nic, mac, ip, prefix, gateway, stack_config=None, log=LOG_OFF):
+    def __init__(self, core, send, mac, ip, prefix, gateway, stack_config=None,
+                 ncores=1, ring_capacity=16, return_capacity=64, flow_capacity=256,
+                 handoff_bytes=0):
+        """``send(buf, n)``: this core's way to the wire (the NIC, the NIC under the SPI
+        lock, or a TX port to core 0)."""
         self.core = core
-        self.nic = nic
-        self.log = log
-        self.rx_buf = bytearray(FRAME_BUFFER_SIZE)
-        nic.views(self.rx_buf)   # transfer views made now, not on the first frame
-        self.stack = Stack(nic.send, mac, ip, prefix, gateway, stack_config)
-        nic.views(self.stack.iface.tx)
+        self.ncores = ncores
+        self.stack = Stack(send, mac, ip, prefix, gateway, stack_config)
+        iface = self.stack.iface
+        iface.ip_id = core                  # cores sharing one address never reuse an ID
+        iface.ip_id_step = ncores
+        iface.arp_responder = core == 0
+        self.rx = SpscRing(pow2_at_least(ring_capacity))       # dispatcher -> this kernel
+        self.ret = SpscRing(pow2_at_least(return_capacity))    # used slots -> dispatcher
+        self.events = EventRing(_EVENTS)                        # closed flows -> dispatcher
+        self.flow_frames = array("I", bytes(4 * flow_capacity))
+        self.pool = None          # set by the runtime (cores.Cores) before the first turn
+        self.disp = None
+        self.peers = None         # every kernel, by core number (handoff targets)
+        self.closes_direct = False   # kernel 0 tells the dispatcher itself (same core)
+        # Handoff buffer: a datagram reassembled on another core for a flow we own.
+        self.hand_buf = bytearray(handoff_bytes)
+        self.hand_len = array("H", [0, 0])    # [0] length, [1] 1 = full (set by producer)
+        self.hand_lock = _thread.allocate_lock()   # producers only, taken with acquire(0)
+        self.qkey = bytearray(KEY_LEN)   # this core's own scratch key for _core_for
         self.rx_frames = 0
         self.rx_bytes = 0
         self.turns = 0
+        self.errors = 0
+        self.idle_sleeps = 0
+        self.last_error = None
+        self.handoffs_out = 0
+        self.handoffs_in = 0
+        self.handoff_busy = 0
+        self.handoff_too_big = 0
+        self.busy_s = 0
+        self.busy_us = 0
+        if ncores > 1:
+            iface.handoff = self._handoff
+            self.stack.tcp.port_ok = self._port_ok
+        self.stack.tcp.on_remove = self._on_remove
 
     @micropython.native
-    def poll(self, now, rx=True):
-        """One turn (frames from the NIC only if ``rx``); True if frames may be waiting."""
+    def turn(self, now):
+        """One turn; True if frames are still waiting on this kernel's ring."""
+        t0 = ticks_us()
         self.turns += 1
-        buf = self.rx_buf
-        more = False
-        for _ in range(_BATCH if rx else 0):
-            more = True
-            n = self.nic.recv_into(buf)
-            if n == 0:
-                more = False
+        pool = self.pool
+        ring = self.rx
+        ret = self.ret
+        stack = self.stack
+        flows = self.flow_frames
+        done = 0
+        while done < _BATCH:
+            s = ring.pop()
+            if s < 0:
                 break
+            n = pool.lens[s]
+            buf = pool.bufs[s]
             self.rx_frames += 1
             self.rx_bytes += n
-            if self.log:
-                self._log_frame(buf, n)
-            self.stack.input(buf, n, now)
-        self.stack.poll(now)
-        return more
+            f = pool.flows[s]
+            if f >= 0:
+                flows[f] += 1
+            try:
+                stack.input(buf, n, now)
+            except Exception as e:        # a bug must not leak the slot or stop the core
+                self.errors += 1
+                self.last_error = e
+            ret.push(s)
+            done += 1
+        if self.hand_len[1]:
+            self._take_handoff(now)
+        stack.poll(now)
+        us = self.busy_us + ticks_diff(ticks_us(), t0)
+        if us >= _US_PER_S:
+            us -= _US_PER_S
+            self.busy_s += 1
+        self.busy_us = us
+        return ring.depth() > 0
 
-    def _log_frame(self, buf, n):
-        line = "netkernel: rx core=%d len=%d dst=%s src=%s type=0x%04x" % (
-            self.core, n, _mac_str(buf, 0), _mac_str(buf, 6), (buf[12] << 8) | buf[13])
-        if self.log == LOG_HEX:
-            line += " data=" + bytes(buf[:n]).hex()
-        print(line)
+    # -- inter-core handoff of reassembled datagrams --------------------------------------
 
-    def transmit(self, buf, n):
-        """Send a ready-made frame (the host's diagnostic KIND_WIRE_TX)."""
-        return self.nic.send(buf, n)
+    @micropython.native
+    def _handoff(self, buf, ip_off, total, now):
+        """iface hook: True if the datagram went to (or was dropped for) its owner core."""
+        proto = buf[ip_off + 9]
+        if proto != _PROTO_TCP and proto != _PROTO_UDP:
+            return False                  # ICMP has no owner: answered where reassembled
+        ihl = (buf[ip_off] & 0x0F) << 2
+        if total < ihl + 4:
+            return False
+        owner = self._core_for(buf, ip_off + 12, buf, ip_off + 16, proto,
+                               wire.get16(buf, ip_off + ihl), wire.get16(buf, ip_off + ihl + 2))
+        if owner < 0 or owner >= self.ncores or owner == self.core:
+            return False
+        target = self.peers[owner]
+        if total > len(target.hand_buf):
+            self.handoff_too_big += 1
+            return True
+        lock = target.hand_lock
+        if not lock.acquire(0):           # another core is filling it: never wait
+            self.handoff_busy += 1
+            return True
+        st = target.hand_len
+        if st[1]:
+            lock.release()
+            self.handoff_busy += 1        # the owner has not taken the previous one yet
+            return True
+        wire.copy(target.hand_buf, 0, buf, ip_off, total)
+        st[0] = total
+        st[1] = 1                         # publish after the copy
+        lock.release()
+        self.handoffs_out += 1
+        return True
 
-    def stats(self):
-        """name=value pairs of this kernel and every layer of its stack (allocates)."""
-        parts = ["core=%d rx_frames=%d rx_bytes=%d turns=%d tcp_conns=%d" % (
-            self.core, self.rx_frames, self.rx_bytes, self.turns,
-            self.stack.tcp.connection_count())]
+    @micropython.native
+    def _take_handoff(self, now):
+        try:
+            self.stack.iface.deliver_handoff(self.hand_buf, 0, self.hand_len[0], now)
+        except Exception:
+            self.errors += 1
+        self.handoffs_in += 1
+        self.hand_len[1] = 0
+
+    # -- hooks for active open and closed connections -------------------------------------
+
+    @micropython.native
+    def _core_for(self, src, src_off, dst, dst_off, proto, sport, dport):
+        # Dispatcher.core_for with this kernel's own scratch key: the dispatcher's belongs
+        # to core 0. Only reads the dispatcher's state (flow table, rules, indirection).
+        key = self.qkey
+        _put_key(key, src, src_off, dst, dst_off, proto, sport, dport)
+        disp = self.disp
+        ft = disp.flows_table
+        slot = ft.lookup(key, 0)
+        if slot >= 0:
+            return ft.owner[slot]
+        return disp._new_owner(key)
+
+    def _port_ok(self, rip, rport, lport):
+        return self._core_for(rip, 0, self.stack.iface.ip, 0, _PROTO_TCP,
+                              rport, lport) == self.core
+
+    @micropython.native
+    def _on_remove(self, s):
+        if self.closes_direct:
+            # A method call, not a stored bound method: those allocate beyond 4 arguments.
+            self.disp.flow_closed(_PROTO_TCP, s.remote_ip, 0, self.stack.iface.ip, 0,
+                                  s.remote_port, s.local_port)
+        else:
+            self.events.push(s.remote_ip, 0, s.remote_port, s.local_port)
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def busy_total_us(self):
+        return self.busy_s * _US_PER_S + self.busy_us
+
+    def counters(self):
+        """(name, value) pairs of this kernel and every layer of its stack (allocates)."""
+        out = [("rx_frames", self.rx_frames), ("rx_bytes", self.rx_bytes),
+               ("turns", self.turns), ("tcp_conns", self.stack.tcp.connection_count()),
+               ("kernel_errors", self.errors), ("handoffs_out", self.handoffs_out),
+               ("handoffs_in", self.handoffs_in), ("handoff_busy", self.handoff_busy),
+               ("handoff_too_big", self.handoff_too_big),
+               ("events_dropped", self.events.dropped)]
         layers = self.stack.counters()
         for layer in sorted(layers):
             values = layers[layer]
             for name in sorted(values):
-                parts.append("%s.%s=%d" % (layer, name, values[name]))
-        return " ".join(parts)
+                out.append(("%s.%s" % (layer, name), values[name]))
+        return out
+
+    def stats(self):
+        """name=value pairs of this kernel and every layer of its stack (allocates)."""
+        return "core=%d " % self.core + " ".join("%s=%d" % kv for kv in self.counters())

@@ -1,22 +1,35 @@
 # The node: brings the board up and runs core 0's loop.
 #
 # One turn of the loop: when the W5500's INTn fell or the tick fired, acknowledge the chip's
-# interrupt and drain frames in a bounded batch into the net kernel; service the host link;
-# check the link state now and then; sleep briefly. INTn edges can be missed (w5500.md §7),
-# which is why the tick exists.
+# interrupt and drain frames in a bounded batch through the dispatcher onto the kernels'
+# rings; run kernel 0's share (kernels 1..N-1 run in their own thread, netkernel.cores);
+# service the host link; check the link state now and then; sleep briefly. INTn edges can
+# be missed (w5500.md §7), which is why the tick exists.
+#
+# Config keys (board.load_config()): kernels (1..4; rp2: 2), and optionally tx_mode
+# ("lock" | "ring"), pool_slots, ring_capacity, flow_capacity, handoff_bytes, tx_slots,
+# idle_us, thread_stack, and stack (StackConfig overrides).
 import gc
 import time
 
 import micropython
 from micropython import const
 
+from netkernel.cores import LOG_HEX, LOG_OFF, LOG_SUMMARY, TX_LOCK, Cores
 from netkernel.hostlink import HostLink
-from netkernel.kernel import LOG_HEX, LOG_OFF, LOG_SUMMARY, NetKernel
 from netkernel.stack import StackConfig
 from netkernel.w5500 import W5500, W5500Error
 
 _TICK_MS = const(10)
 _LINK_CHECK_MS = const(500)
+_MAX_KERNELS = const(4)
+_EINVAL = const(22)
+# Per-kernel memory (RP2040 budget, see boards/sim.py): every kernel has its own reassembly
+# pool, so its default drops from StackConfig's 16 KB to what one 8,000-byte UDP datagram
+# needs (8,028 bytes); the handoff buffer takes one such datagram from another core.
+_REASM_BYTES = const(8192)
+_HANDOFF_BYTES = const(8192)
+TX_MODE = TX_LOCK      # the default transmit path with several kernels (measured: README)
 
 
 def parse_mac(text):
@@ -44,17 +57,34 @@ class Node:
         self.cfg = cfg
         self.mac = parse_mac(cfg["mac"])
         self.ip = parse_ipv4(cfg["ip"])
-        if cfg["kernels"] != 1:
-            # The dispatcher that feeds a second kernel is not built yet.
-            raise ValueError("kernels=%d: only 1 net kernel is supported" % cfg["kernels"])
+        nk = cfg["kernels"]
+        if not 1 <= nk <= _MAX_KERNELS:
+            raise ValueError("kernels=%d: 1..%d net kernels are supported" % (nk, _MAX_KERNELS))
+        self.nkernels = nk
         log = cfg["log_frames"]
         self.log = LOG_HEX if log == "hex" else (LOG_SUMMARY if log else LOG_OFF)
-        stack_config = StackConfig(services=cfg["services"], **cfg.get("stack", {}))
+        stack = {"reasm_max_bytes": _REASM_BYTES}
+        stack.update(cfg.get("stack", {}))
+        stack_config = StackConfig(services=cfg["services"], **stack)
         self.hw = board.open_hardware()
         self.nic = W5500(self.hw.spi, self.hw.cs, self.hw.rst)
-        self.kernel = NetKernel(0, self.nic, self.mac, self.ip, cfg["prefix"],
-                                parse_ipv4(cfg["gateway"]), stack_config, self.log)
+        ring = cfg.get("ring_capacity", 4 if nk == 1 else 8)
+        self.cores = Cores(self.nic, nk, self.mac, self.ip, cfg["prefix"],
+                           parse_ipv4(cfg["gateway"]), stack_config, self.log,
+                           tx_mode=cfg.get("tx_mode", TX_MODE),
+                           pool_slots=cfg.get("pool_slots", 3 if nk == 1 else ring * nk + 4),
+                           ring_capacity=ring,
+                           flow_capacity=cfg.get("flow_capacity", 16 if nk == 1 else 128),
+                           handoff_bytes=cfg.get("handoff_bytes", _HANDOFF_BYTES),
+                           tx_slots=cfg.get("tx_slots", 8),
+                           idle_us=cfg.get("idle_us", 100),
+                           thread_stack=cfg.get("thread_stack", 16384))
+        self.kernels = self.cores.kernels
+        self.kernel = self.kernels[0]
+        self.disp = self.cores.disp
         self.link = HostLink(self.hw.usb(), self)
+        self._busy_last = [0] * nk
+        self._busy_at = time.ticks_us()
         self._wake = True
         self._next_link_check = 0
         self.link_up = False
@@ -69,9 +99,11 @@ class Node:
         self.hw.intn.irq(handler=self._on_event, trigger=self.hw.intn.IRQ_FALLING)
         self._timer = self.hw.timer(_TICK_MS, self._on_event)
         self.kernel.stack.announce(time.ticks_ms())
-        _log("up mac=%s ip=%s/%d link=%s kernels=1 board=%s" % (
+        self.cores.start()    # every module is imported by now: core 1 may start
+        _log("up mac=%s ip=%s/%d link=%s kernels=%d tx=%s board=%s" % (
             self.cfg["mac"], self.cfg["ip"], self.cfg["prefix"],
-            "up" if self.link_up else "down", self.board.NAME))
+            "up" if self.link_up else "down", self.nkernels, self.cores.tx_mode,
+            self.board.NAME))
 
     def run(self):
         """Run until KeyboardInterrupt (Ctrl-C on the REPL, SIGINT on the simulated board)."""
@@ -85,9 +117,7 @@ class Node:
         rx = self._wake
         self._wake = False
         try:
-            if rx:
-                self.nic.clear_interrupt()
-            if self.kernel.poll(now, rx):
+            if self.cores.turn(now, rx):
                 self._wake = True   # batch full: come back after the link's turn
         except W5500Error as e:
             self._recover(e)
@@ -101,7 +131,7 @@ class Node:
         return self._wake
 
     def _check_link(self):
-        up = self.nic.link_up()
+        up = self.cores.nic.call(self.nic.link_up)
         if up != self.link_up:
             self.link_up = up
             _log("link " + ("up" if up else "down"))
@@ -111,14 +141,19 @@ class Node:
         self.errors += 1
         _log("nic error: %s; reopening socket 0" % err)
         try:
-            self.nic.reopen()
+            self.cores.nic.call(self.nic.reopen)
         except W5500Error as e:
             _log("reopen failed: %s" % e)
 
     # -- what the host link asks for ---------------------------------------------------------
 
+    def wire_tx_buffer(self):
+        """Where the link copies a KIND_WIRE_TX frame: kernel 0's transmit buffer, free
+        between kernel 0's turns (the link is serviced on core 0 too)."""
+        return self.kernel.stack.iface.tx
+
     def wire_tx(self, buf, n):
-        return self.kernel.transmit(buf, n)
+        return self.cores.nic.send(buf, n)
 
     def start_tcp_test(self, ip, port, nbytes, on_done):
         services = self.kernel.stack.services
@@ -134,20 +169,114 @@ class Node:
         return self.stats()
 
     def stats(self):
+        """name=value text: sums over kernels under the plain names (rx_frames, tcp_conns,
+        tcp.established, ...), each kernel's own under kN., the dispatcher's under disp."""
         gc.collect()   # so heap_alloc is live memory, not garbage awaiting collection
         d = self.link.deframer
         n = self.nic
-        return ("%s heap_free=%d heap_alloc=%d nic_rx=%d nic_tx=%d rx_bad_length=%d "
-                "reopens=%d tx_no_room=%d tx_timeouts=%d link_frames=%d link_bad_crc=%d "
-                "link_bad_cobs=%d link_too_long=%d link_unknown=%d link_bad_request=%d "
-                "link_tx_dropped=%d errors=%d"
-                % (self.kernel.stats(), gc.mem_free(), gc.mem_alloc(), n.rx_frames,
-                   n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
-                   d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
-                   self.link.bad_request, self.link.tx_dropped, self.errors))
+        c = self.cores
+        per = [k.counters() for k in self.kernels]
+        sums = {}
+        for counters in per:
+            for name, value in counters:
+                sums[name] = sums.get(name, 0) + value
+        errors = self.errors + sums.get("kernel_errors", 0)
+        parts = ["kernels=%d" % self.nkernels]
+        parts.extend("%s=%d" % (name, sums[name]) for name, _ in per[0])
+        parts.append(
+            "heap_free=%d heap_alloc=%d nic_rx=%d nic_tx=%d rx_bad_length=%d "
+            "reopens=%d tx_no_room=%d tx_timeouts=%d link_frames=%d link_bad_crc=%d "
+            "link_bad_cobs=%d link_too_long=%d link_unknown=%d link_bad_request=%d "
+            "link_tx_dropped=%d errors=%d"
+            % (gc.mem_free(), gc.mem_alloc(), n.rx_frames,
+               n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
+               d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
+               self.link.bad_request, self.link.tx_dropped, errors))
+        flows = self.disp.flows()
+        now = time.ticks_us()
+        elapsed = time.ticks_diff(now, self._busy_at) or 1
+        self._busy_at = now
+        dc = self.disp.counters()
+        for i, k in enumerate(self.kernels):
+            busy = k.busy_total_us()
+            pct = (busy - self._busy_last[i]) * 100 // elapsed
+            self._busy_last[i] = busy
+            owned = 0
+            for f in flows:
+                if f[2] == i:
+                    owned += 1
+            tx = c.txq.ports[i] if c.txq is not None and i > 0 else None
+            parts.append(
+                "k%d.busy_pct=%d k%d.ring_depth=%d k%d.ring_hwm=%d k%d.flows_owned=%d "
+                "k%d.drop_ring_full=%d k%d.drop_red=%d k%d.idle_sleeps=%d "
+                "k%d.tx_ring_frames=%d k%d.tx_no_slot=%d"
+                % (i, pct, i, k.rx.depth(), i, k.rx.hwm, i, owned, i, c.drop_full[i],
+                   i, c.drop_red[i], i, k.idle_sleeps,
+                   i, tx.frames if tx else 0, i, tx.no_slot if tx else 0))
+            parts.extend("k%d.%s=%d" % (i, name, value) for name, value in per[i])
+        pool = c.pool
+        mine = {"rx_frames": c.rx_frames, "rx_bytes": c.rx_bytes,
+                "drop_no_slot": c.drop_no_slot, "drop_steer": c.drop_steer,
+                "to_all_cores": c.broadcasts, "flows_closed": c.flows_closed,
+                "pool_slots": pool.size, "pool_free": pool.nfree, "pool_low": pool.low,
+                "tx_ring_sent": c.txq.sent if c.txq else 0,
+                "tx_ring_failed": c.txq.failed if c.txq else 0,
+                "tx_ring_hwm": c.txq.post.hwm if c.txq else 0,
+                "flows": len(flows)}
+        for name in sorted(dc):
+            if isinstance(dc[name], int):
+                parts.append("disp.%s=%d" % (name, dc[name]))
+        for name in sorted(mine):
+            if name not in dc:
+                parts.append("disp.%s=%d" % (name, mine[name]))
+        return " ".join(parts)
+
+    def flows_text(self):
+        """The dispatcher's flow table, one flow per line (KIND_FLOWS_REPLY)."""
+        return "\n".join(self.cores.flow_lines())
+
+    def configure(self, text):
+        """Apply host settings (KIND_CONFIG): (0, text) or (errno, reason); never raises."""
+        applied = []
+        try:
+            for item in text.split():
+                name, eq, value = item.partition("=")
+                if not eq or not value:
+                    raise ValueError("expected name=value: %s" % item)
+                self._configure_one(name, value)
+                applied.append(name)
+        except Exception as e:   # refused with a status, never a crash
+            return _EINVAL, "refused %s: %s" % (item, e)
+        return 0, "ok " + " ".join(applied)
+
+    def _configure_one(self, name, value):
+        disp = self.disp
+        if name == "hash":
+            if value not in ("fold", "toeplitz"):
+                raise ValueError("hash must be fold or toeplitz")
+            disp.set_hash(algorithm=value)
+        elif name == "mask":
+            disp.set_hash(mask=bytes.fromhex(value))
+        elif name == "indirection":
+            table = [int(v) for v in value.split(",")]
+            if not table or any(c < 0 or c >= self.nkernels for c in table):
+                raise ValueError("indirection entries must be cores 0..%d"
+                                 % (self.nkernels - 1))
+            disp.set_indirection(table)
+        elif name == "rule":
+            key, colon, core = value.partition(":")
+            if not colon:
+                raise ValueError("rule=<key hex>:<core>")
+            core = int(core)
+            if core < 0 or core >= self.nkernels:
+                raise ValueError("no core %d" % core)
+            disp.add_rule(bytes.fromhex(key), core)
+        else:
+            raise ValueError("unknown setting " + name)
 
     def stop(self):
         try:
+            self.cores.stop()
             timer = getattr(self, "_timer", None)
             if timer is not None:
                 timer.deinit()

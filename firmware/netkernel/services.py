@@ -15,6 +15,9 @@ _KIND_DISCARD = const(1)
 _CHUNK = const(1460)
 _PATTERN_MOD = const(251)        # test data byte i is i % 251 (a prime: catches shifted data)
 _TEST_TIMEOUT_MS = const(120000)
+_TEST_MAX_BYTES = const(0x20000000)   # keeps pattern offsets small ints on the RP2040
+_EINVAL = const(22)
+_RESERVED_PORTS = const(1024)   # never echo to these: two echo services would ping-pong
 
 
 class Services:
@@ -32,6 +35,8 @@ class Services:
 
     @micropython.native
     def _udp_echo(self, buf, off, n, src, src_off, src_port, dst_port, now):
+        if src_port < _RESERVED_PORTS:
+            return
         if self._stack.udp.sendto(buf, off, n, src, src_off, src_port, dst_port, now):
             self.udp_echoes += 1
 
@@ -49,10 +54,12 @@ class Services:
                 conns.pop(i)
         i = 0
         while i < len(self.tests):
-            if self.tests[i].poll(now):
+            test = self.tests[i]
+            if test.poll(now):
                 i += 1
             else:
                 self.tests.pop(i)
+                test.report()     # after removal: a failing report cannot repeat forever
 
     @micropython.native
     def _accept(self, listener, kind):
@@ -60,7 +67,10 @@ class Services:
             sock = listener.accept()
             if sock is None:
                 return
-            self._conns.append([sock, kind])
+            try:
+                self._conns.append([sock, kind])
+            except MemoryError:
+                sock.abort()      # never leave an accepted connection nobody serves
 
     @micropython.native
     def _serve(self, sock, kind):
@@ -91,6 +101,8 @@ class Services:
     def start_test(self, dst, port, nbytes, now, on_done):
         """Open a connection to dst:port, send nbytes of test pattern, check what comes back
         (the peer is an echo server), close. ``on_done(status, sent, verified, ms)``."""
+        if nbytes < 1 or nbytes > _TEST_MAX_BYTES:
+            raise OSError(_EINVAL)
         self.tests.append(TcpTestClient(self._stack, dst, port, nbytes, now, on_done))
 
 
@@ -144,5 +156,8 @@ class TcpTestClient:
         return True
 
     def _finish(self, status, now):
-        self._on_done(status, self._sent, self._verified, time.ticks_diff(now, self._started))
+        self._result = (status, self._sent, self._verified, time.ticks_diff(now, self._started))
         return False
+
+    def report(self):
+        self._on_done(*self._result)

@@ -424,14 +424,12 @@ class TcpSocket:
         if st == SYN_SENT:
             self._input_syn_sent(g, now)
             return
-        self.last_rx = now
-        self.ka_probes = 0
         flags = g.flags
         if flags & _SYN and not flags & _RST:
             if st == SYN_RCVD and seq_delta(g.buf, g.off + 4, self.seq, _IRS) == 0:
                 self._input_syn_again(g, now)
             else:
-                self._input_syn_synchronized(now)
+                self._input_syn_synchronized(g, now)
             return
         if st == TIME_WAIT and flags & _FIN:
             self._arm_time_wait(now)
@@ -441,6 +439,9 @@ class TcpSocket:
                 self.ack_now = True       # tell the peer where we are (RFC 9293 3.10.7.4)
                 self.ack_urgent = True
             return
+        # Only acceptable segments prove the peer alive (garbage must not keep it so).
+        self.last_rx = now
+        self.ka_probes = 0
         if flags & _RST:
             self._input_rst(g, now)
             return
@@ -512,10 +513,12 @@ class TcpSocket:
         self._process_ack(g, now)
         self.ack_now = True
 
-    def _input_syn_synchronized(self, now):
+    def _input_syn_synchronized(self, g, now):
         """A SYN in a synchronized state (RFC 5961 4.2): challenge ACK; a half-open passive
-        connection goes back to LISTEN instead (RFC 9293)."""
-        if self.state == SYN_RCVD and self.listener is not None:
+        connection whose SYN falls in the window goes back to LISTEN instead (RFC 9293): a
+        stale or blind SYN elsewhere must not kill it."""
+        d = seq_delta(g.buf, g.off + 4, self.seq, _RCV_NXT)
+        if self.state == SYN_RCVD and self.listener is not None and 0 <= d <= self._rcv_space():
             self.tcp.drop_syn_in_syn_rcvd += 1
             self._finish(0)
             return
@@ -576,7 +579,11 @@ class TcpSocket:
             d = 0
             g.rel = 0
         if d + n > w:
-            # Beyond the window: keep what fits; the FIN (after the data) goes too.
+            # Beyond the window: keep what fits; the FIN (after the data) goes too. What was
+            # cut must still be answered (a zero-window probe carrying a byte, RFC 9293
+            # 3.10.7.4), or a peer that probes that way never learns the window reopened.
+            self.ack_now = True
+            self.ack_urgent = True
             n = w - d
             if n < 0:
                 n = 0
@@ -770,6 +777,10 @@ class TcpSocket:
         # the sender can count duplicates.
         self.ack_now = True
         self.ack_urgent = True
+        if n and self.rx_fin_pending and rel + n > self.rx_fin_off:
+            n = self.rx_fin_off - rel      # nothing after the peer's FIN is data
+            if n < 0:
+                n = 0
         if n:
             if not asm.add(rel, rel + n):
                 self.tcp.drop_ooo_full += 1
@@ -781,6 +792,7 @@ class TcpSocket:
         if fin and not self.rx_fin_pending:
             self.rx_fin_pending = True
             self.rx_fin_off = rel + n
+            asm.truncate(rel + n)          # data parked beyond the FIN is not data either
         front = asm.take_front()
         if front:
             rx.commit(front)
@@ -1384,6 +1396,9 @@ class TcpSocket:
         self._emit(self.snd_max_off, 0, _RST | _ACK, now)
 
 
+_PORT_TRIES = const(256)   # free ports port_ok may turn down before connect gives up
+
+
 class Tcp:
     """The TCP layer of one Stack: listeners, connections, demux, RSTs, ISNs, counters."""
 
@@ -1401,6 +1416,11 @@ class Tcp:
         self.now = 0
         self.ca_start = 0              # challenge-ACK rate limit window
         self.ca_count = 0
+        # Multi-kernel hooks: port_ok(remote_ip, remote_port, local_port) -> bool vets an
+        # ephemeral port (its return flow must reach this core); on_remove(sock) is told of
+        # every connection that goes away.
+        self.port_ok = None
+        self.on_remove = None
         for name in _COUNTER_NAMES:
             setattr(self, name, 0)
 
@@ -1422,7 +1442,7 @@ class Tcp:
             raise OSError(_ENOMEM)
         rip = bytes(dst[dst_off:dst_off + 4])
         if local_port == 0:
-            local_port = self._ephemeral_port()
+            local_port = self._ephemeral_port(rip, dst_port)
         elif self._find(rip, 0, dst_port, local_port) is not None:
             raise OSError(_EADDRINUSE)
         s = TcpSocket(self, local_port, dst_port, rip)
@@ -1555,7 +1575,11 @@ class Tcp:
             return
         buf = g.buf
         ip = g.ip_off + 12
-        s = TcpSocket(self, g.dport, g.sport, bytes(buf[ip:ip + 4]))
+        try:
+            s = TcpSocket(self, g.dport, g.sport, bytes(buf[ip:ip + 4]))
+        except MemoryError:
+            self.drop_no_memory += 1       # the peer's SYN retransmission tries again
+            return
         s.listener = lsn
         s.listen_state = _LS_EMBRYONIC
         lsn.embryonic += 1
@@ -1635,16 +1659,26 @@ class Tcp:
             self.last = None
         if s in self.conns:
             self.conns.remove(s)
+            if self.on_remove is not None:
+                self.on_remove(s)
 
-    def _ephemeral_port(self):
+    def _ephemeral_port(self, rip=None, rport=0):
         span = _EPHEMERAL_SPAN
         port = self.next_port
+        ok = self.port_ok
+        vetted = 0
         for _ in range(span):
             port += 1
             if port >= _EPHEMERAL_LO + span:
                 port = _EPHEMERAL_LO
             if self._port_in_use(port):
                 continue
+            if ok is not None:
+                if vetted >= _PORT_TRIES:
+                    break                 # no port of ours maps back here: refuse
+                vetted += 1
+                if not ok(rip, rport, port):
+                    continue
             self.next_port = port
             return port
         raise OSError(_EAGAIN)

@@ -171,6 +171,19 @@ class Assembler:
         return True
 
     @micropython.native
+    def truncate(self, off):
+        """Forget everything held at or beyond ``off`` (the peer's FIN is there)."""
+        s = self.starts
+        e = self.ends
+        c = self.count
+        k = 0
+        while k < c and s[k] < off:
+            if e[k] > off:
+                e[k] = off
+            k += 1
+        self.count = k
+
+    @micropython.native
     def take_front(self):
         """If data now starts at offset 0, remove that range and return its length.
 

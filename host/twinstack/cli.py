@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-ip", metavar="ADDR", default=sim.DEFAULT_PEER_IP,
                    help="the peer's address in namespace NAME, also the board's gateway "
                    "(default: %(default)s)")
-    p.add_argument("--kernels", metavar="N", type=int, default=1,
-                   help="net kernels on the board: 1, or 2 once the dispatcher exists "
-                   "(default: %(default)s)")
+    p.add_argument("--kernels", metavar="N", type=int, default=sim.DEFAULT_KERNELS,
+                   help="net kernels on the board: 1, 2 or 4 (each with its own stack; "
+                   "a real rp2 board runs 2) (default: %(default)s)")
     p.add_argument("--heap", metavar="SIZE", default=None,
                    help="MicroPython heap, e.g. 288k, 300000, 1M "
                    f"(default: HEAP_BYTES of boards/sim.py, else {sim.DEFAULT_HEAP})")

@@ -88,18 +88,60 @@ class Link:
 
     def stats(self, timeout: float = 2.0) -> dict[str, int]:
         """The board's counters (every layer of every kernel, heap, link, NIC)."""
-        piece = self._request(lf.KIND_STATS_REQUEST, b"", lf.KIND_STATS_REPLY, timeout)
-        text = piece[1:]
-        while piece[:1] == b"\x01":   # more follows
-            kind, piece = self.recv(timeout)
-            if kind == lf.KIND_STATS_REPLY:
-                text += piece[1:]
+        text = self._paged_text(lf.KIND_STATS_REQUEST, lf.KIND_STATS_REPLY, timeout)
         out: dict[str, int] = {}
-        for item in text.decode().split():
+        for item in text.split():
             name, _, value = item.partition("=")
             if value.lstrip("-").isdigit():
                 out[name] = int(value)
         return out
+
+    def _paged_text(self, kind: int, reply_kind: int, timeout: float) -> str:
+        piece = self._request(kind, b"", reply_kind, timeout)
+        text = piece[1:]
+        while piece[:1] == b"\x01":   # more follows
+            got_kind, piece = self.recv(timeout)
+            if got_kind == reply_kind:
+                text += piece[1:]
+        return text.decode()
+
+    def flows(self, timeout: float = 2.0) -> list[dict[str, int | str]]:
+        """The dispatcher's flow table: one dict per flow with ``n``, ``key``
+        (``src:sport>dst:dport/proto``), ``owner``, ``pkts``, ``bytes`` and ``k0``, ``k1``, ...
+        (frames of the flow each kernel processed)."""
+        out: list[dict[str, int | str]] = []
+        for line in self._paged_text(lf.KIND_FLOWS_REQUEST, lf.KIND_FLOWS_REPLY,
+                                     timeout).splitlines():
+            flow: dict[str, int | str] = {}
+            for item in line.split():
+                name, _, value = item.partition("=")
+                flow[name] = int(value) if value.lstrip("-").isdigit() else value
+            if flow:
+                out.append(flow)
+        return out
+
+    def configure(self, timeout: float = 2.0, **settings: object) -> str:
+        """Change the dispatcher at run time: ``hash="fold"|"toeplitz"``,
+        ``indirection=[0, 1, ...]`` (or "0,1,..."), ``mask=bytes | hex str`` (13 bytes),
+        ``rule=(key bytes | hex str, core)``. Returns the board's text; raises OSError
+        (errno, text) if the board refused a setting."""
+        items = []
+        for name, value in settings.items():
+            if name == "indirection" and not isinstance(value, str):
+                value = ",".join(str(int(c)) for c in value)  # type: ignore[union-attr]
+            elif name == "mask" and isinstance(value, (bytes, bytearray)):
+                value = bytes(value).hex()
+            elif name == "rule" and isinstance(value, tuple):
+                key, core = value
+                key = bytes(key).hex() if isinstance(key, (bytes, bytearray)) else key
+                value = f"{key}:{int(core)}"
+            items.append(f"{name}={value}")
+        reply = self._request(lf.KIND_CONFIG, " ".join(items).encode(),
+                              lf.KIND_CONFIG_REPLY, timeout)
+        status, text = reply[0], reply[1:].decode(errors="replace")
+        if status:
+            raise OSError(status, text)
+        return text
 
     def tcp_test(self, ip: str, port: int, nbytes: int,
                  timeout: float = 120.0) -> tuple[int, int, int, int]:

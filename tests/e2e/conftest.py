@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -164,9 +165,16 @@ class SimHandle:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+                self._remove_leftovers()   # a killed launcher could not undo its work
         self._reader.join(timeout=5)
         self.output = "\n".join(self.log_lines())
         return self.output
+
+
+    def _remove_leftovers(self) -> None:
+        for name in (self.board_ns, self.netns):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 class SimFactory:
@@ -231,3 +239,48 @@ def sim_board() -> Iterator[SimFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+class Capture:
+    """tcpdump on the peer namespace's eth0, into a pcap file, until ``count`` frames match."""
+
+    def __init__(self, board: SimHandle, path: Path, bpf: str, count: int) -> None:
+        self.path = path if path.suffix == ".pcap" else path / "capture.pcap"
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", board.netns, "tcpdump", "-i", "eth0", "-U", "-n",
+             "-w", str(self.path), "-c", str(count), bpf],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        # tcpdump says "listening on" once its socket is attached; wait for that, bounded.
+        deadline = time.monotonic() + 10
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.proc.stderr], [], [], left)
+            if not ready:
+                break
+            line = self.proc.stderr.readline()
+            if "listening on" in line or not line:
+                break
+
+    def frames(self, timeout: float = 10.0) -> list[bytes]:
+        """The captured frames, once tcpdump has its count or ``timeout`` s have passed."""
+        from scapy.utils import rdpcap
+
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(5)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return []
+        return [bytes(p) for p in rdpcap(str(self.path))]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
+               step: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` s pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

@@ -84,7 +84,7 @@ def test_start_stop_twice_same_name(sim_board):
         exec((rd / "sim_config.py").read_text(), config)
         assert config["NAME"] == name and config["NETIF"] == "w5500"
         assert config["IP"] == "10.77.0.2" and config["PREFIX"] == 24
-        assert config["MAC"] == "02:00:0a:4d:00:02" and config["KERNELS"] == 1
+        assert config["MAC"] == "02:00:0a:4d:00:02" and config["KERNELS"] == 2
         output = board.stop()
         assert_clean_stop(board, output)
 
@@ -151,9 +151,9 @@ def test_existing_namespace_is_refused_and_left_alone(sim_board, which):
 
 def test_bad_kernels_refused_before_anything(sim_board):
     name = sim_board.unique_name()
-    proc = sim_board.run_cli(name, ["--kernels", "2"])
+    proc = sim_board.run_cli(name, ["--kernels", "3"])
     assert proc.returncode == 2
-    assert "the dispatcher (2 kernels) is not built yet; use --kernels 1" in proc.stderr
+    assert "runs 1, 2 or 4 net kernels" in proc.stderr
 
 
 @pytest.mark.skipif(

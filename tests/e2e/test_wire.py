@@ -17,10 +17,9 @@ import time
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
-from scapy.utils import rdpcap
 from twinstack.link import Link
 
-from .conftest import require_netns_privileges
+from .conftest import Capture, require_netns_privileges, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,43 +47,6 @@ def logged_frames(board, start: int = 0) -> list[bytes]:
         if m:
             frames.append(bytes.fromhex(m.group(1)))
     return frames
-
-
-class Capture:
-    """tcpdump on the namespace's end of the wire, written to a pcap file."""
-
-    def __init__(self, board, tmp_path, bpf: str, count: int) -> None:
-        self.path = tmp_path / "capture.pcap"
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", board.netns, "tcpdump", "-i", "eth0", "-U", "-n",
-             "-w", str(self.path), "-c", str(count), bpf],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        deadline = time.monotonic() + 10
-        # tcpdump says "listening on" once its socket is attached.
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if "listening on" in line or not line:
-                break
-
-    def frames(self, timeout: float = 10) -> list[bytes]:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            self.proc.wait(5)
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return []
-        return [bytes(p) for p in rdpcap(str(self.path))]
-
-
-def wait_until(predicate, timeout: float = 10, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def padded(frame: bytes) -> bytes:

@@ -79,3 +79,13 @@ def test_out_of_order_beyond_window_is_trimmed():
     assert s.asm.count == 1 and s.asm.held() == 596
     p.send(ACK, bytes(10), now=2000, seq=base + 4096)     # at the right edge: outside
     assert s.asm.held() == 596 and st.tcp.drop_out_of_window == 1
+
+
+def test_nothing_after_an_out_of_order_fin_is_data():
+    st, lsn, s, p = server_established()
+    base = p.seq
+    p.send(ACK | FIN, b"", now=2000, seq=base + 10)            # FIN at +10, early
+    p.send(ACK, b"X" * 10, now=2001, seq=base + 10)            # bytes past the FIN
+    p.send(ACK, b"A" * 10, now=2002, seq=base)                 # fills the hole
+    assert drain(s) == b"A" * 10
+    assert s.at_eof()

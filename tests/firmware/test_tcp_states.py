@@ -474,3 +474,14 @@ def test_rings_are_released_once_no_byte_can_pass():
     assert s.recv_into(bytearray(4), 0, 4) == 0 and s.send_space() == 0
     p.send(FIN | ACK, now=1300, seq=p.seq - 1)         # still answers in TIME-WAIT
     assert p.one().is_(ACK)
+
+
+def test_a_stray_syn_outside_the_window_does_not_kill_a_half_open_connection():
+    st, lsn, p = server()
+    p.send(SYN, now=1000, options=mss_option(1460))
+    p.one()                                                    # SYN-ACK
+    p.send(SYN, now=1001, seq=p.seq + 100000)                  # far outside the window
+    assert st.tcp.connection_count() == 1
+    p.take()
+    p.send(ACK, now=1002)
+    assert lsn.accept() is not None

@@ -153,3 +153,16 @@ def test_send_space_shrinks_and_frees_on_ack():
     p.take()
     p.send(ACK, now=2010)
     assert s.send_space() == 4096 - (4096 - 2920)
+
+
+def test_zero_window_probe_with_a_byte_is_answered():
+    # BSD, Windows and lwIP probe with one byte at RCV.NXT; it is cut off by the closed
+    # window, but it must still be ACKed, or the prober never learns the window reopened.
+    st, lsn, s, p = server_established()
+    p.send(ACK, bytes(4096), now=2000)
+    base = p.seq
+    p.take()
+    p.send(ACK, b"x", now=3000, seq=base)
+    a = p.one()
+    assert a.is_(ACK) and a.ack == base and a.wnd == 0
+    assert s.recv_available() == 4096

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# MP_NATIVE_ARCH_* numbers in the .mpy header (py/persistentcode.h).
+MPY_ARCH = {"armv6m": 4, "armv7emsp": 7, "xtensawin": 10}
 sys.path.insert(0, str(ROOT / "tools"))
 import build_firmware as build  # noqa: E402
 
@@ -42,6 +44,9 @@ def test_build_board(tmp_path: Path, board: str, arch_flag: str):
         head = f.read_bytes()[:2]
         assert head == b"M\x06", f  # MicroPython .mpy version 6
     assert build.board_settings(board)["ARCH"] == arch_flag
+    # Files with native/viper code record the architecture they were compiled for.
+    arch = (out / "lib/netkernel/tcp.mpy").read_bytes()[2] >> 2
+    assert arch == MPY_ARCH[arch_flag]
 
 
 def test_simulated_board_is_not_cross_compiled(tmp_path: Path):

@@ -85,7 +85,7 @@ def test_a_command_is_required(capsys):
 def test_sim_defaults(root):
     args = cli.build_parser().parse_args(["sim", "--root", str(root)])
     assert (args.netns, args.board_ip, args.peer_ip) == ("ts0", "10.77.0.2/24", "10.77.0.1")
-    assert args.kernels == 1 and args.heap is None and args.mac is None
+    assert args.kernels == 2 and args.heap is None and args.mac is None
     assert args.services is True and args.frame_log == "summary"
     cfg = cli.sim_config_from_args(args)
     assert cfg.name == "ts0" and cfg.board_ns == "ts0-board"
@@ -143,23 +143,22 @@ def test_no_verbose_flag_means_zero(root):
     assert getattr(args, "verbose", 0) == 0
 
 
-def test_kernels_2_is_refused_with_the_dispatcher_message(root, capsys, monkeypatch):
+@pytest.mark.parametrize("kernels", ["1", "2", "4"])
+def test_kernels_1_2_4_are_accepted(kernels, root):
+    args = cli.build_parser().parse_args(["sim", "--root", str(root), "--kernels", kernels])
+    cfg = make_config(root=root, kernels=args.kernels)
+    assert cfg.kernels == int(kernels)
+
+
+@pytest.mark.parametrize("kernels", ["0", "3", "5"])
+def test_kernels_out_of_range(kernels, root, capsys, monkeypatch):
     # Refused before any root/namespace work: the user-namespace re-exec is never reached.
     monkeypatch.setattr(launcher, "reexec_in_userns",
                         lambda argv: pytest.fail("must not get this far"))
     with pytest.raises(SystemExit) as e:
-        cli.main(["sim", "--root", str(root), "--kernels", "2"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "the dispatcher (2 kernels) is not built yet; use --kernels 1" in err
-
-
-@pytest.mark.parametrize("kernels", ["0", "3"])
-def test_kernels_out_of_range(kernels, root, capsys):
-    with pytest.raises(SystemExit) as e:
         cli.main(["sim", "--root", str(root), "--kernels", kernels])
     assert e.value.code == 2
-    assert "use 1 or 2" in capsys.readouterr().err
+    assert "runs 1, 2 or 4 net kernels" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -291,10 +290,24 @@ def test_micropypath(root):
     cfg = make_config(root=root, name="ab")
     r = str(root.resolve())
     assert cfg.micropypath == (
-        f"/tmp/twinstack/ab:{r}/firmware:{r}/boards:{r}/tools:.frozen")
+        f"/tmp/twinstack/ab:/tmp/twinstack/ab/lib:{r}/firmware:{r}/boards:{r}/tools:.frozen")
 
 
 # -- generated files and the ready line ---------------------------------------------------
+
+
+def test_precompile_makes_bytecode_for_every_firmware_module(tmp_path):
+    import platform
+
+    from twinstack.sim.launcher import precompile
+
+    root = Path(__file__).resolve().parents[2]
+    if not precompile(root, tmp_path):
+        pytest.skip(f"mpy-cross has no native target for {platform.machine()}")
+    made = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.mpy")}
+    assert {"netkernel/tcp.mpy", "netkernel/proto/linkframe.mpy", "sim.mpy",
+            "simhw/w5500_emulator.mpy"} <= made
+    assert all((tmp_path / m).read_bytes()[:2] == b"M\x06" for m in made)
 
 
 def test_board_py_is_exact():
@@ -309,7 +322,7 @@ def test_render_sim_config(root):
     values.pop("__builtins__")
     assert values == {
         "NETIF": "w5500", "USB_FD": 7, "IP": "10.77.0.2", "PREFIX": 24, "PEER": "10.77.0.1",
-        "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 1, "SERVICES": True,
+        "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 2, "SERVICES": True,
         "LOG_FRAMES": True, "HEAP": 294912, "NAME": "ts0",
     }
     assert 'NETIF = "w5500"\n' in text and "USB_FD = 7\n" in text and "SERVICES = True\n" in text

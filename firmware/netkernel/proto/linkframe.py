@@ -28,6 +28,14 @@ KIND_STATS_REPLY = const(0x05)   # board -> host: more(1) + "name=value ..." (AS
 KIND_TCP_TEST = const(0x06)      # host -> board: ip(4) port(2) nbytes(4): the built-in test
                                  # client connects, sends a pattern, checks the echo, closes
 KIND_TCP_TEST_REPLY = const(0x07)  # board -> host: status(1) sent(4) verified(4) ms(4)
+KIND_FLOWS_REQUEST = const(0x08)  # host -> board: the dispatcher's flow table, please
+KIND_FLOWS_REPLY = const(0x09)   # board -> host: more(1) + text, one flow per line:
+                                 # n=<flow> key=<src>:<sport>><dst>:<dport>/<proto> owner=<core>
+                                 # pkts=<n> bytes=<n> k0=<frames on kernel 0> k1=... (paged
+                                 # like KIND_STATS_REPLY)
+KIND_CONFIG = const(0x0A)        # host -> board: ASCII name=value pairs (hash=fold|toeplitz,
+                                 # indirection=0,1,..., mask=<hex>, rule=<key hex>:<core>)
+KIND_CONFIG_REPLY = const(0x0B)  # board -> host: status(1) (0 ok, else errno) + ASCII text
 KIND_I2O = const(0x10)           # an I2O message frame (the message layer)
 
 # Worst case encoded size of a payload of n bytes: delimiters, CRC, one code byte per 254.

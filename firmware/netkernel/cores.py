@@ -1,0 +1,358 @@
+# The multi-kernel runtime: one dispatcher and N net kernels sharing one W5500.
+#
+# Core 0 (the main thread) runs the dispatcher, kernel 0 and the host link; kernels
+# 1..N-1 each run in one `_thread` (on rp2 exactly one: core 1). Between them:
+# - a FramePool of preallocated frame slots the driver reads straight into;
+# - per kernel an SPSC receive ring (dispatcher -> kernel), an SPSC return ring (used slots
+#   back to the dispatcher, which alone frees slots and keeps reference counts) and an SPSC
+#   event ring (closed TCP connections -> the dispatcher's flow table);
+# - transmit, TX_MODE "lock": every core sends its own frames, each W5500 transaction (one
+#   frame's write + SEND, one receive, an interrupt acknowledge) under one `_thread` lock;
+#   TX_MODE "ring": kernels 1..N-1 copy frames into their TX slots and post them on an MPSC
+#   ring; core 0 alone talks to the chip, so it needs no lock.
+#
+# rp2 rules kept here: every module global exists before core 1 starts (this module is
+# imported before any thread), the thread gets its state as arguments, core 0 never blocks
+# on a lock for longer than one SPI transaction of the other core, no lock is taken twice.
+import _thread
+from array import array
+from time import sleep_us, ticks_ms
+
+import micropython
+from micropython import const
+
+from netkernel import wire
+from netkernel.dispatch import ALL_CORES, KEY_LEN, Dispatcher
+from netkernel.kernel import NetKernel
+from netkernel.rings import FramePool, TxQueue
+
+LOG_OFF = const(0)        # the frame log: nothing, a line per frame, or the line + hex
+LOG_SUMMARY = const(1)
+LOG_HEX = const(2)
+
+
+def _mac_str(b, off):
+    return "%02x:%02x:%02x:%02x:%02x:%02x" % (
+        b[off], b[off + 1], b[off + 2], b[off + 3], b[off + 4], b[off + 5])
+
+TX_LOCK = "lock"
+TX_RING = "ring"
+_RX_BATCH = const(16)         # frames the dispatcher reads from the chip per turn
+_TX_BATCH = const(32)         # frames core 0 sends for other kernels per turn (ring mode)
+_EVENT_BATCH = const(8)
+_PROTO_TCP = const(6)
+_STOP_WAIT_MS = const(2000)
+_C_DROP_RED = const(4)         # Dispatcher.counters_ index of drop_red
+
+# Thread control words: [0] run, [1] stopped, shared by core 0 and the thread.
+_RUN = const(0)
+_STOPPED = const(1)
+
+
+class LockedNic:
+    """The W5500 driver with one lock around every transaction (TX_MODE "lock")."""
+
+    def __init__(self, nic, lock):
+        self.nic = nic
+        self.lock = lock
+
+    @micropython.native
+    def send(self, buf, n):
+        lock = self.lock
+        lock.acquire()
+        try:
+            return self.nic.send(buf, n)
+        finally:
+            lock.release()
+
+    @micropython.native
+    def recv_into(self, buf):
+        lock = self.lock
+        lock.acquire()
+        try:
+            return self.nic.recv_into(buf)
+        finally:
+            lock.release()
+
+    @micropython.native
+    def clear_interrupt(self):
+        lock = self.lock
+        lock.acquire()
+        try:
+            self.nic.clear_interrupt()
+        finally:
+            lock.release()
+
+    def call(self, fn, *args):
+        """Any other driver call (link state, reopen): rare, not per frame."""
+        self.lock.acquire()
+        try:
+            return fn(*args)
+        finally:
+            self.lock.release()
+
+
+class _Direct:
+    """The driver without a lock (one kernel, or TX_MODE "ring": only core 0 uses it)."""
+
+    def __init__(self, nic):
+        self.nic = nic
+        self.send = nic.send
+        self.recv_into = nic.recv_into
+        self.clear_interrupt = nic.clear_interrupt
+
+    def call(self, fn, *args):
+        return fn(*args)
+
+
+def _core_loop(kernel, ctl, idle_us):
+    """Kernels 1..N-1: turn after turn; a short sleep when the ring is empty."""
+    while ctl[_RUN]:
+        try:
+            more = kernel.turn(ticks_ms())
+        except Exception:          # count and carry on: the core must keep its flows
+            kernel.errors += 1
+            more = False
+        if not more:
+            kernel.idle_sleeps += 1
+            sleep_us(idle_us)
+    ctl[_STOPPED] = 1
+
+
+class Cores:
+    def __init__(self, nic, ncores, mac, ip, prefix, gateway, stack_config, log,
+                 tx_mode=TX_LOCK, pool_slots=0, ring_capacity=16, flow_capacity=256,
+                 handoff_bytes=9216, tx_slots=8, idle_us=100, thread_stack=16384):
+        if ncores < 1:
+            raise ValueError("kernels must be >= 1")
+        if tx_mode not in (TX_LOCK, TX_RING):
+            raise ValueError("tx_mode must be 'lock' or 'ring'")
+        self.ncores = ncores
+        self.log = log            # the frame log is written here, where frames arrive
+        self.tx_mode = tx_mode
+        self.idle_us = idle_us
+        self.thread_stack = thread_stack
+        self.raw_nic = nic
+        self.lock = _thread.allocate_lock()
+        locking = tx_mode == TX_LOCK and ncores > 1
+        self.nic = LockedNic(nic, self.lock) if locking else _Direct(nic)
+        self.ip = bytes(ip)
+        self.disp = Dispatcher(ncores, self.ip, flow_capacity=flow_capacity,
+                               ring_capacity=ring_capacity)
+        if pool_slots <= 0:
+            pool_slots = ring_capacity * ncores + _RX_BATCH
+        self.pool = FramePool(pool_slots, nic)
+        self.txq = TxQueue(ncores, tx_slots, nic) if (tx_mode == TX_RING and ncores > 1) \
+            else None
+        self.kernels = []
+        for k in range(ncores):
+            if self.txq is not None and k > 0:
+                send = self.txq.ports[k].send
+            else:
+                send = self.nic.send
+            kern = NetKernel(k, send, mac, ip, prefix, gateway, stack_config,
+                             ncores=ncores, ring_capacity=ring_capacity,
+                             return_capacity=pool_slots, flow_capacity=flow_capacity,
+                             handoff_bytes=handoff_bytes if ncores > 1 else 0)
+            kern.pool = self.pool
+            kern.disp = self.disp
+            nic.views(kern.stack.iface.tx)
+            self.kernels.append(kern)
+        for kern in self.kernels:
+            kern.peers = self.kernels
+        self.kernels[0].closes_direct = True
+        # A frame with no free slot is read into kernel 0's transmit buffer and dropped:
+        # the dispatcher runs on core 0 between kernel 0's turns, when that buffer is free.
+        self.drop_buf = self.kernels[0].stack.iface.tx
+        self.depths = array("H", bytes(2 * ncores))
+        self.drop_full = array("I", bytes(4 * ncores))   # per kernel: its ring was full
+        self.drop_red = array("I", bytes(4 * ncores))    # per kernel: early discard for it
+        self.ctl = [array("B", [0, 1]) for _ in range(ncores)]
+        # Dispatcher counters (core 0).
+        self.rx_frames = 0
+        self.rx_bytes = 0
+        self.drop_no_slot = 0
+        self.drop_steer = 0
+        self.red_seen = 0
+        self.broadcasts = 0
+        self.flows_closed = 0
+        self.turns = 0
+
+    # -- threads ---------------------------------------------------------------------------
+
+    def start(self):
+        """Start kernels 1..N-1, each in one thread (call after every import is done)."""
+        if self.ncores > 1 and self.thread_stack:
+            try:
+                _thread.stack_size(self.thread_stack)
+            except (AttributeError, ValueError):
+                pass
+        for k in range(1, self.ncores):
+            ctl = self.ctl[k]
+            ctl[_RUN] = 1
+            ctl[_STOPPED] = 0
+            _thread.start_new_thread(_core_loop, (self.kernels[k], ctl, self.idle_us))
+
+    def stop(self):
+        for k in range(1, self.ncores):
+            self.ctl[k][_RUN] = 0
+        start = ticks_ms()
+        for k in range(1, self.ncores):
+            while not self.ctl[k][_STOPPED]:
+                if ticks_ms() - start > _STOP_WAIT_MS:
+                    break
+                sleep_us(200)
+
+    def running(self):
+        return all(self.ctl[k][_RUN] and not self.ctl[k][_STOPPED]
+                   for k in range(1, self.ncores))
+
+    # -- core 0 ----------------------------------------------------------------------------
+
+    @micropython.native
+    def turn(self, now, rx):
+        """Core 0's share: returns, interrupt ack + RX batch, other cores' TX, kernel 0,
+        closed flows. True if work is still waiting."""
+        self.turns += 1
+        self._collect_returns()
+        more = False
+        if rx:
+            self.nic.clear_interrupt()
+            more = self.dispatch(now)
+        txq = self.txq
+        if txq is not None:
+            if txq.drain(self.raw_nic.send, _TX_BATCH) == _TX_BATCH:
+                more = True
+        if self.kernels[0].turn(now):
+            more = True
+        self._collect_events()
+        return more
+
+    @micropython.native
+    def _collect_returns(self):
+        pool = self.pool
+        kernels = self.kernels
+        k = 0
+        while k < self.ncores:
+            ret = kernels[k].ret
+            s = ret.pop()
+            while s >= 0:
+                pool.release(s)
+                s = ret.pop()
+            k += 1
+
+    def _log_frame(self, buf, n, core):
+        # core: the kernel it goes to, -1 every kernel (ARP), -2 dropped by the dispatcher
+        line = "netkernel: rx core=%d len=%d dst=%s src=%s type=0x%04x" % (
+            core, n, _mac_str(buf, 0), _mac_str(buf, 6), (buf[12] << 8) | buf[13])
+        if self.log == LOG_HEX:
+            line += " data=" + bytes(buf[:n]).hex()
+        print(line)
+
+    @micropython.native
+    def dispatch(self, now):
+        """Read up to _RX_BATCH frames from the chip and steer each to a kernel's ring.
+        True if the batch was full (more frames may be waiting)."""
+        pool = self.pool
+        disp = self.disp
+        nic = self.nic
+        kernels = self.kernels
+        depths = self.depths
+        nk = self.ncores
+        ring0 = kernels[0].rx
+        stop = disp.red_min       # kernel 0 runs after this batch: never overfill its ring
+        got = 0
+        while got < _RX_BATCH:
+            if ring0.depth() >= stop:
+                return True
+            s = pool.take()
+            if s < 0:
+                # No slot: the frame is read (the chip must move on) and dropped.
+                if nic.recv_into(self.drop_buf) == 0:
+                    return False
+                self.drop_no_slot += 1
+                got += 1
+                continue
+            buf = pool.bufs[s]
+            n = nic.recv_into(buf)
+            if n == 0:
+                pool.release(s)
+                return False
+            got += 1
+            self.rx_frames += 1
+            self.rx_bytes += n
+            op = disp.classify(buf, n)
+            k = 0
+            while k < nk:
+                depths[k] = kernels[k].rx.depth()
+                k += 1
+            # Free slots as the frame found them (its own slot counted as free).
+            core = disp.steer(buf, n, op, now, depths, pool.nfree + 1)
+            pool.lens[s] = n
+            pool.ops[s] = op
+            pool.flows[s] = disp.flow
+            if self.log:
+                self._log_frame(buf, n, core)
+            if core >= 0 and core < nk:
+                if not kernels[core].rx.push(s):
+                    self.drop_full[core] += 1
+                    pool.release(s)
+            elif core == ALL_CORES:
+                self.broadcasts += 1
+                pool.refs[s] = nk
+                k = 0
+                while k < nk:
+                    if not kernels[k].rx.push(s):
+                        self.drop_full[k] += 1
+                        pool.release(s)
+                    k += 1
+            else:
+                self.drop_steer += 1
+                if disp.counters_[_C_DROP_RED] != self.red_seen:
+                    self.red_seen = disp.counters_[_C_DROP_RED]
+                    f = disp.flow
+                    core = disp.flows_table.owner[f] if f >= 0 else disp._hash_core(disp.key)
+                    if core < nk:
+                        self.drop_red[core] += 1
+                pool.release(s)
+        return True
+
+    @micropython.native
+    def _collect_events(self):
+        disp = self.disp
+        ip = self.ip
+        kernels = self.kernels
+        k = 0
+        while k < self.ncores:
+            ev = kernels[k].events
+            data = ev.data
+            i = 0
+            while i < _EVENT_BATCH:
+                o = ev.pop()
+                if o < 0:
+                    break
+                disp.flow_closed(_PROTO_TCP, data, o, ip, 0, wire.get16(data, o + 4),
+                                 wire.get16(data, o + 6))
+                self.flows_closed += 1
+                i += 1
+            k += 1
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def flow_lines(self):
+        """One text line per flow of the dispatcher's table, with per-kernel frame counts:
+        n=<flow> key=<src>:<sport>><dst>:<dport>/<proto> owner= pkts= bytes= k0= k1= ..."""
+        lines = []
+        keys = self.disp.flows_table.keys
+        for f in self.disp.flows():
+            num, owner, pkts, nbytes = f[0], f[2], f[3], f[4]
+            o = num * KEY_LEN
+            k = keys[o:o + KEY_LEN]
+            key = "%d.%d.%d.%d:%d>%d.%d.%d.%d:%d/%d" % (
+                k[0], k[1], k[2], k[3], (k[8] << 8) | k[9],
+                k[4], k[5], k[6], k[7], (k[10] << 8) | k[11], k[12])
+            per = " ".join("k%d=%d" % (c, self.kernels[c].flow_frames[num])
+                           for c in range(self.ncores))
+            lines.append("n=%d key=%s owner=%d pkts=%d bytes=%d %s"
+                         % (num, key, owner, pkts, nbytes, per))
+        return lines

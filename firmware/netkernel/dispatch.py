@@ -1,0 +1,740 @@
+"""The dispatcher's decision logic: classify a frame, hash its flow, pick a core.
+
+Per frame, core 0's dispatcher calls ``op = d.classify(buf, n)`` then
+``core = d.steer(buf, n, op, now, depths, free_slots)`` and puts the frame on that core's
+ring (all rings for ALL_CORES; nowhere for DROP), tagged with ``op`` and ``d.flow``. Neither
+call allocates, raises or blocks.
+
+Operation code (what the kernel needs without parsing the headers again)
+-----------------------------------------------------------------------
+bits 0..3  protocol: OP_OTHER, OP_ARP, OP_ICMP, OP_UDP, OP_TCP, OP_IPV4 (other IP protocol)
+0x10       OP_FRAGMENT  IPv4 fragment (MF set or offset != 0), first fragment included
+0x20       OP_PAYLOAD   transport payload present (for a fragment: it carries IP payload)
+0x40       OP_SYN       TCP SYN without ACK
+0x80       OP_BCAST     Ethernet group (broadcast/multicast) destination
+bits 8..13 IPv4 header length in 4-byte words (IHL), 0 for non-IP
+
+Flow key (``self.key``, 13 bytes)
+---------------------------------
+TCP/UDP:        src IP(4) dst IP(4) src port(2) dst port(2) proto(1)
+fragment:       src IP(4) dst IP(4) IP ID(2)    0 0         proto(1)
+ICMP/other IP:  src IP(4) dst IP(4) 0 0         0 0         proto(1)
+ARP:            sender IP(4) target IP(4) 0...0
+
+Classifier program
+------------------
+A program is bytes of 4-byte instructions ``[code, a, b, c]`` (``imm`` = b << 8 | c),
+run by a viper interpreter over the frame with an accumulator A, a register X, the op code
+(starts 0) and the key (zeroed first). Offsets are from the Ethernet header, or from the
+transport header when the code has the L4 bit (0x80) set - only after IHL has run; before
+that any L4-relative access fails. Every access is checked against the frame length ``n``:
+reading past it makes the frame malformed (classify returns OP_OTHER and counts it).
+
+  LD8     a=off imm=mask     A = buf[off] & mask                      (L4 bit allowed)
+  LD16    a=off imm=mask     A = big-endian 16 bits at off & mask     (L4 bit allowed)
+  AND     imm                A &= imm
+  SHR/SHL a=bits (<= 15)     A >>= bits / A = (A << bits) & 0xFFFF
+  TAX                        X = A
+  SUBX                       A = X - A (may go negative)
+  L4LEN                      A = IPv4 total length - header length (needs IHL first)
+  JEQ/JNE/JGT/JLE a=skip imm if A ==/!=/>/<= imm: skip `skip` instructions (signed compare)
+  JSET/JCLR a=skip imm       if A & imm != 0 / == 0: skip `skip` instructions
+  JA      a=skip             skip `skip` instructions
+  EXTRACT a=off b=len c=pos  key[pos:pos+len] = buf[off:off+len]      (L4 bit allowed)
+  KEYSET  a=pos c=value      key[pos] = value
+  KEYZERO a=pos b=len        key[pos:pos+len] = 0
+  SETOP   imm (<= 0xFF)      op |= imm
+  IHL                        check IPv4 header (IHL >= 5, header and total length inside
+                             the frame, total length >= header), set the L4 base and
+                             op bits 8..13; malformed otherwise
+  NEED    a=off              malformed unless off <= n                (L4 bit allowed)
+  RET                        return op (falling off the end does the same)
+  FAIL                       malformed
+
+Jumps go forward only (skip is unsigned) and must land inside the program or just past its
+end, and a program is at most MAX_PROGRAM bytes: every program terminates after at most
+MAX_PROGRAM / 4 steps. set_program() validates and refuses (ValueError) anything else.
+assemble() turns a list of tuples and label strings into program bytes (see
+default_program() for an example); it runs on CPython too, for the host.
+
+Steering rules (steer())
+------------------------
+- ARP: ALL_CORES (each core keeps its own ARP cache).
+- IPv4 fragments: hash of (src, dst, IP ID, proto) through the indirection table, so all
+  fragments of a datagram meet on one core; no flow entry.
+- TCP/UDP: the flow table first (an entry keeps its owner, whatever the hash program or the
+  indirection table became since); a new flow's owner is a host rule for its exact key, or
+  indirection[hash(key) & (len - 1)]; recorded. TCP entries are pinned (connections).
+- ICMP and other IP protocols: by hash, not recorded.
+- Overload (seed 004 Fig. 12B): an ICMP echo request or a UDP datagram whose target ring is
+  at or above `overload` goes to the least loaded core if that is less loaded. UDP flow
+  entries record the hash owner but are connectionless, so each datagram may be moved;
+  TCP never is.
+- Random early discard (seed 002 claim 28): ring depth >= ring_capacity drops
+  (ring_full); depth in [red_min, red_max) drops with probability
+  (depth - red_min) / (red_max - red_min), certainly at >= red_max (red). Packet memory:
+  free_slots <= free_min drops (no_buffer); free_slots < free_low drops with probability
+  (free_low - free_slots) / (free_low - free_min) (red). Malformed frames and other
+  Ethernet types are dropped (malformed, other).
+"""
+import array
+
+import micropython
+from micropython import const
+
+from netkernel.flowtable import FlowTable
+
+KEY_LEN = const(13)          # same as flowtable.KEY_LEN (a const must be local to inline)
+_F_PINNED = const(0x02)      # flowtable.F_PINNED
+
+OP_PROTO_MASK = const(0x0F)
+OP_OTHER = const(0)
+OP_ARP = const(1)
+OP_ICMP = const(2)
+OP_UDP = const(3)
+OP_TCP = const(4)
+OP_IPV4 = const(5)
+OP_FRAGMENT = const(0x10)
+OP_PAYLOAD = const(0x20)
+OP_SYN = const(0x40)
+OP_BCAST = const(0x80)
+OP_IHL_SHIFT = const(8)
+
+ALL_CORES = const(-1)
+DROP = const(-2)
+
+# classifier instruction codes
+L4 = const(0x80)
+LD8 = const(1)
+LD16 = const(2)
+AND = const(3)
+SHR = const(4)
+SHL = const(5)
+TAX = const(6)
+SUBX = const(7)
+L4LEN = const(8)
+JEQ = const(9)
+JNE = const(10)
+JGT = const(11)
+JLE = const(12)
+JSET = const(13)
+JCLR = const(14)
+JA = const(15)
+EXTRACT = const(16)
+KEYSET = const(17)
+KEYZERO = const(18)
+SETOP = const(19)
+IHL = const(20)
+NEED = const(21)
+RET = const(22)
+FAIL = const(23)
+MAX_PROGRAM = const(512)
+
+_PROTO_ICMP = const(1)
+_PROTO_TCP = const(6)
+_PROTO_UDP = const(17)
+_ICMP_ECHO_REQUEST = const(8)
+_ETH_HLEN = const(14)
+_FAR = const(0x10000)       # L4 base before IHL: every L4-relative access is out of bounds
+
+_ALGO_FOLD = const(0)
+_ALGO_TOEPLITZ = const(1)
+
+# counter indices (array 'I'); per-core frame counts follow at _C_CORE + core
+_C_FRAMES = const(0)
+_C_MALFORMED = const(1)
+_C_DROP_MALFORMED = const(2)
+_C_DROP_OTHER = const(3)
+_C_DROP_RED = const(4)
+_C_DROP_RING_FULL = const(5)
+_C_DROP_NO_BUFFER = const(6)
+_C_REDIRECTS = const(7)
+_C_ALL_CORES = const(8)
+_C_FRAGMENTS = const(9)
+_C_NEW_FLOWS = const(10)
+_C_RULE_HITS = const(11)
+_C_CORE = const(12)
+_COUNTER_NAMES = ("frames", "malformed", "drop_malformed", "drop_other", "drop_red",
+                  "drop_ring_full", "drop_no_buffer", "redirects", "all_cores", "fragments",
+                  "new_flows", "rule_hits")
+
+# Microsoft's RSS verification key, and the symmetric one (0x6d5a repeated: swapping source
+# and destination, addresses and ports together, gives the same hash).
+RSS_KEY = bytes((0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d,
+                 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4,
+                 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b,
+                 0xbe, 0xac, 0x01, 0xfa))
+SYMMETRIC_RSS_KEY = b"\x6d\x5a" * 20
+
+
+# ---------------------------------------------------------------------------------------
+# classifier program: assembler, validator, interpreter
+
+def assemble(items):
+    """Program bytes from a list of instruction tuples and label strings.
+
+    Tuples: (code,), (code, a), (code, a, imm16) or (code, a, b, c); a jump's `a` may be a
+    label (a string that appears later in the list)."""
+    labels = {}
+    index = 0
+    for it in items:
+        if isinstance(it, str):
+            labels[it] = index
+        else:
+            index += 1
+    out = bytearray()
+    index = 0
+    for it in items:
+        if isinstance(it, str):
+            continue
+        code = it[0]
+        a = it[1] if len(it) > 1 else 0
+        if isinstance(a, str):
+            a = labels[a] - index - 1
+        if len(it) == 4:
+            b, c = it[2], it[3]
+        else:
+            imm = it[2] if len(it) == 3 else 0
+            b, c = (imm >> 8) & 0xFF, imm & 0xFF
+        out.extend(bytes((code, a, b, c)))
+        index += 1
+    return bytes(out)
+
+
+def default_program():
+    """Ethernet / ARP / IPv4 (fragments, ICMP, UDP, TCP) with the key layout above."""
+    return assemble([
+        (LD8, 0, 0x01), (JEQ, "unicast", 0), (SETOP, 0, OP_BCAST), "unicast",
+        (LD16, 12, 0xFFFF), (JEQ, "arp", 0x0806), (JNE, "end", 0x0800),
+        (LD8, 14, 0xF0), (JNE, "bad", 0x40),
+        (IHL,), (EXTRACT, 26, 8, 0), (EXTRACT, 23, 1, 12),
+        # protocol bits first, so fragments carry them too
+        (LD8, 23, 0xFF),
+        (JNE, "not_tcp", 6), (SETOP, 0, OP_TCP), (JA, "frag"), "not_tcp",
+        (JNE, "not_udp", 17), (SETOP, 0, OP_UDP), (JA, "frag"), "not_udp",
+        (JNE, "not_icmp", 1), (SETOP, 0, OP_ICMP), (JA, "frag"), "not_icmp",
+        (SETOP, 0, OP_IPV4),
+        "frag", (LD16, 20, 0x3FFF), (JEQ, "whole", 0),
+        # any fragment (the first one too) is keyed by the IP ID: no ports in non-first ones
+        (SETOP, 0, OP_FRAGMENT), (EXTRACT, 18, 2, 8), (L4LEN,), (JLE, "end", 0),
+        (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "whole", (LD8, 23, 0xFF), (JEQ, "tcp", 6), (JEQ, "udp", 17), (JNE, "ip_other", 1),
+        (NEED | L4, 8), (L4LEN,), (JLE, "end", 8), (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "ip_other", (L4LEN,), (JLE, "end", 0), (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "tcp", (NEED | L4, 20), (EXTRACT | L4, 0, 4, 8),
+        (LD8 | L4, 13, 0x12), (JNE, "tcp_data", 0x02), (SETOP, 0, OP_SYN), "tcp_data",
+        (L4LEN,), (TAX,), (LD8 | L4, 12, 0xF0), (SHR, 2), (SUBX,), (JLE, "end", 0),
+        (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "udp", (NEED | L4, 8), (EXTRACT | L4, 0, 4, 8), (L4LEN,), (JLE, "end", 8),
+        (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "arp", (NEED, 42), (SETOP, 0, OP_ARP), (EXTRACT, 28, 4, 0), (EXTRACT, 38, 4, 4),
+        (JA, "end"),
+        "bad", (FAIL,),
+        "end",
+    ])
+
+
+def validate_program(program):
+    """Raise ValueError unless the program is well formed (see the module docstring)."""
+    n = len(program)
+    if n == 0 or n > MAX_PROGRAM or n & 3:
+        raise ValueError("program length")
+    count = n >> 2
+    for i in range(count):
+        code, a, b, c = program[4 * i], program[4 * i + 1], program[4 * i + 2], program[4 * i + 3]
+        base = code & 0x7F
+        if base < LD8 or base > FAIL:
+            raise ValueError("bad code at %d" % i)
+        if code & L4 and base not in (LD8, LD16, EXTRACT, NEED):
+            raise ValueError("L4 base not allowed at %d" % i)
+        if JEQ <= base <= JA and i + 1 + a > count:
+            raise ValueError("jump out of program at %d" % i)
+        if base in (SHR, SHL) and a > 15:
+            raise ValueError("shift at %d" % i)
+        if base == EXTRACT and (b == 0 or c + b > KEY_LEN):
+            raise ValueError("extract at %d" % i)
+        if base == KEYSET and a >= KEY_LEN:
+            raise ValueError("keyset at %d" % i)
+        if base == KEYZERO and a + b > KEY_LEN:
+            raise ValueError("keyzero at %d" % i)
+        if base == SETOP and b:
+            raise ValueError("setop bits at %d" % i)
+
+
+@micropython.viper
+def run_program(prog: ptr8, plen: int, buf: ptr8, n: int, key: ptr8) -> int:
+    """Run a validated program over buf[0:n]; the op code, or -1 for a malformed frame."""
+    i = 0
+    while i < KEY_LEN:
+        key[i] = 0
+        i += 1
+    pc = 0
+    op = 0
+    a = 0
+    x = 0
+    l4 = _FAR
+    l4len = 0
+    while pc < plen:
+        code = prog[pc]
+        arg = prog[pc + 1]
+        b = prog[pc + 2]
+        c = prog[pc + 3]
+        imm = (b << 8) | c
+        pc += 4
+        o = arg
+        if code & L4:
+            code &= 0x7F
+            o = l4 + arg
+        if code == LD8:
+            if o >= n:
+                return -1
+            a = buf[o] & imm
+        elif code == LD16:
+            if o + 2 > n:
+                return -1
+            a = ((buf[o] << 8) | buf[o + 1]) & imm
+        elif code == AND:
+            a &= imm
+        elif code == SHR:
+            a >>= arg
+        elif code == SHL:
+            a = (a << arg) & 0xFFFF
+        elif code == TAX:
+            x = a
+        elif code == SUBX:
+            a = x - a
+        elif code == L4LEN:
+            if l4 == _FAR:
+                return -1
+            a = l4len
+        elif code >= JEQ and code <= JA:
+            if code == JA:
+                take = True
+            elif code == JEQ:
+                take = a == imm
+            elif code == JNE:
+                take = a != imm
+            elif code == JGT:
+                take = a > imm
+            elif code == JLE:
+                take = a <= imm
+            elif code == JSET:
+                take = (a & imm) != 0
+            else:
+                take = (a & imm) == 0
+            if take:
+                pc += arg << 2
+        elif code == EXTRACT:
+            if o + b > n:
+                return -1
+            i = 0
+            while i < b:
+                key[c + i] = buf[o + i]
+                i += 1
+        elif code == KEYSET:
+            key[arg] = c
+        elif code == KEYZERO:
+            i = 0
+            while i < b:
+                key[arg + i] = 0
+                i += 1
+        elif code == SETOP:
+            op |= imm
+        elif code == IHL:
+            if n < _ETH_HLEN + 20:
+                return -1
+            ihl = buf[_ETH_HLEN] & 0x0F
+            hl = ihl << 2
+            total = (buf[_ETH_HLEN + 2] << 8) | buf[_ETH_HLEN + 3]
+            # a frame may be longer than the datagram (Ethernet padding), never shorter
+            if ihl < 5 or _ETH_HLEN + hl > n or total < hl or _ETH_HLEN + total > n:
+                return -1
+            l4 = _ETH_HLEN + hl
+            l4len = total - hl
+            op |= ihl << OP_IHL_SHIFT
+        elif code == NEED:
+            if o > n:
+                return -1
+        elif code == RET:
+            return op
+        else:
+            return -1           # FAIL (and anything a validated program cannot contain)
+    return op
+
+
+# ---------------------------------------------------------------------------------------
+# hashes (viper, results reduced below 2**30 so they are small ints on the RP2040)
+
+@micropython.viper
+def fold_hash(key: ptr8, mask: ptr8) -> int:
+    """XOR fold of the masked key: symmetric (src/dst and ports swapped give the same value).
+
+    The address fold is mixed before the ports join it, so address and port bits that vary
+    together (10.1.0.i:30000+i) cannot cancel; a final mix spreads the low bits that index
+    the indirection table. Bits 8..23 of a product are exact even where a 32-bit viper int
+    overflows."""
+    s = 0
+    i = 0
+    while i < 4:                        # src ^ dst, as two 16-bit words folded together
+        s ^= ((key[i] & mask[i]) ^ (key[i + 4] & mask[i + 4])) << (8 - ((i & 1) << 3))
+        i += 1
+    s = ((s * 40503) >> 8) & 0xFFFF
+    s ^= ((key[8] & mask[8]) ^ (key[10] & mask[10])) << 8        # sport ^ dport
+    s ^= (key[9] & mask[9]) ^ (key[11] & mask[11])
+    s ^= key[12] & mask[12]
+    return ((s * 40503) >> 8) & 0xFFFF
+
+
+@micropython.viper
+def toeplitz_hash(data: ptr8, mask: ptr8, tkey: ptr8, out: ptr8) -> int:
+    """RSS Toeplitz hash of the first 12 masked bytes of the key (addresses and ports);
+    the 32-bit result goes to out[0:4] big-endian, the low 30 bits are returned."""
+    hi = (tkey[0] << 8) | tkey[1]        # the 32-bit key window as two 16-bit halves
+    lo = (tkey[2] << 8) | tkey[3]
+    rh = 0
+    rl = 0
+    kbit = 32
+    i = 0
+    while i < 12:
+        byte = data[i] & mask[i]
+        bit = 7
+        while bit >= 0:
+            if (byte >> bit) & 1:
+                rh ^= hi
+                rl ^= lo
+            nb = (tkey[kbit >> 3] >> (7 - (kbit & 7))) & 1
+            hi = ((hi << 1) | (lo >> 15)) & 0xFFFF
+            lo = ((lo << 1) | nb) & 0xFFFF
+            kbit += 1
+            bit -= 1
+        i += 1
+    out[0] = rh >> 8
+    out[1] = rh & 0xFF
+    out[2] = rl >> 8
+    out[3] = rl & 0xFF
+    return ((rh & 0x3FFF) << 16) | rl
+
+
+@micropython.viper
+def _find_key(table: ptr8, count: int, key: ptr8) -> int:
+    r = 0
+    while r < count:
+        k = r * KEY_LEN
+        i = 0
+        while i < KEY_LEN:
+            if table[k + i] != key[i]:
+                break
+            i += 1
+        if i == KEY_LEN:
+            return r
+        r += 1
+    return -1
+
+
+@micropython.viper
+def _inc(counters: ptr32, index: int):
+    counters[index] += 1
+
+
+@micropython.viper
+def _xorshift16(state: ptr16) -> int:
+    x = state[0]
+    x ^= (x << 7) & 0xFFFF
+    x ^= x >> 9
+    x ^= (x << 8) & 0xFFFF
+    state[0] = x
+    return x
+
+
+@micropython.viper
+def _put_key(key: ptr8, src: ptr8, src_off: int, dst: ptr8, dst_off: int, proto: int,
+             sport: int, dport: int):
+    i = 0
+    while i < 4:
+        key[i] = src[src_off + i]
+        key[4 + i] = dst[dst_off + i]
+        i += 1
+    key[8] = sport >> 8
+    key[9] = sport & 0xFF
+    key[10] = dport >> 8
+    key[11] = dport & 0xFF
+    key[12] = proto
+
+
+class Dispatcher:
+    def __init__(self, ncores, ip, flow_capacity=256, ring_capacity=32, red_min=None,
+                 red_max=None, overload=None, free_low=None, free_min=0, max_rules=16,
+                 seed=0xACE1, idle_ms=300000, tcp_idle_ms=7200000):
+        if ncores < 1 or ncores > 255:
+            raise ValueError("ncores")
+        self.ncores = ncores
+        self.ip = bytearray(ip)
+        self.ring_capacity = ring_capacity
+        self.red_min = ring_capacity * 3 // 4 if red_min is None else red_min
+        self.red_max = ring_capacity * 15 // 16 if red_max is None else red_max
+        if self.red_max <= self.red_min:
+            self.red_max = self.red_min + 1
+        # redirect before random early discard starts: move load rather than drop it
+        self.overload = ring_capacity // 2 if overload is None else overload
+        self.free_min = free_min
+        self.free_low = max(free_min + 1, ring_capacity // 4) if free_low is None else free_low
+        self.key = bytearray(KEY_LEN)
+        self.flow = -1
+        self.flows_table = FlowTable(flow_capacity, idle_ms, tcp_idle_ms)
+        self.counters_ = array.array("I", bytes(4 * (_C_CORE + ncores)))
+        self._rng = array.array("H", [(seed & 0xFFFF) or 1])
+        self._bad = 0
+        self._qkey = bytearray(KEY_LEN)       # scratch key for core_for()/owner_of()/...
+        self._hout = bytearray(4)             # last Toeplitz result (big-endian)
+        self._rules = bytearray(max_rules * KEY_LEN)
+        self._rule_cores = bytearray(max_rules)
+        self._nrules = 0
+        self._algo = _ALGO_FOLD
+        self._mask = bytearray(b"\xff" * KEY_LEN)
+        self._tkey = bytes(SYMMETRIC_RSS_KEY)
+        self.indirection = bytearray(i % ncores for i in range(64))
+        self.program = default_program()
+
+    # -- configuration (allocates; not per frame) -------------------------------------
+
+    def set_hash(self, mask=None, algorithm=None, toeplitz_key=None):
+        """mask: 13 bytes ANDed over the key before hashing (Toeplitz uses the first 12);
+        algorithm: "fold" or "toeplitz"; toeplitz_key: >= 16 bytes (default: symmetric)."""
+        if mask is not None:
+            if len(mask) != KEY_LEN:
+                raise ValueError("mask must be %d bytes" % KEY_LEN)
+            self._mask = bytearray(mask)
+        if toeplitz_key is not None:
+            if len(toeplitz_key) < 16:
+                raise ValueError("toeplitz key too short")
+            self._tkey = bytes(toeplitz_key)
+        if algorithm is not None:
+            if algorithm == "fold":
+                self._algo = _ALGO_FOLD
+            elif algorithm == "toeplitz":
+                self._algo = _ALGO_TOEPLITZ
+            else:
+                raise ValueError("algorithm")
+
+    def set_indirection(self, table):
+        n = len(table)
+        if n < 1 or n > 256 or n & (n - 1):
+            raise ValueError("indirection length must be a power of two <= 256")
+        for c in table:
+            if c < 0 or c >= self.ncores:
+                raise ValueError("core %d" % c)
+        self.indirection = bytearray(table)     # one attribute swap: steer sees old or new
+
+    def set_program(self, program):
+        program = bytes(program)
+        validate_program(program)
+        self.program = program
+
+    def add_rule(self, key_bytes, core):
+        if len(key_bytes) != KEY_LEN or core < 0 or core >= self.ncores:
+            raise ValueError("rule")
+        r = _find_key(self._rules, self._nrules, key_bytes)
+        if r < 0:
+            if self._nrules * KEY_LEN >= len(self._rules):
+                raise ValueError("rule table full")
+            r = self._nrules
+            self._rules[r * KEY_LEN:(r + 1) * KEY_LEN] = key_bytes
+            self._nrules = r + 1
+        self._rule_cores[r] = core
+
+    def remove_rule(self, key_bytes):
+        r = _find_key(self._rules, self._nrules, key_bytes)
+        if r < 0:
+            return False
+        last = self._nrules - 1
+        self._rules[r * KEY_LEN:(r + 1) * KEY_LEN] = \
+            self._rules[last * KEY_LEN:(last + 1) * KEY_LEN]
+        self._rule_cores[r] = self._rule_cores[last]
+        self._nrules = last
+        return True
+
+    # -- reports (allocate) -------------------------------------------------------------
+
+    def counters(self):
+        c = self.counters_
+        out = {}
+        for i in range(len(_COUNTER_NAMES)):
+            out[_COUNTER_NAMES[i]] = c[i]
+        out["per_core"] = [c[_C_CORE + k] for k in range(self.ncores)]
+        out.update(self.flows_table.stats())
+        return out
+
+    def flows(self):
+        return self.flows_table.entries()
+
+    # -- per frame (no allocation) ------------------------------------------------------
+
+    @micropython.native
+    def classify(self, buf, n):
+        """Run the classifier program; fills self.key; returns the op code."""
+        _inc(self.counters_, _C_FRAMES)
+        program = self.program
+        op = run_program(program, len(program), buf, n, self.key)
+        if op < 0:
+            self._bad = 1
+            _inc(self.counters_, _C_MALFORMED)
+            return OP_OTHER
+        self._bad = 0
+        return op
+
+    @micropython.viper
+    def _hash_core(self, key: ptr8) -> int:
+        """indirection[hash(key) & (len - 1)] under the current hash settings."""
+        if int(self._algo) == _ALGO_TOEPLITZ:
+            h = int(toeplitz_hash(key, self._mask, self._tkey, self._hout))
+        else:
+            h = int(fold_hash(key, self._mask))
+        table = self.indirection
+        n = int(len(table))
+        return ptr8(table)[h & (n - 1)]
+
+    @micropython.native
+    def _new_owner(self, key):
+        """A host rule for exactly this key, else the hash through the indirection table.
+        Counts nothing and writes only _hout, so a kernel may call it for a query (with its
+        own scratch key) from either core."""
+        if self._nrules:
+            r = _find_key(self._rules, self._nrules, key)
+            if r >= 0:
+                return self._rule_cores[r]
+        return self._hash_core(key)
+
+    @micropython.native
+    def _assign(self, key):
+        """_new_owner() for a frame being steered: a rule hit is counted."""
+        if self._nrules:
+            r = _find_key(self._rules, self._nrules, key)
+            if r >= 0:
+                _inc(self.counters_, _C_RULE_HITS)
+                return self._rule_cores[r]
+        return self._hash_core(key)
+
+    @micropython.native
+    def _chance(self, num, den):
+        """True with probability num/den (0 <= num <= den), from the xorshift PRNG."""
+        return (_xorshift16(self._rng) - 1) * den < (num << 16)
+
+    @micropython.native
+    def _least_loaded(self, depths):
+        best = 0
+        k = 1
+        while k < self.ncores:
+            if depths[k] < depths[best]:
+                best = k
+            k += 1
+        return best
+
+    @micropython.native
+    def _drop(self, reason):
+        _inc(self.counters_, reason)
+        return DROP
+
+    @micropython.native
+    def steer(self, buf, n, op, now, depths, free_slots):
+        """The core for this frame, ALL_CORES or DROP (counted by reason)."""
+        self.flow = -1
+        ft = self.flows_table
+        ft.expire_step(now, 1)
+        proto = op & OP_PROTO_MASK
+        if proto == OP_OTHER:
+            if self._bad:
+                return self._drop(_C_DROP_MALFORMED)
+            return self._drop(_C_DROP_OTHER)
+        # packet memory pressure applies to everything, ARP included
+        if free_slots <= self.free_min:
+            return self._drop(_C_DROP_NO_BUFFER)
+        if free_slots < self.free_low and self._chance(self.free_low - free_slots,
+                                                       self.free_low - self.free_min):
+            return self._drop(_C_DROP_RED)
+        if proto == OP_ARP:
+            _inc(self.counters_, _C_ALL_CORES)
+            return ALL_CORES
+        key = self.key
+        slot = -1
+        movable = False
+        if op & OP_FRAGMENT:
+            _inc(self.counters_, _C_FRAGMENTS)
+            core = self._hash_core(key)
+        elif proto == OP_TCP or proto == OP_UDP:
+            slot = ft.lookup(key, 0)
+            if slot < 0:
+                _inc(self.counters_, _C_NEW_FLOWS)
+                slot = ft.insert(key, 0, self._assign(key),
+                                 _F_PINNED if proto == OP_TCP else 0, now)
+            core = ft.owner[slot]
+            self.flow = slot
+            movable = proto == OP_UDP
+        else:
+            core = self._assign(key)
+            if proto == OP_ICMP:
+                l4 = _ETH_HLEN + ((op >> OP_IHL_SHIFT) & 0x3F) * 4
+                movable = l4 < n and buf[l4] == _ICMP_ECHO_REQUEST
+        depth = depths[core]
+        if movable and depth >= self.overload:
+            k = self._least_loaded(depths)
+            if depths[k] < depth:
+                core = k
+                depth = depths[k]
+                _inc(self.counters_, _C_REDIRECTS)
+        if depth >= self.ring_capacity:
+            return self._drop(_C_DROP_RING_FULL)
+        if depth >= self.red_min and self._chance(depth - self.red_min,
+                                                  self.red_max - self.red_min):
+            return self._drop(_C_DROP_RED)
+        if slot >= 0:
+            ft.touch(slot, n, op, now)
+        _inc(self.counters_, _C_CORE + core)
+        return core
+
+    @micropython.native
+    def owner_of(self, src, src_off, dst, dst_off, proto, sport, dport):
+        """The flow table's owner of this 5-tuple (wire direction), or -1."""
+        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        slot = self.flows_table.lookup(self._qkey, 0)
+        if slot < 0:
+            return -1
+        return self.flows_table.owner[slot]
+
+    @micropython.native
+    def core_for(self, src, src_off, dst, dst_off, proto, sport, dport):
+        """The core this 5-tuple (wire direction: src = remote) goes to: its owner if it has
+        one, else where steer() would put it as a new flow now."""
+        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        return self.core_for_key(self._qkey)
+
+    @micropython.native
+    def core_for_key(self, key):
+        """core_for() of a 13-byte key the caller built (e.g. with its own scratch buffer and
+        _put_key, so core 1 can ask without touching the dispatcher's scratch key)."""
+        slot = self.flows_table.lookup(key, 0)
+        if slot >= 0:
+            return self.flows_table.owner[slot]
+        return self._new_owner(key)
+
+    def flow_opened(self, proto, src, src_off, dst, dst_off, sport, dport, core, now):
+        """Optional: a kernel claims a flow it opened (wire direction of the return flow),
+        so its owner is fixed before the first reply even if the hash changes meanwhile."""
+        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        ft = self.flows_table
+        slot = ft.lookup(self._qkey, 0)
+        if slot < 0:
+            ft.insert(self._qkey, 0, core, _F_PINNED if proto == _PROTO_TCP else 0, now)
+        else:
+            ft.owner[slot] = core
+
+    @micropython.native
+    def flow_closed(self, proto, src, src_off, dst, dst_off, sport, dport):
+        """A kernel finished with this flow: forget it (either direction is accepted)."""
+        ft = self.flows_table
+        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        slot = ft.lookup(self._qkey, 0)
+        if slot < 0:
+            _put_key(self._qkey, dst, dst_off, src, src_off, proto, dport, sport)
+            slot = ft.lookup(self._qkey, 0)
+        if slot >= 0:
+            ft.remove(slot)

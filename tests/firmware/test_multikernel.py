@@ -1,0 +1,359 @@
+# Two net kernels in one process: kernel 0 on the main thread with the dispatcher, kernel 1
+# in a real parallel thread (the unix port has no GIL, like rp2), the emulated W5500 on a
+# MemoryWire, and a second Stack on the other end of the wire as the peer.
+import time
+
+import boardfake
+import micropython
+from netkernel import wire
+from netkernel.dispatch import KEY_LEN, _put_key
+from netkernel.node import Node
+from netkernel.proto import linkframe as lf
+from netkernel.stack import Stack, StackConfig
+
+TIMEOUT_S = 120
+BOARD_IP = bytes([10, 77, 0, 2])
+PEER_MAC = b"\x02\x00\x0a\x4d\x00\x01"
+PEER_IP = bytes([10, 77, 0, 1])
+GW = bytes([10, 77, 0, 254])
+
+
+class Rig:
+    def __init__(self, kernels=2, start=True, peer_nagle=True, **cfg):
+        boardfake.OVERRIDES.clear()
+        boardfake.OVERRIDES["kernels"] = kernels
+        boardfake.OVERRIDES.update(cfg)
+        self.node = Node(boardfake)
+        self.hw = self.node.hw
+        self.peer = Stack(self._peer_send, PEER_MAC, PEER_IP, 24, GW,
+                          StackConfig(services=False, tcp_nagle=peer_nagle))
+        self.capture = None       # a list: the peer's frames are kept, not put on the wire
+        if start:
+            self.node.start()
+            self.node._next_link_check = time.ticks_add(time.ticks_ms(), 1000000)
+
+    def _peer_send(self, buf, n):
+        frame = bytes(buf[:n if n >= 60 else 60])
+        if self.capture is not None:
+            self.capture.append(frame)
+            return True
+        self.hw.wire.inject(frame)
+        return True
+
+    def take_sent(self):
+        # Kernel 1 transmits under the SPI lock (TX_MODE "lock"), so the wire's list is
+        # swapped under it too.
+        lock = self.node.cores.lock
+        lock.acquire()
+        frames = self.hw.wire.sent
+        self.hw.wire.sent = []
+        lock.release()
+        return frames
+
+    def run(self, ms=200, until=None):
+        deadline = time.ticks_add(time.ticks_ms(), ms)
+        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+            now = time.ticks_ms()
+            self.node._wake = True
+            self.node.turn(now)
+            for f in self.take_sent():
+                self.peer.input(f, len(f), now)
+            self.peer.poll(now)
+            if until is not None and until():
+                return True
+            time.sleep_ms(0)
+        return until is None
+
+    def stop(self):
+        self.node.stop()
+        boardfake.OVERRIDES.clear()
+
+
+def flows(node):
+    out = []
+    for line in node.cores.flow_lines():
+        out.append(dict(item.split("=", 1) for item in line.split()))
+    return out
+
+
+def link_frame(kind, body=b""):
+    payload = bytes([kind]) + body
+    out = bytearray(lf.encoded_size(len(payload)))
+    return bytes(out[:lf.encode_into(payload, len(payload), out)])
+
+
+def link_replies(stream):
+    got = []
+    d = lf.Deframer(lambda buf, n: got.append(bytes(buf[:n])))
+    d.feed(stream.outgoing, len(stream.outgoing))
+    stream.outgoing = bytearray()
+    return got
+
+
+def open_connections(rig, n, first_port, nbytes=3000):
+    socks = []
+    data = bytes(range(256)) * 16
+    now = time.ticks_ms()
+    for i in range(n):
+        socks.append(rig.peer.tcp.connect(BOARD_IP, 0, 9, now, local_port=first_port + i))
+    rig.run(3000, lambda: all(s.state == 4 for s in socks))    # ESTABLISHED
+    for s in socks:
+        sent = 0
+        while sent < nbytes:
+            sent += s.send(data, 0, min(1024, nbytes - sent)) or 0
+            rig.run(5)
+    rig.run(3000, lambda: all(s.send_space() == rig.peer.config.tcp_tx_buffer for s in socks))
+    return socks
+
+
+def test_tcp_flows_spread_over_both_kernels_and_each_stays_on_one():
+    rig = Rig()
+    try:
+        socks = open_connections(rig, 16, 41000)
+        assert all(s.state == 4 for s in socks), [s.state for s in socks]
+        tcp = [f for f in flows(rig.node) if f["key"].endswith("/6")]
+        assert len(tcp) == 16, tcp
+        owners = set()
+        for f in tcp:
+            k0, k1 = int(f["k0"]), int(f["k1"])
+            owner = int(f["owner"])
+            owners.add(owner)
+            # every frame of the connection was processed by its owner, none by the other
+            assert (k0 if owner == 0 else k1) >= 4 and (k1 if owner == 0 else k0) == 0, f
+            assert (k0 + k1) == int(f["pkts"]), f
+        assert owners == {0, 1}, owners
+        for k in rig.node.kernels:
+            assert k.stack.services.discard_bytes > 0
+        assert sum(k.stack.services.discard_bytes for k in rig.node.kernels) == 16 * 3000
+
+        # A new indirection table sends new flows to kernel 1; existing ones stay put.
+        before = {f["key"]: f["owner"] for f in flows(rig.node)}
+        rig.hw.stream.incoming += link_frame(lf.KIND_CONFIG, b"indirection=1")
+        rig.run(50)
+        reply = [r for r in link_replies(rig.hw.stream) if r[0] == lf.KIND_CONFIG_REPLY]
+        assert reply and reply[0][1] == 0, reply
+        more = open_connections(rig, 4, 42000, nbytes=500)
+        assert all(s.state == 4 for s in more)
+        after = flows(rig.node)
+        for f in after:
+            if f["key"] in before:
+                assert f["owner"] == before[f["key"]], f
+            elif f["key"].endswith("/6"):
+                assert f["owner"] == "1" and f["k0"] == "0", f
+        for s in socks:   # old connections on kernel 0 still carry data
+            assert s.send(b"x" * 100, 0, 100) == 100
+        rig.run(500, lambda: all(s.send_space() == rig.peer.config.tcp_tx_buffer
+                                 for s in socks))
+        assert sum(k.stack.services.discard_bytes for k in rig.node.kernels) == \
+            16 * 3100 + 4 * 500
+    finally:
+        rig.stop()
+
+
+def test_arp_reaches_every_kernels_cache():
+    rig = Rig()
+    try:
+        req = (b"\xff" * 6 + PEER_MAC + b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
+               + PEER_MAC + PEER_IP + bytes(6) + BOARD_IP)
+        rig.hw.wire.inject(req)
+        rig.run(300, lambda: all(k.stack.iface.arp.find(PEER_IP, 0) >= 0
+                                 for k in rig.node.kernels))
+        for k in rig.node.kernels:
+            assert k.stack.iface.arp.find(PEER_IP, 0) >= 0, k.core
+            assert k.rx_frames >= 1
+        assert rig.node.cores.broadcasts >= 1
+    finally:
+        rig.stop()
+
+
+def _fragment_core(disp, ip_id):
+    key = bytearray(KEY_LEN)
+    _put_key(key, PEER_IP, 0, BOARD_IP, 0, 17, ip_id, 0)
+    return disp._hash_core(key)
+
+
+def test_fragmented_udp_is_reassembled_and_handed_to_the_flow_owner():
+    rig = Rig()
+    try:
+        disp = rig.node.disp
+        sport = ip_id = None
+        for p in range(20000, 20100):
+            owner = disp.core_for(PEER_IP, 0, BOARD_IP, 0, 17, p, 7)
+            for i in range(100, 200):
+                if _fragment_core(disp, i) != owner:
+                    sport, ip_id = p, i
+                    break
+            if sport is not None:
+                break
+        assert sport is not None
+        owner = disp.core_for(PEER_IP, 0, BOARD_IP, 0, 17, sport, 7)
+        got = []
+
+        def on_echo(buf, off, n, src, src_off, src_port, dst_port, now):
+            got.append(bytes(buf[off:off + n]))
+
+        rig.peer.udp.bind(sport, on_echo)
+        rig.peer.udp.sendto(b"hi", 0, 2, BOARD_IP, 0, 7, 30000, time.ticks_ms())  # ARP
+        rig.run(300, lambda: rig.peer.iface.arp.find(BOARD_IP, 0) >= 0)
+        rig.peer.udp.sendto(b"hi", 0, 2, BOARD_IP, 0, 7, 30000, time.ticks_ms())
+        rig.run(100)
+        rig.peer.iface.ip_id = ip_id
+        data = bytes((i * 7) & 0xFF for i in range(8000))
+        assert rig.peer.udp.sendto(data, 0, 8000, BOARD_IP, 0, 7, sport, time.ticks_ms())
+        rig.run(2000, lambda: got)
+        assert got == [data]
+        ks = rig.node.kernels
+        assert ks[owner].handoffs_in == 1 and ks[1 - owner].handoffs_out == 1
+        assert ks[owner].stack.services.udp_echoes >= 1
+        assert ks[1 - owner].stack.iface.ip_delivered == ks[1 - owner].stack.iface.ip_delivered
+    finally:
+        rig.stop()
+
+
+def test_active_open_picks_a_port_that_comes_back_to_the_same_kernel():
+    rig = Rig(start=False)
+    disp = rig.node.disp
+    now = time.ticks_ms()
+    for k in rig.node.kernels:
+        for _ in range(12):
+            s = k.stack.tcp.connect(PEER_IP, 0, 80, now)
+            assert disp.core_for(PEER_IP, 0, BOARD_IP, 0, 6, 80, s.local_port) == k.core
+    # IP IDs: each kernel its own residue class
+    assert [k.stack.iface.ip_id_step for k in rig.node.kernels] == [2, 2]
+    rig.node.stop()
+
+
+class FakeNic:
+    """Stands in for the W5500 driver + emulator in the allocation test: the emulator is
+    bytecode with big frames (heap-allocated on every call), which a real chip's SPI is
+    not. Frames come from a preloaded list; sends are counted."""
+
+    def __init__(self, frames):
+        self.frames = frames
+        self.i = 0
+        self.n = 0
+        self.sent = 0
+
+    @micropython.native
+    def recv_into(self, buf):
+        i = self.i
+        if i >= self.n:
+            return 0
+        f = self.frames[i]
+        wire.copy(buf, 0, f, 0, len(f))
+        self.i = i + 1
+        return len(f)
+
+    @micropython.native
+    def send(self, buf, n):
+        self.sent += 1
+        return True
+
+    @micropython.native
+    def clear_interrupt(self):
+        pass
+
+
+def test_dispatch_and_kernels_do_not_allocate_per_frame():
+    # TCP data segments on established connections, on both kernels. Left out of the
+    # measured part (stack findings, reported; not the dispatcher or kernel path):
+    # - UDP: Udp.input calls its handler, a bound method, with 8 arguments, and MicroPython
+    #   heap-allocates the argument array of a bound-method call with more than 4;
+    # - ARP requests: Interface._arp_send is bytecode with a frame over 11 words.
+    # The warm-up still sends one ARP request through the dispatcher to both kernels.
+    rig = Rig(peer_nagle=False)
+    try:
+        socks = open_connections(rig, 8, 45000, nbytes=100)
+        assert all(s.state == 4 for s in socks)
+        rig.capture = []
+        data = bytes(200)
+        for rnd in range(2):
+            for s in socks:
+                assert s.send(data, 0, 200) == 200
+                rig.peer.poll(time.ticks_ms())
+        req = (b"\xff" * 6 + PEER_MAC + b"\x08\x06\x00\x01\x08\x00\x06\x04\x00\x01"
+               + PEER_MAC + PEER_IP + bytes(6) + BOARD_IP + bytes(18))
+        segs = rig.capture
+        rig.capture = None
+        assert len(segs) == 16, len(segs)
+        frames = [req] + segs
+        node = rig.node
+        cores = node.cores
+        fake = FakeNic(frames)
+        cores.nic.nic = fake          # TX_MODE "lock": every core sends through cores.nic
+        cores.raw_nic = fake
+        fake.n = 9                    # warm-up: an ARP request and one segment per flow
+        target = cores.rx_frames + 9
+        rig.run(1000, lambda: cores.rx_frames >= target and
+                sum(k.rx.depth() for k in node.kernels) == 0)
+        rig.run(100)
+        k0_before = node.kernels[0].rx_frames
+        k1_before = node.kernels[1].rx_frames
+        target = cores.rx_frames + 8
+        deadline = time.ticks_add(time.ticks_ms(), 2000)
+        before = micropython.mem_total()
+        fake.n = 17
+        while cores.rx_frames < target or node.kernels[0].rx.depth() or \
+                node.kernels[1].rx.depth():
+            node._wake = True
+            node.turn(time.ticks_ms())
+            if time.ticks_diff(deadline, time.ticks_ms()) < 0:
+                break
+        for _ in range(20):
+            node.turn(time.ticks_ms())
+        delta = micropython.mem_total() - before
+        assert cores.rx_frames == target
+        assert node.kernels[0].rx_frames - k0_before >= 2
+        assert node.kernels[1].rx_frames - k1_before >= 2
+        assert sum(k.stack.services.discard_bytes for k in node.kernels) == 8 * 500
+        assert delta == 0, delta
+    finally:
+        rig.stop()
+
+
+def test_stats_have_sums_per_kernel_keys_and_the_dispatcher():
+    rig = Rig()
+    try:
+        open_connections(rig, 6, 43000, nbytes=200)
+        text = rig.node.stats()
+        f = dict(item.split("=") for item in text.split())
+        assert f["kernels"] == "2"
+        for name in ("rx_frames", "rx_bytes", "tcp_conns", "tcp.connections", "ip.bad_checksum",
+                     "tcp.drop_bad_options"):
+            assert int(f[name]) == int(f["k0." + name]) + int(f["k1." + name]), name
+        for k in ("k0.", "k1."):
+            for name in ("busy_pct", "ring_hwm", "flows_owned", "drop_red", "drop_ring_full",
+                         "tcp.established"):
+                assert k + name in f, k + name
+        assert int(f["k0.flows_owned"]) + int(f["k1.flows_owned"]) >= 6
+        assert int(f["disp.frames"]) == int(f["disp.rx_frames"]) > 0
+        assert "errors" in f and "heap_free" in f and "heap_alloc" in f
+        assert f["errors"] == "0"
+    finally:
+        rig.stop()
+
+
+def test_flows_and_config_over_the_link():
+    rig = Rig()
+    try:
+        open_connections(rig, 3, 44000, nbytes=100)
+        s = rig.hw.stream
+        s.incoming += link_frame(lf.KIND_FLOWS_REQUEST)
+        rig.run(50)
+        replies = [r for r in link_replies(s) if r[0] == lf.KIND_FLOWS_REPLY]
+        assert replies and replies[-1][1] == 0
+        lines = b"".join(r[2:] for r in replies).decode().split("\n")
+        keys = [dict(i.split("=", 1) for i in line.split()) for line in lines]
+        assert len([k for k in keys if k["key"].startswith("10.77.0.1:4400")]) == 3, keys
+        assert all("k0" in k and "k1" in k and "owner" in k for k in keys)
+        for body, status in ((b"hash=toeplitz", 0), (b"hash=fold mask=" + b"ff" * 13, 0),
+                             (b"hash=nope", 22), (b"indirection=0,7", 22),
+                             (b"indirection=0,1,1", 22), (b"bogus", 22), (b"mask=zz", 22),
+                             (b"rule=" + b"00" * 13 + b":1", 0), (b"\xff\xfe", 22)):
+            s.incoming += link_frame(lf.KIND_CONFIG, body)
+            rig.run(30)
+            r = [x for x in link_replies(s) if x[0] == lf.KIND_CONFIG_REPLY]
+            assert len(r) == 1 and r[0][1] == status, (body, r)
+        assert rig.node.errors == 0
+    finally:
+        rig.stop()
