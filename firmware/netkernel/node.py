@@ -119,15 +119,15 @@ class Node:
         try:
             if self.cores.turn(now, rx):
                 self._wake = True   # batch full: come back after the link's turn
+            self.link.poll()        # what the host asks may touch the chip too
+            if time.ticks_diff(now, self._next_link_check) >= 0:
+                self._next_link_check = time.ticks_add(now, _LINK_CHECK_MS)
+                self._check_link()
         except W5500Error as e:
             self._recover(e)
         except Exception as e:  # a bug must not stop the board: count, report, go on
             self.errors += 1
-            _log("error in kernel turn: %r" % e)
-        self.link.poll()
-        if time.ticks_diff(now, self._next_link_check) >= 0:
-            self._next_link_check = time.ticks_add(now, _LINK_CHECK_MS)
-            self._check_link()
+            _log("error in core 0's turn: %r" % e)
         return self._wake
 
     def _check_link(self):

@@ -97,12 +97,17 @@ class Link:
         return out
 
     def _paged_text(self, kind: int, reply_kind: int, timeout: float) -> str:
+        """A reply sent in pieces (more-flag byte + text), within one overall deadline;
+        frames of other kinds in between are skipped."""
+        deadline = time.monotonic() + timeout
         piece = self._request(kind, b"", reply_kind, timeout)
         text = piece[1:]
-        while piece[:1] == b"\x01":   # more follows
-            got_kind, piece = self.recv(timeout)
+        more = piece[:1] == b"\x01"
+        while more:
+            got_kind, got = self.recv(max(0.01, deadline - time.monotonic()))
             if got_kind == reply_kind:
-                text += piece[1:]
+                text += got[1:]
+                more = got[:1] == b"\x01"
         return text.decode()
 
     def flows(self, timeout: float = 2.0) -> list[dict[str, int | str]]:

@@ -123,3 +123,21 @@ def test_stats_reach_the_host_whole_even_when_longer_than_a_frame():
     assert fields["errors"] == "0" and int(fields["heap_free"]) > 0
     assert fields["tcp.connections"] == "0" and "ip.bad_checksum" in fields
     node.stop()
+
+
+def test_a_failing_host_request_is_counted_and_the_link_carries_on():
+    node, hw = started()
+
+    def broken(buf, n):
+        raise OSError(5)
+
+    node.wire_tx = broken
+    frame = b"\xff" * 6 + MAC + b"\x88\xb5" + bytes(50)
+    hw.stream.incoming += link_frame(lf.KIND_WIRE_TX, frame)
+    hw.stream.incoming += link_frame(lf.KIND_ECHO_REQUEST, b"after")
+    turns(node, 4)            # must not raise
+    assert node.errors == 1
+    hw.stream.incoming += link_frame(lf.KIND_ECHO_REQUEST, b"again")
+    turns(node, 4)
+    assert bytes([lf.KIND_ECHO_REPLY]) + b"again" in link_replies(hw.stream)
+    node.stop()

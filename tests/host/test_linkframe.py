@@ -71,3 +71,18 @@ def test_link_over_loop_url_echoes_its_own_frames():
         assert link.errors == 1
         with pytest.raises(LinkTimeout):
             link.recv(0.1)
+
+
+def test_paged_reply_skips_frames_of_other_kinds():
+    # loop:// plays the board: the request comes back first (skipped: wrong kind), then the
+    # pieces of a paged stats reply with an unrelated frame in between.
+    from twinstack.link import Link
+
+    with Link("loop://") as link:
+        out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
+        for payload in (bytes([lf.KIND_STATS_REPLY, 1]) + b"a=1 b=2 ",
+                        bytes([lf.KIND_TCP_TEST_REPLY]) + bytes(13),
+                        bytes([lf.KIND_STATS_REPLY, 0]) + b"c=3"):
+            n = lf.encode_into(payload, len(payload), out)
+            link.port.write(out[:n])
+        assert link.stats(timeout=1.0) == {"a": 1, "b": 2, "c": 3}

@@ -177,9 +177,10 @@ class Deframer:
             self.bad_crc += 1
         else:
             self.frames += 1
-            self._handler(self._buf, n - 2)
             ok = 1
-        self._reset()
+        self._reset()     # first: a handler that raises must not leave a stale frame
+        if ok:
+            self._handler(self._buf, n - 2)
         return ok
 
     @property
