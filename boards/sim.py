@@ -103,6 +103,7 @@ def load_config():
         "kernels": sim_config.KERNELS,
         "services": sim_config.SERVICES,
         "log_frames": sim_config.LOG_FRAMES,
+        "stack": getattr(sim_config, "STACK", {}),   # --stack NAME=VALUE overrides
         # Kernels 1..N-1 are threads of the unix port: more C stack than core 1's 16 KB.
         "thread_stack": THREAD_STACK_BYTES,
         # TX_MODE "lock" (default) or "ring"; TWINSTACK_TX_MODE selects it for measurements.

@@ -17,10 +17,29 @@ stack.heap_bytes_per_conn   bytes      8 established echo connections: the board
                                        ``heap_alloc`` (gc.mem_alloc()) with them open minus
                                        without, divided by 8 (each the lowest reading of
                                        150 samples, i.e. live memory; median of 5 rounds)
+scale.bulk16_mbps_1k        MB/s       a board started with ``--kernels 1``: 16 parallel
+                                       connections into discard, 2 MiB each, all bytes
+                                       over the time from the first connect to the last
+                                       FIN from the board
+scale.bulk16_mbps_2k        MB/s       the same on a board started with ``--kernels 2``
+scale.ratio_2k_1k           x          bulk16_mbps_2k / bulk16_mbps_1k (target 1.85, the
+                                       limit is 2.0)
+scale.conn_per_s_2k         conn/s     ``--kernels 2``: 400 connections to echo, 8 clients
+                                       in parallel each connecting, echoing 100 bytes and
+                                       closing one after another
 ==========================  =========  ====================================================
 
+The ``stack.*`` figures come from one board started as a user would (the default number of
+kernels, recorded in each figure's details); the ``scale.*`` figures from two more boards,
+one after the other, started with ``--kernels 1`` and ``--kernels 2``. For every scale
+measurement the details say how much CPU each party used over the run, as a share of one
+core (``cpu_share``): the load generator (``os.times()`` inside it), the board's process
+(``/proc/PID/stat``, its threads separately: kernels, dispatcher, emulator) and the whole
+machine (``/proc/stat``), so a figure limited by the load generator or by a machine with
+too few cores shows as such. They are printed under the table too.
+
 The figures are merged into ``bench/results.json`` (keys of other benchmarks are kept) and
-printed as a table. The board is stopped with SIGINT at the end, on errors too.
+printed as a table. Every board is stopped with SIGINT at the end, on errors too.
 """
 
 from __future__ import annotations
@@ -58,6 +77,12 @@ PINGS = 50
 HOLD_CONNS = 8
 HEAP_SAMPLES = 150
 HEAP_ROUNDS = 5
+SCALE_CONNS = 16
+SCALE_BYTES_EACH = 2 * 1024 * 1024
+SCALE_CONN_COUNT = 400
+SCALE_CONN_PARALLEL = 8
+SCALE_TARGET = 1.85
+RUNTIME_BASE = Path("/tmp/twinstack")
 
 log = logging.getLogger("bench")
 
@@ -191,32 +216,104 @@ def client_bulk(ip: str, port: int, nbytes: int, timeout: float) -> dict[str, An
     return {"bytes": sent, "seconds": time.monotonic() - start, "eof": eof}
 
 
-def client_conns(ip: str, port: int, count: int, size: int, timeout: float) -> dict[str, Any]:
-    """count x (connect, send size bytes, read them back, close), sequentially."""
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used so far, all its threads."""
+    t = os.times()
+    return t.user + t.system
+
+
+def client_conns(ip: str, port: int, count: int, size: int, timeout: float,
+                 parallel: int = 1) -> dict[str, Any]:
+    """count x (connect, send size bytes, read them back, close): ``parallel`` clients,
+    each one connection after another (1: strictly sequential)."""
     data = bytes(i % 251 for i in range(size))
-    done, errors = 0, []
+    done, errors = [0], []
+    lock = threading.Lock()
+    todo = iter(range(count))
     start = time.monotonic()
-    for i in range(count):
-        if time.monotonic() - start > timeout:
-            errors.append(f"stopped at {i}: over {timeout} s")
-            break
+    cpu0 = cpu_seconds()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            if time.monotonic() - start > timeout:
+                with lock:
+                    errors.append(f"stopped at {i}: over {timeout} s")
+                return
+            try:
+                with socket.create_connection((ip, port), timeout=5) as s:
+                    s.sendall(data)
+                    got = b""
+                    while len(got) < size:
+                        part = s.recv(size - len(got))
+                        if not part:
+                            break
+                        got += part
+                with lock:
+                    if got == data:
+                        done[0] += 1
+                    else:
+                        errors.append(f"{i}: echo of {len(got)} bytes differs")
+            except OSError as e:
+                with lock:
+                    errors.append(f"{i}: {e!r}")
+
+    if parallel <= 1:
+        worker()
+    else:
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(parallel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 10)
+    seconds = time.monotonic() - start
+    return {"done": done[0], "count": count, "parallel": parallel, "seconds": seconds,
+            "cpu_seconds": cpu_seconds() - cpu0, "errors": errors[:5]}
+
+
+def client_bulk_parallel(ip: str, port: int, conns: int, nbytes: int,
+                         timeout: float) -> dict[str, Any]:
+    """``conns`` connections into discard at once, ``nbytes`` each: each sends, half-closes
+    and waits for the board's FIN. Bytes, seconds from the first connect to the last FIN,
+    each connection's seconds, and the CPU time this process used meanwhile."""
+    chunk = memoryview(bytes(i % 251 for i in range(65536)))
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+    cpu0 = cpu_seconds()
+
+    def one() -> None:
+        r: dict[str, Any] = {"bytes": 0, "eof": False, "error": None}
+        t0 = time.monotonic()
         try:
-            with socket.create_connection((ip, port), timeout=5) as s:
-                s.sendall(data)
-                got = b""
-                while len(got) < size:
-                    part = s.recv(size - len(got))
-                    if not part:
-                        break
-                    got += part
-            if got == data:
-                done += 1
-            else:
-                errors.append(f"{i}: echo of {len(got)} bytes differs")
+            with socket.create_connection((ip, port), timeout=min(10.0, timeout)) as s:
+                s.settimeout(timeout)
+                while r["bytes"] < nbytes:
+                    r["bytes"] += s.send(chunk[:min(len(chunk), nbytes - r["bytes"])])
+                    if time.monotonic() - start > timeout:
+                        raise TimeoutError(f"{r['bytes']} of {nbytes} bytes after {timeout} s")
+                s.shutdown(socket.SHUT_WR)
+                r["eof"] = s.recv(1) == b""
         except OSError as e:
-            errors.append(f"{i}: {e!r}")
-    return {"done": done, "count": count, "seconds": time.monotonic() - start,
-            "errors": errors[:5]}
+            r["error"] = repr(e)
+        r["seconds"] = round(time.monotonic() - t0, 3)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 15)
+    seconds = time.monotonic() - start
+    return {"bytes": sum(r["bytes"] for r in results), "conns": conns,
+            "finished": sum(1 for r in results if r["eof"] and r["error"] is None),
+            "seconds": seconds, "conn_seconds": sorted(r["seconds"] for r in results),
+            "cpu_seconds": cpu_seconds() - cpu0,
+            "errors": [r["error"] for r in results if r["error"]][:5]}
 
 
 def client_hold(ip: str, port: int, count: int, limit: float) -> dict[str, Any]:
@@ -243,18 +340,22 @@ def client_hold(ip: str, port: int, count: int, limit: float) -> dict[str, Any]:
 def run_client(argv: Sequence[str]) -> int:
     """``bench.py client KIND ...``: one load-generator run; prints its JSON result."""
     p = argparse.ArgumentParser(prog="bench.py client")
-    p.add_argument("kind", choices=["bulk", "conns", "hold"])
+    p.add_argument("kind", choices=["bulk", "bulkn", "conns", "hold"])
     p.add_argument("ip")
     p.add_argument("--port", type=int, default=ECHO_PORT)
-    p.add_argument("--nbytes", type=int, default=BULK_BYTES)
+    p.add_argument("--nbytes", type=int, default=BULK_BYTES, help="(bulkn: per connection)")
+    p.add_argument("--conns", type=int, default=SCALE_CONNS, help="bulkn: connections")
     p.add_argument("--count", type=int, default=CONNS)
     p.add_argument("--size", type=int, default=CONN_BYTES)
+    p.add_argument("--parallel", type=int, default=1, help="conns: clients at once")
     p.add_argument("--timeout", type=float, default=120.0)
     a = p.parse_args(argv)
     if a.kind == "bulk":
         result = client_bulk(a.ip, a.port, a.nbytes, a.timeout)
+    elif a.kind == "bulkn":
+        result = client_bulk_parallel(a.ip, a.port, a.conns, a.nbytes, a.timeout)
     elif a.kind == "conns":
-        result = client_conns(a.ip, a.port, a.count, a.size, a.timeout)
+        result = client_conns(a.ip, a.port, a.count, a.size, a.timeout, a.parallel)
     else:
         result = client_hold(a.ip, a.port, a.count, a.timeout)
     print(json.dumps(result), flush=True)
@@ -270,6 +371,7 @@ class Board:
     def __init__(self, netns: str, extra: Sequence[str] = ()) -> None:
         self.netns = netns
         self.fields: dict[str, str] = {}
+        self.up_fields: dict[str, str] = {}
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
@@ -286,6 +388,8 @@ class Board:
             line = line.rstrip("\n")
             self.lines.append(line)
             log.debug("board | %s", line)
+            if line.startswith("netkernel: up "):
+                self.up_fields.update(re.findall(r"(\w+)=(\S+)", line))
             if line.startswith("ready "):
                 self.fields.update(re.findall(r"(\w+)=(\S+)", line))
                 self._ready.set()
@@ -299,6 +403,30 @@ class Board:
     @property
     def ip(self) -> str:
         return self.fields["board"].split("/")[0]
+
+    @property
+    def kernels(self) -> int | None:
+        """How many net kernels the firmware says it runs (its ``netkernel: up`` line)."""
+        k = self.up_fields.get("kernels")
+        return int(k) if k and k.isdigit() else None
+
+    @property
+    def pid(self) -> int | None:
+        """The board's own process (MicroPython: kernels, dispatcher and emulator)."""
+        try:
+            return int((RUNTIME_BASE / self.netns / "board.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def errors(self) -> list[str]:
+        """The board's own error reports in its output (stats lines with errors != 0)."""
+        found = []
+        for line in self.lines:
+            if line.startswith("netkernel: stats"):
+                m = re.search(r" errors=(\d+)", line)
+                if m and m.group(1) != "0":
+                    found.append(m.group(1))
+        return found
 
     def stop(self) -> int | None:
         """SIGINT, wait; SIGTERM, then SIGKILL if it will not stop. The exit status."""
@@ -446,44 +574,388 @@ MEASUREMENTS: list[tuple[str, Callable[[Board], dict[str, Any]]]] = [
 ]
 
 
-def run_bench(netns: str, results: Path, only: Sequence[str] = ()) -> int:
-    """Start a board, measure, stop it, merge and print. Exit status 0 if all worked."""
+# -- scaling: 1 kernel against 2 ------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# A flow table key: <src>:<sport>><dst>:<dport>/<proto>
+FLOW_KEY_RE = re.compile(r"^(?P<a>[\d.]+):(?P<ap>\d+)>(?P<b>[\d.]+):(?P<bp>\d+)/(?P<proto>\w+)$")
+SCALE_BULK_1K = "scale.bulk16_mbps_1k"
+SCALE_BULK_2K = "scale.bulk16_mbps_2k"
+SCALE_RATIO = "scale.ratio_2k_1k"
+SCALE_CONNS_2K = "scale.conn_per_s_2k"
+SCALE_FIGURES = (SCALE_BULK_1K, SCALE_BULK_2K, SCALE_RATIO, SCALE_CONNS_2K)
+# What each scale figure needs measured, per number of kernels.
+SCALE_NEEDS: dict[str, dict[int, tuple[str, ...]]] = {
+    SCALE_BULK_1K: {1: ("bulk",)},
+    SCALE_BULK_2K: {2: ("bulk",)},
+    SCALE_RATIO: {1: ("bulk",), 2: ("bulk",)},
+    SCALE_CONNS_2K: {2: ("conns",)},
+}
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """CPU clock ticks (utime + stime) of each thread of process ``pid`` so far."""
+    out: dict[int, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(tid)] = int(fields[11]) + int(fields[12])   # utime, stime (fields 14, 15)
+    return out
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs so far, from /proc/stat."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return 0, 0
+    values = [int(x) for x in first[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)     # idle + iowait
+    total = sum(values[:8])                                       # guest time is in user
+    return total - idle, total
+
+
+class CpuMeter:
+    """CPU used by the board's process (per thread) and by the whole machine while it runs:
+    ``with CpuMeter(pid) as m: ...`` then ``m.shares()``."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self._threads0: dict[int, int] = {}
+        self._threads1: dict[int, int] = {}
+        self._machine0 = self._machine1 = (0, 0)
+        self._t0 = self._t1 = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._threads0 = thread_ticks(self.pid) if self.pid else {}
+        self._machine0 = machine_ticks()
+        self._t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._t1 = time.monotonic()
+        self._threads1 = thread_ticks(self.pid) if self.pid else {}
+        self._machine1 = machine_ticks()
+
+    def shares(self) -> dict[str, Any]:
+        """Shares of one core over the measured time: ``board_cpu_share``,
+        ``board_threads_cpu_share`` (busiest first), ``machine_busy_cores`` (of
+        ``machine_cores``)."""
+        wall = max(self._t1 - self._t0, 1e-9)
+        per_thread = sorted(((self._threads1[t] - self._threads0.get(t, 0)) / CLK_TCK / wall
+                             for t in self._threads1), reverse=True)
+        busy = self._machine1[0] - self._machine0[0]
+        total = self._machine1[1] - self._machine0[1]
+        cores = os.cpu_count() or 1
+        return {"board_cpu_share": round(sum(per_thread), 3),
+                "board_threads_cpu_share": [round(x, 3) for x in per_thread if x >= 0.005],
+                "machine_busy_cores": round(cores * busy / total, 3) if total else None,
+                "machine_cores": cores}
+
+
+def board_counters(board: Board) -> dict[str, int]:
+    """The board's counters (empty if the link does not answer)."""
+    from twinstack.link import Link
+
+    try:
+        with Link(board.fields["usb"]) as link:
+            return link.stats(timeout=5)
+    except (OSError, TimeoutError, KeyError) as e:
+        log.warning("no counters from the board: %s", e)
+        return {}
+
+
+def flow_owners(board: Board, port: int) -> dict[str, int] | None:
+    """How many TCP flows to ``port`` each kernel owns, from the board's flow table (None
+    if the board cannot say)."""
+    from twinstack.link import Link
+
+    try:
+        with Link(board.fields["usb"]) as link:
+            table = link.flows()
+    except (AttributeError, OSError, TimeoutError, KeyError, ValueError) as e:
+        log.debug("no flow table: %s", e)
+        return None
+    return owners_of(table, port)
+
+
+class OwnerWatch:
+    """Reads the board's flow table once a second while a measurement runs (a closed
+    connection leaves the table): the most flows to ``port`` seen at once, per owner."""
+
+    def __init__(self, board: Board, port: int, period: float = 1.0) -> None:
+        self.board, self.port, self.period = board, port, period
+        self.best: dict[str, int] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            got = flow_owners(self.board, self.port)
+            if got is not None and sum(got.values()) > sum((self.best or {}).values()):
+                self.best = got
+
+    def __enter__(self) -> OwnerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def owners_of(table: Sequence[Mapping[str, Any]], port: int) -> dict[str, int]:
+    """How many TCP flows to or from ``port`` each kernel owns in a flow table."""
+    owners: dict[str, int] = {}
+    for f in table:
+        m = FLOW_KEY_RE.match(str(f.get("key", "")))
+        if m and m["proto"].lower() in ("tcp", "6") and port in (int(m["ap"]), int(m["bp"])):
+            k = f"k{f.get('owner')}"
+            owners[k] = owners.get(k, 0) + 1
+    return dict(sorted(owners.items()))
+
+
+def drops(counters: Mapping[str, int]) -> dict[str, int]:
+    """The board's non-zero drop and error counters (sums over kernels, and the
+    dispatcher's), with its free heap: what to show when a measurement fails."""
+    return {k: v for k, v in counters.items() if v and ("drop" in k or k in (
+        "errors", "heap_free", "tcp.rst_sent", "tcp.resets")) and not k.startswith("k")}
+
+
+def kernel_split(before: Mapping[str, int], after: Mapping[str, int],
+                 kernels: int) -> dict[str, Any]:
+    """What each kernel did in between: frames received, its busy share and ring high-water
+    mark (where the board reports them)."""
+    out: dict[str, Any] = {}
+    for k in range(kernels):
+        rx = f"k{k}.rx_frames"
+        if rx in after:
+            out[f"k{k}.rx_frames"] = after[rx] - before.get(rx, 0)
+        for name in ("busy_pct", "ring_hwm"):
+            if f"k{k}.{name}" in after:
+                out[f"k{k}.{name}"] = after[f"k{k}.{name}"]
+    for name in ("disp.drop_red", "disp.redirects"):
+        if name in after:
+            out[name] = after[name] - before.get(name, 0)
+    return out
+
+
+def measure_bulk16(board: Board, kernels: int) -> dict[str, Any]:
+    """SCALE_CONNS parallel connections into discard; MB/s over all of them, with the CPU
+    shares of the load generator, the board and the machine."""
+    ping_once(board)
+    before = board_counters(board)
+    with OwnerWatch(board, DISCARD_PORT) as watch, CpuMeter(board.pid) as meter:
+        r = ns_client(board, "bulkn", board.ip, "--port", str(DISCARD_PORT), "--conns",
+                      str(SCALE_CONNS), "--nbytes", str(SCALE_BYTES_EACH), "--timeout", "240",
+                      timeout=300)
+    after = board_counters(board)
+    if r["finished"] != SCALE_CONNS:
+        raise RuntimeError(f"bulk16 on {kernels} kernel(s): {r['finished']} of "
+                           f"{SCALE_CONNS} connections finished: {r['errors']}; the board's "
+                           f"drop counters: {drops(after)}")
+    cpu = meter.shares()
+    return figure(round(r["bytes"] / 1e6 / r["seconds"], 3), "MB/s", kernels=kernels,
+                  board_kernels=board.kernels, conns=SCALE_CONNS, bytes=r["bytes"],
+                  seconds=round(r["seconds"], 2),
+                  conn_seconds_min_max=[r["conn_seconds"][0], r["conn_seconds"][-1]],
+                  loadgen_cpu_share=round(r["cpu_seconds"] / r["seconds"], 3), **cpu,
+                  per_kernel=kernel_split(before, after, kernels),
+                  flow_owners=watch.best)
+
+
+def measure_conns_parallel(board: Board, kernels: int) -> dict[str, Any]:
+    """SCALE_CONN_COUNT echo connections, SCALE_CONN_PARALLEL clients at once: conn/s."""
+    ping_once(board)
+    with CpuMeter(board.pid) as meter:
+        r = ns_client(board, "conns", board.ip, "--port", str(ECHO_PORT), "--count",
+                      str(SCALE_CONN_COUNT), "--size", str(CONN_BYTES), "--parallel",
+                      str(SCALE_CONN_PARALLEL), "--timeout", "120", timeout=150)
+    if r["done"] < SCALE_CONN_COUNT * 0.95:
+        raise RuntimeError(f"only {r['done']} of {r['count']} connections worked: "
+                           f"{r['errors']}; the board's drop counters: "
+                           f"{drops(board_counters(board))}")
+    if r["done"] != r["count"]:
+        log.warning("connections: %d of %d worked: %s", r["done"], r["count"], r["errors"])
+    return figure(round(r["done"] / r["seconds"], 1), "conn/s", kernels=kernels,
+                  board_kernels=board.kernels, done=r["done"], count=r["count"],
+                  parallel=r["parallel"], seconds=round(r["seconds"], 2),
+                  loadgen_cpu_share=round(r["cpu_seconds"] / r["seconds"], 3),
+                  **meter.shares())
+
+
+def ping_once(board: Board) -> None:
+    """One ping (resolves ARP both ways before a measurement)."""
+    subprocess.run(["ip", "netns", "exec", board.netns, "ping", "-c", "1", "-W", "2",
+                    board.ip], capture_output=True, timeout=10)
+
+
+def scale_plan(only: Sequence[str]) -> dict[int, set[str]]:
+    """What to measure on a board of each kernel count for the selected scale figures."""
+    plan: dict[int, set[str]] = {}
+    for name, needs in SCALE_NEEDS.items():
+        if only and name not in only:
+            continue
+        for kernels, what in needs.items():
+            plan.setdefault(kernels, set()).update(what)
+    return dict(sorted(plan.items()))
+
+
+def scale_figures(measured: Mapping[int, Mapping[str, dict[str, Any]]],
+                  only: Sequence[str] = ()) -> Figures:
+    """The scale figures from the measurements per kernel count (``{1: {"bulk": fig},
+    2: {"bulk": fig, "conns": fig}}``): those selected and measured, the ratio when both
+    bulk figures are there."""
+    out: Figures = {}
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    one, two = measured.get(1, {}), measured.get(2, {})
+    if want(SCALE_BULK_1K) and "bulk" in one:
+        out[SCALE_BULK_1K] = one["bulk"]
+    if want(SCALE_BULK_2K) and "bulk" in two:
+        out[SCALE_BULK_2K] = two["bulk"]
+    if want(SCALE_CONNS_2K) and "conns" in two:
+        c = dict(two["conns"])
+        if "conns" in one:
+            c["conn_per_s_1k"] = one["conns"]["value"]
+        out[SCALE_CONNS_2K] = c
+    if want(SCALE_RATIO) and "bulk" in one and "bulk" in two and one["bulk"]["value"]:
+        a, b = one["bulk"], two["bulk"]
+        out[SCALE_RATIO] = figure(
+            round(b["value"] / a["value"], 3), "x", target=SCALE_TARGET, limit=2.0,
+            bulk16_mbps_1k=a["value"], bulk16_mbps_2k=b["value"],
+            loadgen_cpu_share_1k=a.get("loadgen_cpu_share"),
+            loadgen_cpu_share_2k=b.get("loadgen_cpu_share"),
+            board_cpu_share_1k=a.get("board_cpu_share"),
+            board_cpu_share_2k=b.get("board_cpu_share"),
+            machine_busy_cores_1k=a.get("machine_busy_cores"),
+            machine_busy_cores_2k=b.get("machine_busy_cores"))
+    return out
+
+
+def run_scale(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
+    """Boards with 1 and then 2 kernels, one after the other: the scale figures (with their
+    details still in them) and the names of what failed."""
+    measured: dict[int, dict[str, dict[str, Any]]] = {}
+    failed: list[str] = []
+    for kernels, what in scale_plan(only).items():
+        board = Board(f"{netns[:8]}k{kernels}", ["--kernels", str(kernels)])
+        measured[kernels] = {}
+        try:
+            board.wait_ready()
+            if board.kernels not in (None, kernels):
+                raise RuntimeError(f"asked for {kernels} kernels, the board runs "
+                                   f"{board.kernels}")
+            for kind, measure in (("bulk", measure_bulk16), ("conns", measure_conns_parallel)):
+                if kind not in what:
+                    continue
+                log.info("measuring %s on %d kernel(s)", kind, kernels)
+                start = time.monotonic()
+                try:
+                    measured[kernels][kind] = measure(board, kernels)
+                except (RuntimeError, OSError, subprocess.SubprocessError, KeyError,
+                        ValueError) as e:
+                    log.error("%s on %d kernel(s) failed: %s", kind, kernels, e)
+                    failed.append(f"scale {kind} {kernels}k")
+                    continue
+                log.info("%s on %d kernel(s): %s (%.1f s)", kind, kernels,
+                         measured[kernels][kind], time.monotonic() - start)
+        except RuntimeError as e:
+            log.error("board with %d kernel(s): %s", kernels, e)
+            failed.append(f"scale board {kernels}k")
+        finally:
+            status = board.stop()
+            log.info("board with %d kernel(s) stopped (exit %s)", kernels, status)
+        if status:
+            tail = [x for x in board.lines if not x.startswith("netkernel: stats")][-25:]
+            log.error("the %d-kernel board exited with %s; its last lines:\n%s", kernels,
+                      status, "\n".join(tail))
+            failed.append(f"board exit ({kernels}k)")
+        if board.errors():
+            log.error("the %d-kernel board counted internal errors: %s", kernels,
+                      board.errors())
+            failed.append(f"board errors ({kernels}k)")
+    return scale_figures(measured, only), failed
+
+
+def format_cpu(figures: Mapping[str, Mapping[str, Any]],
+               details: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line per scale measurement: the CPU shares that explain it."""
+    lines = []
+    for name in sorted(figures):
+        d = details.get(name, {})
+        if "loadgen_cpu_share" not in d:
+            continue
+        threads = ", ".join(f"{x:.2f}" for x in d.get("board_threads_cpu_share", []))
+        lines.append(f"{name}: load generator {d['loadgen_cpu_share']:.2f} core, board "
+                     f"{d.get('board_cpu_share', 0):.2f} cores (threads {threads}), machine "
+                     f"{d.get('machine_busy_cores')} of {d.get('machine_cores')} cores busy")
+    return "\n".join(lines)
+
+
+def run_stack(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
+    """The stack figures from one board started as a user would (with details in them)."""
+    todo = [(n, m) for n, m in MEASUREMENTS if not only or n in only]
+    if not todo:
+        return {}, []
     board = Board(netns)
     figures: Figures = {}
-    details: dict[str, Any] = {}
     failed: list[str] = []
     try:
         board.wait_ready()
-        for name, measure in MEASUREMENTS:
-            if only and name not in only:
-                continue
+        for name, measure in todo:
             log.info("measuring %s", name)
             start = time.monotonic()
             try:
-                figures[name], details[name] = split_figure(measure(board))
+                figures[name] = measure(board)
+                if board.kernels is not None:
+                    figures[name]["kernels"] = board.kernels
             except (RuntimeError, OSError, subprocess.SubprocessError, KeyError,
                     ValueError) as e:
                 log.error("%s failed: %s", name, e)
                 failed.append(name)
                 continue
-            log.info("%s = %s %s %s (%.1f s)", name, figures[name]["value"],
-                     figures[name]["unit"], details[name], time.monotonic() - start)
+            log.info("%s = %s (%.1f s)", name, figures[name], time.monotonic() - start)
     finally:
         status = board.stop()
         log.info("board stopped (exit %s)", status)
-    for line in board.lines:
-        if line.startswith("netkernel: stats"):
-            log.debug("%s", line)
-            m = re.search(r" errors=(\d+)", line)
-            if m and m.group(1) != "0":
-                log.error("the board counted %s internal errors", m.group(1))
-                failed.append("board errors")
+    if board.errors():
+        log.error("the board counted internal errors: %s", board.errors())
+        failed.append("board errors")
+    return figures, failed
+
+
+ALL_FIGURES = tuple(n for n, _ in MEASUREMENTS) + SCALE_FIGURES
+
+
+def run_bench(netns: str, results: Path, only: Sequence[str] = ()) -> int:
+    """Start the boards, measure, stop them, merge and print. Exit status 0 if all worked."""
+    measured, failed = run_stack(netns, only)
+    scaled, scale_failed = run_scale(netns, only)
+    measured.update(scaled)
+    failed += scale_failed
+    figures: Figures = {}
+    details: dict[str, Any] = {}
+    for name, m in measured.items():
+        figures[name], details[name] = split_figure(m)
     if figures:
         data = merge_results(load_results(results), figures,
                              dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              machine_info(), details)
         write_results(results, data)
         print(format_table(figures))
+        cpu = format_cpu(figures, details)
+        if cpu:
+            print("CPU, as shares of one core over each run:\n" + cpu)
         print(f"written to {results}")
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)
@@ -497,11 +969,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--netns", default=None, help="peer namespace name (default: random)")
     p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--only", action="append", default=[], help="measure only this figure")
+    p.add_argument("--only", action="append", default=[],
+                   help="measure only this figure (repeatable): " + ", ".join(ALL_FIGURES))
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="bench: %(message)s")
+    unknown = [n for n in a.only if n not in ALL_FIGURES]
+    if unknown:
+        p.error(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(ALL_FIGURES)}")
     if os.geteuid() != 0:
         print("bench: needs root (make bench provides a namespace)", file=sys.stderr)
         return 2

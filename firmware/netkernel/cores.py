@@ -291,6 +291,12 @@ class Cores:
             pool.lens[s] = n
             pool.ops[s] = op
             pool.flows[s] = disp.flow
+            if disp.flow_new:
+                # A reused flow slot: the kernels' per-flow counts start again from 0.
+                k = 0
+                while k < nk:
+                    kernels[k].flow_frames[disp.flow] = 0
+                    k += 1
             if self.log:
                 self._log_frame(buf, n, core)
             if core >= 0 and core < nk:

@@ -480,6 +480,7 @@ class Dispatcher:
         self.free_low = max(free_min + 1, ring_capacity // 4) if free_low is None else free_low
         self.key = bytearray(KEY_LEN)
         self.flow = -1
+        self.flow_new = False
         self.flows_table = FlowTable(flow_capacity, idle_ms, tcp_idle_ms)
         self.counters_ = array.array("I", bytes(4 * (_C_CORE + ncores)))
         self._rng = array.array("H", [(seed & 0xFFFF) or 1])
@@ -638,6 +639,7 @@ class Dispatcher:
     def steer(self, buf, n, op, now, depths, free_slots):
         """The core for this frame, ALL_CORES or DROP (counted by reason)."""
         self.flow = -1
+        self.flow_new = False    # True when this frame opened a flow-table slot
         ft = self.flows_table
         ft.expire_step(now, 1)
         proto = op & OP_PROTO_MASK
@@ -666,6 +668,7 @@ class Dispatcher:
                 _inc(self.counters_, _C_NEW_FLOWS)
                 slot = ft.insert(key, 0, self._assign(key),
                                  _F_PINNED if proto == OP_TCP else 0, now)
+                self.flow_new = slot >= 0
             core = ft.owner[slot]
             self.flow = slot
             movable = proto == OP_UDP

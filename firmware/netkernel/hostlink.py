@@ -98,17 +98,34 @@ class HostLink:
         struct.pack_into(">BIII", r, 1, status, sent, verified, ms)
         self.send(r, 14)
 
-    def send_text(self, kind, text):
-        """Send text of any length as frames of kind + more-flag + a piece of the text."""
-        data = text.encode()
-        step = lf.MAX_PAYLOAD - 2
+    def send_text(self, kind, parts):
+        """Send text (a str, or a list of str joined by spaces) as frames of kind + more-flag
+        + a piece. Parts are packed as they come, so a long report never needs one big
+        string (on a board whose heap is nearly full that allocation is what fails)."""
+        if isinstance(parts, str):
+            parts = (parts,)
         r = self._reply
         r[0] = kind
-        for start in range(0, max(len(data), 1), step):
-            piece = data[start:start + step]
-            r[1] = 1 if start + step < len(data) else 0
-            r[2:2 + len(piece)] = piece
-            self.send(r, 2 + len(piece))
+        cap = lf.MAX_PAYLOAD
+        n = 2
+        for part in parts:
+            data = part.encode()
+            i = 0
+            while i <= len(data):
+                if n == cap:
+                    r[1] = 1              # more follows
+                    self.send(r, n)
+                    n = 2
+                if i == len(data):
+                    r[n] = 0x20           # the separator after each part
+                    n += 1
+                    break
+                k = min(len(data) - i, cap - n)
+                r[n:n + k] = data[i:i + k]
+                n += k
+                i += k
+        r[1] = 0
+        self.send(r, n)
 
     def send(self, payload, n):
         """Frame payload[:n] and write it; if the host stops reading, drop and count."""

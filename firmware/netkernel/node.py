@@ -166,10 +166,13 @@ class Node:
         return True
 
     def stats_text(self):
-        return self.stats()
+        return self.stats_parts()
 
     def stats(self):
-        """name=value text: sums over kernels under the plain names (rx_frames, tcp_conns,
+        return " ".join(self.stats_parts())
+
+    def stats_parts(self):
+        """name=value texts: sums over kernels under the plain names (rx_frames, tcp_conns,
         tcp.established, ...), each kernel's own under kN., the dispatcher's under disp."""
         gc.collect()   # so heap_alloc is live memory, not garbage awaiting collection
         d = self.link.deframer
@@ -229,7 +232,7 @@ class Node:
         for name in sorted(mine):
             if name not in dc:
                 parts.append("disp.%s=%d" % (name, mine[name]))
-        return " ".join(parts)
+        return parts
 
     def flows_text(self):
         """The dispatcher's flow table, one flow per line (KIND_FLOWS_REPLY)."""

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", metavar="N", type=int, default=sim.DEFAULT_KERNELS,
                    help="net kernels on the board: 1, 2 or 4 (each with its own stack; "
                    "a real rp2 board runs 2) (default: %(default)s)")
+    p.add_argument("--stack", metavar="NAME=VALUE", action="append", default=[],
+                   help="override a stack setting of the board (StackConfig in "
+                   "firmware/netkernel/stack.py), e.g. --stack tcp_max_connections=64; "
+                   "repeatable")
     p.add_argument("--heap", metavar="SIZE", default=None,
                    help="MicroPython heap, e.g. 288k, 300000, 1M "
                    f"(default: HEAP_BYTES of boards/sim.py, else {sim.DEFAULT_HEAP})")
@@ -126,6 +130,7 @@ def sim_config_from_args(args: argparse.Namespace):  # -> twinstack.sim.launcher
         root=args.root, name=args.netns, board_ip=args.board_ip, peer_ip=args.peer_ip,
         kernels=args.kernels, heap=args.heap, services=args.services, mac=args.mac,
         log_frames=args.frame_log, entry=args.entry, ready_timeout=args.ready_timeout,
+        stack=args.stack,
     )
 
 

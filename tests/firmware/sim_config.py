@@ -11,3 +11,4 @@ SERVICES = True
 LOG_FRAMES = False
 HEAP = 408512
 NAME = "test"
+STACK = {}

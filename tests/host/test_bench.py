@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,3 +117,174 @@ def test_machine_info_names_cpu_cores_and_kernel():
     info = bench.machine_info()
     assert info["cores"] >= 1 and info["cpu"] and info["kernel"]
     json.dumps(info)
+
+
+# -- scale figures: 1 kernel against 2 ------------------------------------------------------
+
+
+def _bulk(value: float, kernels: int, loadgen: float = 0.2, board: float = 1.1,
+          machine: float = 1.9) -> dict:
+    return bench.figure(value, "MB/s", kernels=kernels, loadgen_cpu_share=loadgen,
+                        board_cpu_share=board, board_threads_cpu_share=[0.6, 0.5],
+                        machine_busy_cores=machine, machine_cores=2)
+
+
+def test_scale_plan_measures_only_what_the_selected_figures_need():
+    assert bench.scale_plan(()) == {1: {"bulk"}, 2: {"bulk", "conns"}}
+    assert bench.scale_plan(["scale.conn_per_s_2k"]) == {2: {"conns"}}
+    assert bench.scale_plan(["scale.ratio_2k_1k"]) == {1: {"bulk"}, 2: {"bulk"}}
+    assert bench.scale_plan(["scale.bulk16_mbps_1k"]) == {1: {"bulk"}}
+    assert bench.scale_plan(["stack.bulk_mbps"]) == {}
+
+
+def test_scale_figures_give_both_bulk_figures_their_ratio_and_conn_rate():
+    conns2 = bench.figure(900.0, "conn/s", kernels=2, loadgen_cpu_share=0.4)
+    conns1 = bench.figure(500.0, "conn/s", kernels=1)
+    out = bench.scale_figures({1: {"bulk": _bulk(2.0, 1)},
+                               2: {"bulk": _bulk(3.7, 2, loadgen=0.3), "conns": conns2}})
+    assert set(out) == set(bench.SCALE_FIGURES)
+    assert out["scale.bulk16_mbps_1k"]["value"] == 2.0
+    assert out["scale.bulk16_mbps_2k"]["value"] == 3.7
+    ratio = out["scale.ratio_2k_1k"]
+    assert ratio["value"] == 1.85 and ratio["unit"] == "x"
+    assert ratio["target"] == 1.85 and ratio["limit"] == 2.0
+    assert ratio["loadgen_cpu_share_2k"] == 0.3 and ratio["board_cpu_share_1k"] == 1.1
+    assert out["scale.conn_per_s_2k"] == conns2
+    # A 1-kernel connection rate, if measured, goes into the details of the 2-kernel one.
+    with_1k = bench.scale_figures({1: {"conns": conns1}, 2: {"conns": conns2}})
+    assert with_1k["scale.conn_per_s_2k"]["conn_per_s_1k"] == 500.0
+    assert "conn_per_s_1k" not in conns2
+
+
+def test_scale_figures_without_both_boards_have_no_ratio_and_respect_only():
+    only_2k = bench.scale_figures({2: {"bulk": _bulk(3.0, 2)}})
+    assert set(only_2k) == {"scale.bulk16_mbps_2k"}
+    zero = bench.scale_figures({1: {"bulk": _bulk(0.0, 1)}, 2: {"bulk": _bulk(3.0, 2)}})
+    assert "scale.ratio_2k_1k" not in zero
+    picked = bench.scale_figures({1: {"bulk": _bulk(2.0, 1)}, 2: {"bulk": _bulk(3.0, 2)}},
+                                 only=["scale.ratio_2k_1k"])
+    assert set(picked) == {"scale.ratio_2k_1k"}
+    assert picked["scale.ratio_2k_1k"]["value"] == 1.5
+
+
+def test_scale_figures_split_into_results_with_the_cpu_shares_in_details():
+    out = bench.scale_figures({1: {"bulk": _bulk(2.0, 1)}, 2: {"bulk": _bulk(3.0, 2)}})
+    figures, details = {}, {}
+    for name, m in out.items():
+        figures[name], details[name] = bench.split_figure(m)
+    data = bench.merge_results(None, figures, "d", MACHINE, details)
+    assert data["figures"]["scale.bulk16_mbps_2k"] == {"value": 3.0, "unit": "MB/s"}
+    assert data["figures"]["scale.ratio_2k_1k"] == {"value": 1.5, "unit": "x"}
+    assert data["details"]["scale.bulk16_mbps_1k"]["loadgen_cpu_share"] == 0.2
+    assert data["details"]["scale.bulk16_mbps_1k"]["board_cpu_share"] == 1.1
+    json.dumps(data)
+    cpu = bench.format_cpu(figures, details)
+    lines = cpu.splitlines()
+    assert len(lines) == 2      # the two bulk runs; the ratio has no run of its own
+    assert lines[0].startswith("scale.bulk16_mbps_1k: load generator 0.20 core, board 1.10")
+    assert "machine 1.9 of 2 cores busy" in lines[0]
+
+
+def test_every_figure_is_selectable_and_unknown_ones_are_refused(capsys):
+    assert set(bench.SCALE_FIGURES) <= set(bench.ALL_FIGURES)
+    assert "stack.bulk_mbps" in bench.ALL_FIGURES
+    try:
+        bench.main(["--only", "scale.nonsense"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("an unknown figure was accepted")
+    assert "unknown figure" in capsys.readouterr().err
+
+
+def test_cpu_meter_sees_this_process_work():
+    assert bench.thread_ticks(os.getpid())
+    busy, total = bench.machine_ticks()
+    assert 0 < busy <= total
+    with bench.CpuMeter(os.getpid()) as meter:
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+    shares = meter.shares()
+    assert 0.5 < shares["board_cpu_share"] < 1.5, shares
+    assert shares["board_threads_cpu_share"][0] > 0.5, shares
+    assert shares["machine_cores"] == os.cpu_count()
+    assert shares["machine_busy_cores"] is not None and shares["machine_busy_cores"] > 0.3
+
+
+def test_cpu_meter_of_a_vanished_process_is_zero():
+    with bench.CpuMeter(None) as meter:
+        pass
+    assert meter.shares()["board_cpu_share"] == 0
+
+
+# -- the load generator, against local servers ---------------------------------------------
+
+
+class _Server:
+    """A threaded local TCP server: echo, or discard (close after the client's FIN)."""
+
+    def __init__(self, echo: bool) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = 0
+        self.lock = threading.Lock()
+        self.echo = echo
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                with self.lock:
+                    self.received += len(data)
+                if self.echo:
+                    conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_parallel_bulk_client_moves_every_byte_and_reports_its_cpu():
+    server = _Server(echo=False)
+    try:
+        r = bench.client_bulk_parallel("127.0.0.1", server.port, 4, 300_000, timeout=20)
+    finally:
+        server.close()
+    assert r["finished"] == 4 and r["bytes"] == 1_200_000, r
+    assert server.received == 1_200_000
+    assert len(r["conn_seconds"]) == 4 and r["seconds"] > 0
+    assert 0 <= r["cpu_seconds"] < 20
+    json.dumps(r)
+
+
+def test_parallel_connection_client_counts_every_connection():
+    server = _Server(echo=True)
+    try:
+        r = bench.client_conns("127.0.0.1", server.port, 40, 100, timeout=20, parallel=4)
+        seq = bench.client_conns("127.0.0.1", server.port, 5, 100, timeout=20)
+    finally:
+        server.close()
+    assert (r["done"], r["count"], r["parallel"]) == (40, 40, 4), r
+    assert (seq["done"], seq["parallel"]) == (5, 1), seq
+    assert r["cpu_seconds"] >= 0 and not r["errors"]
+
+
+def test_owners_of_counts_tcp_flows_of_a_port_by_owner_either_way_round():
+    table = [
+        {"key": "10.77.0.1:40000>10.77.0.2:9/6", "owner": 0},
+        {"key": "10.77.0.1:40001>10.77.0.2:9/tcp", "owner": 1},
+        {"key": "10.77.0.2:9>10.77.0.1:40002/6", "owner": 1},
+        {"key": "10.77.0.1:40003>10.77.0.2:9/17", "owner": 0},     # UDP
+        {"key": "10.77.0.1:40004>10.77.0.2:7/6", "owner": 0},      # another port
+        {"key": "garbage", "owner": 0},
+    ]
+    assert bench.owners_of(table, 9) == {"k0": 1, "k1": 2}
+    assert bench.owners_of([], 9) == {}

@@ -85,7 +85,7 @@ def test_a_command_is_required(capsys):
 def test_sim_defaults(root):
     args = cli.build_parser().parse_args(["sim", "--root", str(root)])
     assert (args.netns, args.board_ip, args.peer_ip) == ("ts0", "10.77.0.2/24", "10.77.0.1")
-    assert args.kernels == 2 and args.heap is None and args.mac is None
+    assert args.kernels == 1 and args.heap is None and args.mac is None
     assert args.services is True and args.frame_log == "summary"
     cfg = cli.sim_config_from_args(args)
     assert cfg.name == "ts0" and cfg.board_ns == "ts0-board"
@@ -322,8 +322,8 @@ def test_render_sim_config(root):
     values.pop("__builtins__")
     assert values == {
         "NETIF": "w5500", "USB_FD": 7, "IP": "10.77.0.2", "PREFIX": 24, "PEER": "10.77.0.1",
-        "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 2, "SERVICES": True,
-        "LOG_FRAMES": True, "HEAP": 294912, "NAME": "ts0",
+        "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 1, "SERVICES": True,
+        "LOG_FRAMES": True, "HEAP": 294912, "NAME": "ts0", "STACK": {},
     }
     assert 'NETIF = "w5500"\n' in text and "USB_FD = 7\n" in text and "SERVICES = True\n" in text
 
@@ -403,3 +403,13 @@ def test_missing_tool_names_the_package(monkeypatch):
     monkeypatch.setattr(netns.shutil, "which", lambda name, path=None: None)
     with pytest.raises(netns.SimError, match="apt-get install ethtool"):
         netns.find_tool("ethtool")
+
+
+def test_stack_settings_reach_sim_config(root):
+    cfg = make_config(root=root, name="ab", stack=["tcp_max_connections=48", "tcp_nagle=false"])
+    text = render_sim_config(cfg, 5)
+    assert "STACK = {'tcp_max_connections': 48, 'tcp_nagle': False}" in text
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        make_config(root=root, name="ab", stack=["oops"])
+    with pytest.raises(ValueError, match="integer"):
+        make_config(root=root, name="ab", stack=["tcp_rx_buffer=big"])

@@ -140,6 +140,13 @@ class PacketWire:
                     # together; recv() is one recvfrom(2). It allocates the frame, but
                     # this is the simulated PHY, not the firmware.)
                     frame = sock.recv(_RX_BUF)
+                except MemoryError as e:
+                    # The firmware has the heap nearly full: this frame is lost on the
+                    # wire, as on a real link whose receiver is overrun. Keep listening.
+                    self.rx_errors += 1
+                    self.last_error = e
+                    _sleep_ms(1)
+                    continue
                 except OSError as e:
                     if e.args[0] != _EAGAIN:
                         # e.g. ENETDOWN while the interface is reconfigured: a PHY keeps
