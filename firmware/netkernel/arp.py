@@ -172,10 +172,7 @@ class ArpCache:
         while i < self.size:
             if state[i] != _FREE:
                 d = time.ticks_diff(self._deadline[i], now)
-                if d < 0:
-                    d = 0
-                if best < 0 or d < best:
-                    best = d
+                best = wire.earliest(best, d if d > 0 else 0)
             i += 1
         return best
 

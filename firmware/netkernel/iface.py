@@ -740,13 +740,7 @@ class Interface:
     @micropython.native
     def poll_at(self, now):
         """Milliseconds until poll() has work: 0 now, -1 nothing pending."""
-        a = self.arp.next_deadline(now)
-        b = self.reasm.next_deadline(now)
-        if a < 0:
-            return b
-        if b < 0:
-            return a
-        return a if a < b else b
+        return wire.earliest(self.arp.next_deadline(now), self.reasm.next_deadline(now))
 
     # == Counters (allocate: for reports) ====================================================
 

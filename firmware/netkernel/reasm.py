@@ -336,10 +336,7 @@ class Reassembler:
         while s < self.slots:
             if self._active[s]:
                 d = time.ticks_diff(self._deadline[s], now)
-                if d < 0:
-                    d = 0
-                if best < 0 or d < best:
-                    best = d
+                best = wire.earliest(best, d if d > 0 else 0)
             s += 1
         return best
 

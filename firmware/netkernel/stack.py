@@ -11,6 +11,7 @@ from netkernel.iface import Interface
 from netkernel.services import Services
 from netkernel.tcp import Tcp
 from netkernel.udp import Udp
+from netkernel.wire import earliest
 
 
 class StackConfig:
@@ -63,13 +64,7 @@ class Stack:
     @micropython.native
     def poll_at(self, now):
         """Milliseconds until the stack next needs poll(); 0 = now, -1 = nothing pending."""
-        a = self.iface.poll_at(now)
-        b = self.tcp.poll_at(now)
-        if a < 0:
-            return b
-        if b < 0:
-            return a
-        return a if a < b else b
+        return earliest(self.iface.poll_at(now), self.tcp.poll_at(now))
 
     def announce(self, now):
         """Gratuitous ARP for our address."""

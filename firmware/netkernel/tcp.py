@@ -57,7 +57,7 @@ from micropython import const
 
 from netkernel.iface import L4_OFF
 from netkernel.tcpbuf import Assembler, RingBuffer
-from netkernel.wire import copy, equal, fill, get16, put16, seq_add, seq_delta, seq_put
+from netkernel.wire import copy, earliest, equal, fill, get16, put16, seq_add, seq_delta, seq_put
 
 try:
     import hashlib
@@ -209,12 +209,8 @@ def _parse_options(buf, i, end, g):
 
 @micropython.native
 def _sooner(best, d):
-    """Fold one deadline (ms from now, may be negative = overdue) into the soonest so far."""
-    if d < 0:
-        d = 0
-    if best < 0 or d < best:
-        return d
-    return best
+    """Fold one deadline (ms from now, negative = overdue) into the soonest so far."""
+    return earliest(best, d if d > 0 else 0)
 
 
 @micropython.native

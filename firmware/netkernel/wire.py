@@ -206,6 +206,16 @@ def seq_add(q: ptr8, qoff: int, delta: int):
     q[qoff + 3] = lo & 0xFF
 
 
+@micropython.native
+def earliest(a, b):
+    """The sooner of two waits in ms, where -1 means "nothing pending"."""
+    if a < 0:
+        return b
+    if b < 0:
+        return a
+    return a if a < b else b
+
+
 def get16(buf, off):
     return (buf[off] << 8) | buf[off + 1]
 
