@@ -12,6 +12,7 @@ stand-in, for testing the launcher alone.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -284,3 +285,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
             return True
         time.sleep(step)
     return predicate()
+
+
+def run_peer_script(board: SimHandle, script: Path, *args: str, timeout: float = 30.0,
+                    netns: str | None = None) -> dict:
+    """Run a peer-side Python script in the namespace (default: the board's peer); its last
+    JSON line. Fails the test, with the script's output, if it fails or prints none."""
+    proc = subprocess.run(["ip", "netns", "exec", netns or board.netns, sys.executable,
+                           str(script), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"{script.name} {' '.join(args)}: exit {proc.returncode}\n"
+                    f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return json.loads(lines[-1])

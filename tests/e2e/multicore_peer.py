@@ -37,6 +37,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from stack_peer import udp_round_trip  # a sibling file: both run as scripts from tests/e2e
+
 CHUNK = 65536
 
 
@@ -220,19 +222,7 @@ def udp_echo(ip: str, port: int, sport: int, size: int, count: int, timeout: flo
         s.connect((ip, port))
         for i in range(count):
             data = payload(sport * 100 + i, size)
-            entry: dict[str, Any] = {"ok": False, "tries": 0, "got": None}
-            for attempt in range(1, tries + 1):
-                entry["tries"] = attempt
-                s.send(data)
-                try:
-                    got = s.recv(65535)
-                except (TimeoutError, ConnectionRefusedError) as e:
-                    entry["error"] = repr(e)
-                    continue
-                entry["got"] = len(got)
-                entry["ok"] = got == data
-                break
-            results.append(entry)
+            results.append(udp_round_trip(s, data, tries))
     return {"ok": all(r["ok"] for r in results), "sport": sport, "size": size,
             "results": results}
 

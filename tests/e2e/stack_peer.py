@@ -70,6 +70,24 @@ def tcp_retransmits(sock: socket.socket) -> int | None:
 # -- UDP echo -------------------------------------------------------------------------------
 
 
+def udp_round_trip(s: socket.socket, data: bytes, tries: int) -> dict[str, object]:
+    """Send ``data`` on connected UDP socket ``s`` until the same bytes come back (at most
+    ``tries`` sends): ok, tries, got (length of the reply), error (the last one)."""
+    entry: dict[str, object] = {"ok": False, "tries": 0, "got": None}
+    for attempt in range(1, tries + 1):
+        entry["tries"] = attempt
+        s.send(data)
+        try:
+            got = s.recv(65535)
+        except (TimeoutError, ConnectionRefusedError) as e:
+            entry["error"] = repr(e)
+            continue
+        entry["got"] = len(got)
+        entry["ok"] = got == data
+        break
+    return entry
+
+
 def udp_echo(ip: str, port: int, sizes: Sequence[int], timeout: float, tries: int,
              seed: int) -> dict[str, object]:
     """Each size: send a datagram, wait for the same bytes back."""
@@ -80,19 +98,7 @@ def udp_echo(ip: str, port: int, sizes: Sequence[int], timeout: float, tries: in
         s.connect((ip, port))
         for size in sizes:
             data = rng.randbytes(size)
-            entry: dict[str, object] = {"size": size, "ok": False, "tries": 0, "got": None}
-            for attempt in range(1, tries + 1):
-                entry["tries"] = attempt
-                s.send(data)
-                try:
-                    got = s.recv(65535)
-                except (TimeoutError, ConnectionRefusedError) as e:
-                    entry["error"] = repr(e)
-                    continue
-                entry["got"] = len(got)
-                entry["ok"] = got == data
-                break
-            results.append(entry)
+            results.append({"size": size, **udp_round_trip(s, data, tries)})
     return {"ok": all(r["ok"] for r in results), "results": results}
 
 

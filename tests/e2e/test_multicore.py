@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 from twinstack.link import Link, LinkTimeout
 
-from .conftest import SimHandle, require_netns_privileges
+from .conftest import SimHandle, require_netns_privileges, run_peer_script
 
 pytestmark = pytest.mark.e2e
 
@@ -149,13 +149,7 @@ def peer_cmd(board: SimHandle, *args: str) -> list[str]:
 
 def peer(board: SimHandle, *args: str, timeout: float = 30.0) -> dict[str, Any]:
     """Run ``multicore_peer.py ARGS`` in the namespace; its JSON result."""
-    proc = subprocess.run(peer_cmd(board, *args), capture_output=True, text=True,
-                          timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"multicore_peer {' '.join(args)}: exit {proc.returncode}\n"
-                    f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return json.loads(lines[-1])
+    return run_peer_script(board, PEER, *args, timeout=timeout)
 
 
 class Background:

@@ -32,7 +32,14 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from twinstack.link import Link
 
-from .conftest import Capture, SimHandle, require_netns_privileges, unique_name, wait_until
+from .conftest import (
+    Capture,
+    SimHandle,
+    require_netns_privileges,
+    run_peer_script,
+    unique_name,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,14 +66,7 @@ def board(sim_board) -> SimHandle:
 def peer(board: SimHandle, *args: str, timeout: float = 30.0,
          netns: str | None = None) -> dict[str, Any]:
     """Run ``stack_peer.py ARGS`` in the namespace; its JSON result (fail with its output)."""
-    proc = subprocess.run(["ip", "netns", "exec", netns or board.netns, sys.executable,
-                           str(PEER_SCRIPT), *args],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"stack_peer {' '.join(args)}: exit {proc.returncode}\n"
-                    f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return json.loads(lines[-1])
+    return run_peer_script(board, PEER_SCRIPT, *args, timeout=timeout, netns=netns)
 
 
 class PeerProcess:
