@@ -2,7 +2,7 @@
 #
 # Only core 0 touches USB (on rp2 only core 0 runs the USB task), so this is polled from
 # core 0's loop. Garbage, cut frames and unknown kinds are counted and dropped; the framing
-# resynchronises at the next delimiter. The I2O message layer plugs in at KIND_I2O; until
+# resynchronises at the next delimiter. The I2O messaging unit uses the KIND_I2O_* kinds; besides
 # then the link carries diagnostics: echo, raw frame transmit, counters, the TCP test client.
 import struct
 

@@ -29,7 +29,7 @@ def test_host_and_firmware_share_one_definition():
 
 @pytest.mark.parametrize("size", [1, 2, 253, 254, 255, 508, 1000, lf.MAX_PAYLOAD])
 def test_round_trip(size: int):
-    payload = bytes([lf.KIND_I2O]) + bytes((i * 7) % 256 for i in range(size - 1))
+    payload = bytes([lf.KIND_I2O_POST]) + bytes((i * 7) % 256 for i in range(size - 1))
     enc = encode(payload)
     assert 0 not in enc[1:-1]
     d, got = decode(enc)

@@ -36,7 +36,14 @@ KIND_FLOWS_REPLY = const(0x09)   # board -> host: more(1) + text, one flow per l
 KIND_CONFIG = const(0x0A)        # host -> board: ASCII name=value pairs (hash=fold|toeplitz,
                                  # indirection=0,1,..., mask=<hex>, rule=<key hex>:<core>)
 KIND_CONFIG_REPLY = const(0x0B)  # board -> host: status(1) (0 ok, else errno) + ASCII text
-KIND_I2O = const(0x10)           # an I2O message frame (the message layer)
+# The I2O messaging unit (netkernel.proto.i2o has the layouts and the rules):
+KIND_I2O_POST = const(0x10)      # host -> board: iop(1) mfa(2) message (inbound post)
+KIND_I2O_FREE = const(0x11)      # board -> host: iop(1) count(1) mfa(2)*count (inbound free)
+KIND_I2O_REPLY = const(0x12)     # board -> host: mfa(2) message (outbound post)
+KIND_I2O_FLUSH = const(0x13)     # host -> board: count(1) mfa(2)*count (outbound free)
+KIND_I2O_INIT = const(0x14)      # host -> board: bring-up / reset (i2o.INIT_FMT)
+KIND_I2O_INIT_REPLY = const(0x15)  # board -> host: i2o.INIT_REPLY_FMT
+KIND_I2O_READY = const(0x16)     # board -> host: epoch(4), once at boot
 
 # Worst case encoded size of a payload of n bytes: delimiters, CRC, one code byte per 254.
 def encoded_size(n):
