@@ -299,3 +299,40 @@ def run_peer_script(board: SimHandle, script: Path, *args: str, timeout: float =
         pytest.fail(f"{script.name} {' '.join(args)}: exit {proc.returncode}\n"
                     f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
     return json.loads(lines[-1])
+
+
+class PeerServer:
+    """A peer-side script running in the background (a server): started, waited for until it
+    prints ``{"ready": true}``, then its last JSON line collected by :meth:`result`."""
+
+    def __init__(self, board: SimHandle, script: Path, *args: str,
+                 ready_timeout: float = 10.0) -> None:
+        self.name = f"{script.name} {' '.join(args)}"
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", board.netns, sys.executable, str(script), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], ready_timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if '"ready"' not in line:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=5)
+            pytest.fail(f"{self.name} did not get ready: {line!r} {err}")
+
+    def result(self, timeout: float = 30.0) -> dict:
+        """Its last JSON line once it has ended (killed and failed after ``timeout`` s)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=5)
+            pytest.fail(f"{self.name} still running after {timeout:g} s\n{out}\n{err}")
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if self.proc.returncode != 0 or not lines:
+            pytest.fail(f"{self.name}: exit {self.proc.returncode}\n{out}\n{err}")
+        return json.loads(lines[-1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=5)

@@ -15,7 +15,11 @@ One :class:`SimBoard` runs one simulated board in the foreground:
    ``ready netns=NAME board=IP/PREFIX peer=IP link=up usb=/tmp/twinstack/NAME/usb``;
 5. on SIGINT/SIGTERM (or when the board exits) the board gets SIGINT, then SIGKILL after
    10 s, and everything that was created is removed again (an undo stack: never anything
-   that this process did not create).
+   that this process did not create);
+6. SIGUSR1 presses the board's RESET button: the MicroPython process is killed and started
+   again on the same namespaces and pty (a host that keeps the pty open sees the board boot
+   again: its ``KIND_I2O_READY`` with a new epoch); the launcher prints
+   ``rebooted board=PID`` once the new board is up.
 
 Testing the launcher itself: ``TWINSTACK_SIM_ENTRY=/path/to/main.py`` (or the hidden
 ``--entry`` option) runs that file instead of ``<root>/firmware/main.py``, e.g. a stand-in
@@ -470,6 +474,8 @@ class SimBoard:
         self._buf = bytearray()
         self._wake_r = -1
         self._board_done = False
+        self._reboot = False
+        self._spawn_args: tuple[str, str, Path] | None = None
 
     # -- the whole life cycle ------------------------------------------------------------
 
@@ -531,6 +537,7 @@ class SimBoard:
         self._check_interrupt()
         if (cfg.runtime_dir / "main.py").exists():
             entry = cfg.runtime_dir / "main.py"
+        self._spawn_args = (ip, micropython, entry)
         self._spawn(ip, micropython, entry)
 
     def wait_ready(self) -> None:
@@ -640,9 +647,38 @@ class SimBoard:
         """Forward output until a stop signal (False) or until the board exits (True)."""
         while self._stop_signal is None:
             self._read_output(1.0)
+            if self._reboot:
+                self._reboot = False
+                self._reboot_board()
+                continue
             if self._pipe < 0 or self._board_exited():
                 return True
         return False
+
+    def _reboot_board(self) -> None:
+        """RESET: kill the board at once (no clean stop: a reset does not ask), start it again
+        on the same namespaces and pty, wait for it to come up."""
+        proc = self.proc
+        assert proc is not None and self._spawn_args is not None
+        log.info("RESET: restarting the board (pid %d)", proc.pid)
+        if not self._board_done:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=KILL_TIMEOUT_S)
+            self._drain()
+        self._board_done = False
+        self.board_returncode = None
+        self.up = False
+        self._buf.clear()
+        self._spawn(*self._spawn_args)
+        try:
+            self.wait_ready()
+        except SimError as e:
+            self._error(f"the board did not come back after RESET: {e}")
+            return
+        assert self.proc is not None
+        self._emit(f"rebooted board={self.proc.pid}")
 
     def _board_exited(self) -> bool:
         """Whether the board process has exited (without reaping it: its pgid stays ours)."""
@@ -760,19 +796,23 @@ class SimBoard:
     # -- signals -------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGUSR1:
+            self._reboot = True
+            return
         if self._stop_signal is None:
             self._stop_signal = signum
             log.info("%s: stopping", signal.Signals(signum).name)
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM/SIGHUP request a stop; a wakeup pipe interrupts waits."""
+        """SIGINT/SIGTERM/SIGHUP request a stop, SIGUSR1 a reboot; a wakeup pipe interrupts
+        waits."""
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         old = {s: signal.signal(s, self._on_signal)
-               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}
         self._wake_r = r
         try:
             yield

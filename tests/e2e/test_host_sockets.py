@@ -1,0 +1,314 @@
+"""Host applications on TwinStack sockets, served by the simulated board with two kernels.
+
+The host side is the real library (``twinstack.connect`` -> the OSM over the board's USB pty,
+I2O messages to each kernel's socket ISM); the clients and servers on the other side are the
+Linux kernel's own TCP/IP in the peer namespace (curl, ab, Python sockets in
+``host_peer.py``). Every wait is bounded; every peer process is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import twinstack
+from twinstack import socket as tsocket
+
+from .conftest import ROOT, PeerServer, SimHandle, require_netns_privileges, run_peer_script
+from .host_peer import stream_bytes
+
+pytestmark = pytest.mark.e2e
+
+PEER = Path(__file__).with_name("host_peer.py")
+BOARD_ARGS = ["--kernels", "2", "--heap", "2M", "--stack", "tcp_max_connections=48",
+              "--no-log-frames"]
+
+
+def _load_http_example():
+    spec = importlib.util.spec_from_file_location(
+        "twinstack_http_example", ROOT / "host" / "examples" / "http_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def sim(sim_board) -> Iterator[SimHandle]:
+    require_netns_privileges()
+    handle = sim_board(args=BOARD_ARGS)
+    yield handle
+    lines = [line for line in handle.log_lines() if not line.startswith("netkernel: stats")]
+    print("board output:\n" + "\n".join(lines[-60:]))
+
+
+@pytest.fixture
+def board(sim: SimHandle) -> Iterator[twinstack.Board]:
+    b = twinstack.connect(sim.usb_path, timeout=10.0)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def per_core(stats: dict[str, int], name: str, iops: int) -> list[int]:
+    return [stats.get(f"k{k}.{name}", 0) for k in range(iops)]
+
+
+def test_bring_up_reports_both_iops(board: twinstack.Board) -> None:
+    assert board.iops == 2
+    st = board.stats()
+    assert st["kernels"] == 2
+    assert st["i2o.inits"] >= 1
+
+
+def test_http_pages_to_curl_and_ab_accepted_on_both_cores(
+        sim: SimHandle, board: twinstack.Board) -> None:
+    http = _load_http_example()
+    with http.TwinHTTPServer(board, 80) as server:
+        t = threading.Thread(target=server.serve_forever, daemon=True)
+        t.start()
+        for size in (0, 1, 1460, 100_000):
+            r = subprocess.run(["ip", "netns", "exec", sim.netns, "curl", "-sS", "--fail",
+                                "--max-time", "30", f"http://{sim.board_ip}/page/{size}"],
+                               capture_output=True, timeout=40)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == http.page_body(size), f"/page/{size}: body differs"
+        ab = sim.ns_run("ab", "-n", "200", "-c", "8", "-s", "30",
+                        f"http://{sim.board_ip}/page/2000", timeout=120)
+        assert ab.returncode == 0, ab.stdout + ab.stderr
+        assert re.search(r"Complete requests:\s+200\b", ab.stdout), ab.stdout
+        assert re.search(r"Failed requests:\s+0\b", ab.stdout), ab.stdout
+        assert re.search(r"Non-2xx responses", ab.stdout) is None, ab.stdout
+        server.shutdown()
+        t.join(10)
+    accepted = per_core(board.stats(), "ism.accepted", board.iops)
+    assert sum(accepted) >= 204 and all(a > 0 for a in accepted), accepted
+
+
+def test_asyncio_echo_server_serves_100_concurrent_clients(
+        sim: SimHandle, board: twinstack.Board) -> None:
+    started = threading.Event()
+    stop: list[asyncio.AbstractEventLoop] = []
+    served: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while data := await reader.read(4096):
+            writer.write(data)
+            await writer.drain()
+            n += len(data)
+        writer.close()
+        await writer.wait_closed()
+        served.append(n)
+
+    async def serve() -> None:
+        server = await twinstack.aio.start_server(handle, board, "0.0.0.0", 7007)
+        stop.append(asyncio.get_running_loop())
+        started.set()
+        async with server:
+            await server.serve_forever()
+
+    t = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    t.start()
+    assert started.wait(10)
+    try:
+        res = run_peer_script(sim, PEER, "echo-clients", sim.board_ip, "7007", "100", "3000",
+                              timeout=120)
+    finally:
+        loop = stop[0]
+        for task in asyncio.all_tasks(loop):
+            loop.call_soon_threadsafe(task.cancel)
+        t.join(10)
+    assert res["ok"] == 100, res["failed"]
+    assert len(served) == 100 and all(n == 3000 for n in served)
+
+
+def test_connect_out_return_traffic_lands_on_the_opening_core(
+        sim: SimHandle, board: twinstack.Board) -> None:
+    before = board.stats()
+    server = PeerServer(sim, PEER, "serve-echo", "6000", "60")
+    socks = []
+    try:
+        for _ in range(8):
+            s = board.socket()
+            s.settimeout(10)
+            s.connect((sim.peer_ip, 6000))
+            socks.append(s)
+        opened = [sum(1 for s in socks if s.iop == k) for k in range(board.iops)]
+        assert all(n > 0 for n in opened), opened          # the OSM spreads connections
+        for i, s in enumerate(socks):
+            msg = f"hello {i} ".encode() * 500
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = s.recv(65536)
+                assert chunk, "EOF before the echo"
+                got += chunk
+            assert got == msg
+        after = board.stats()
+        for k in range(board.iops):
+            assert after[f"k{k}.tcp.active_opens"] - before[f"k{k}.tcp.active_opens"] \
+                == opened[k]
+        # Return traffic that reached the wrong kernel would find no socket there.
+        assert after["tcp.drop_no_socket"] == before["tcp.drop_no_socket"]
+        assert after["tcp.rst_sent"] == before["tcp.rst_sent"]
+        for f in board.flows():
+            if f["key"].endswith(":6000/6") or ":6000>" in str(f["key"]):
+                owner = int(f["owner"])
+                others = [int(f.get(f"k{k}", 0)) for k in range(board.iops) if k != owner]
+                assert all(n == 0 for n in others), f
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+def test_slow_reader_gets_50mb_exact_while_board_heap_stays_flat(
+        sim: SimHandle, board: twinstack.Board) -> None:
+    total = 50 * 1000 * 1000
+    server = PeerServer(sim, PEER, "serve-stream", "6001", str(total), "--timeout", "600")
+    heap: list[int] = []
+    paused_samples: list[int] = []
+    try:
+        s = board.socket()
+        s.settimeout(30)
+        s.connect((sim.peer_ip, 6001))
+        got = 0
+        digest_ok = True
+        pauses = {10_000_000, 25_000_000, 40_000_000}
+        next_sample = time.monotonic()
+        while got < total:
+            data = s.recv(65536)
+            assert data, f"EOF after {got} bytes"
+            if data != stream_bytes(got, len(data)):
+                digest_ok = False
+            got += len(data)
+            for p in sorted(pauses):
+                if got >= p:
+                    pauses.discard(p)
+                    time.sleep(1.0)             # the application stops reading ...
+                    paused_samples.append(board.stats()["heap_alloc"])
+                    time.sleep(1.0)             # ... for a while: the window closes
+            if time.monotonic() >= next_sample:
+                heap.append(board.stats()["heap_alloc"])
+                next_sample = time.monotonic() + 2.0
+        assert s.recv(10) == b""
+        s.close()
+        assert digest_ok, "the stream arrived with wrong bytes"
+    finally:
+        res = server.result(timeout=60)
+    assert res["sent"] == total
+    samples = heap + paused_samples
+    assert len(paused_samples) == 3
+    assert max(samples) - min(samples) < 24 * 1024, samples
+
+
+def test_udp_request_response_both_ways(sim: SimHandle, board: twinstack.Board) -> None:
+    srv = board.socket(type=tsocket.SOCK_DGRAM)
+    srv.bind(("0.0.0.0", 5353))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = srv.recvfrom(2048)
+            except TimeoutError:
+                continue
+            srv.sendto(data.upper(), addr)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        res = run_peer_script(sim, PEER, "udp-ask", sim.board_ip, "5353", "50", timeout=60)
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+    assert res["answered"] == 50 and res["wrong"] == 0, res
+    # And the host as the client, asking a UDP echo server in the namespace.
+    echo = PeerServer(sim, PEER, "serve-udp-echo", "6004", "30")
+    try:
+        with board.socket(type=tsocket.SOCK_DGRAM) as c:
+            c.settimeout(2)
+            answered = 0
+            for i in range(20):
+                msg = f"question {i}".encode() * (i + 1)
+                for _ in range(5):
+                    c.sendto(msg, (sim.peer_ip, 6004))
+                    try:
+                        data, addr = c.recvfrom(4096)
+                    except TimeoutError:
+                        continue
+                    assert data == msg and addr == (sim.peer_ip, 6004)
+                    answered += 1
+                    break
+            assert answered == 20
+    finally:
+        echo.stop()
+
+
+def test_board_reset_resets_every_socket_and_the_osm_reconnects(
+        sim: SimHandle, board: twinstack.Board) -> None:
+    server = PeerServer(sim, PEER, "serve-echo", "6002", "60")
+    try:
+        socks = []
+        for _ in range(3):
+            s = board.socket()
+            s.settimeout(10)
+            s.connect((sim.peer_ip, 6002))
+            socks.append(s)
+        launcher_pid = int((sim.runtime_dir / "pid").read_text())
+        import os
+        os.kill(launcher_pid, signal.SIGUSR1)              # the RESET button
+        assert sim.wait_for_line("rebooted", 60) is not None
+        for s in socks:
+            with pytest.raises(ConnectionResetError):
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    s.send(b"x")
+                    time.sleep(0.1)
+        board.reconnect()
+        s = board.socket()
+        s.settimeout(10)
+        s.connect((sim.peer_ip, 6002))
+        s.sendall(b"after reset")
+        assert s.recv(100) == b"after reset"
+        s.close()
+    finally:
+        server.stop()
+
+
+def test_lost_link_raises_connection_reset(sim: SimHandle, board: twinstack.Board) -> None:
+    server = PeerServer(sim, PEER, "serve-echo", "6003", "60")
+    try:
+        s = board.socket()
+        s.settimeout(10)
+        s.connect((sim.peer_ip, 6003))
+        got: list[BaseException] = []
+
+        def blocked_recv() -> None:
+            try:
+                s.recv(100)
+            except BaseException as e:  # noqa: BLE001 (the test inspects it)
+                got.append(e)
+
+        t = threading.Thread(target=blocked_recv, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        sim.stop()                                     # the board and its pty are gone
+        t.join(15)
+        assert got and isinstance(got[0], ConnectionResetError), got
+        with pytest.raises(ConnectionResetError):
+            s.send(b"x")
+    finally:
+        server.stop()
