@@ -29,7 +29,11 @@ scale.conn_per_s_2k         conn/s     ``--kernels 2``: 400 connections to echo,
                                        closing one after another
 ==========================  =========  ====================================================
 
-The ``stack.*`` figures come from one board started as a user would (the default number of
+plus the host-link figures ``e2e.http_req_per_s``, ``e2e.bulk_to_host_mbps`` and
+``e2e.bulk_from_host_mbps`` (host applications on TwinStack sockets: tools/bench_host.py says
+how each is measured).
+
+The ``stack.*`` and ``e2e.*`` figures come from one board started as a user would (the default number of
 kernels, recorded in each figure's details); the ``scale.*`` figures from two more boards,
 one after the other, started with ``--kernels 1`` and ``--kernels 2``. For every scale
 measurement the details say how much CPU each party used over the run, as a share of one
@@ -62,6 +66,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from bench_host import E2E_FIGURES, run_host  # a sibling file (tools/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
@@ -909,7 +915,8 @@ def format_cpu(figures: Mapping[str, Mapping[str, Any]],
 def run_stack(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
     """The stack figures from one board started as a user would (with details in them)."""
     todo = [(n, m) for n, m in MEASUREMENTS if not only or n in only]
-    if not todo:
+    host_todo = [n for n in E2E_FIGURES if not only or n in only]
+    if not todo and not host_todo:
         return {}, []
     board = Board(netns)
     figures: Figures = {}
@@ -929,6 +936,10 @@ def run_stack(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]
                 failed.append(name)
                 continue
             log.info("%s = %s (%.1f s)", name, figures[name], time.monotonic() - start)
+        if host_todo:
+            host_figures, host_failed = run_host(board, ns_client, host_todo)
+            figures.update(host_figures)
+            failed += host_failed
     finally:
         status = board.stop()
         log.info("board stopped (exit %s)", status)
@@ -938,7 +949,7 @@ def run_stack(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]
     return figures, failed
 
 
-ALL_FIGURES = tuple(n for n, _ in MEASUREMENTS) + SCALE_FIGURES
+ALL_FIGURES = tuple(n for n, _ in MEASUREMENTS) + E2E_FIGURES + SCALE_FIGURES
 
 
 def run_bench(netns: str, results: Path, only: Sequence[str] = ()) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import re
 import signal
 import subprocess
@@ -268,7 +269,6 @@ def test_board_reset_resets_every_socket_and_the_osm_reconnects(
             s.connect((sim.peer_ip, 6002))
             socks.append(s)
         launcher_pid = int((sim.runtime_dir / "pid").read_text())
-        import os
         os.kill(launcher_pid, signal.SIGUSR1)              # the RESET button
         assert sim.wait_for_line("rebooted", 60) is not None
         for s in socks:
