@@ -8,7 +8,11 @@
    discard services.
 3. The host opens the board's USB (the pty) like /dev/ttyACM1, reads the board's counters,
    and has the board open a TCP connection to a server in the namespace.
-4. SIGINT: the board prints its counters and everything it created is removed.
+4. A host application serves HTTP on TwinStack sockets (host/examples/http_server.py: the
+   OSM brings up the board's I2O queues, the listening socket is replicated to every net
+   kernel); curl and ab in the namespace fetch pages through the board; the board's per-core
+   counters show which kernels accepted the connections.
+5. SIGINT: the board prints its counters and everything it created is removed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,37 @@ def say(text: str) -> None:
 def ns(name: str, *cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True,
                           timeout=timeout)
+
+
+def serve_http(usb: str, netns: str, board_ip: str) -> None:
+    import importlib.util
+
+    import twinstack
+
+    spec = importlib.util.spec_from_file_location(
+        "http_example", ROOT / "host" / "examples" / "http_server.py")
+    assert spec is not None and spec.loader is not None
+    http = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(http)
+    with twinstack.connect(usb) as board, http.TwinHTTPServer(board, 80) as server:
+        t = threading.Thread(target=server.serve_forever, daemon=True)
+        t.start()
+        out = ns(netns, "curl", "-sS", "--max-time", "20", f"http://{board_ip}/page/100000",
+                 timeout=30)
+        ok = out.stdout.encode() == http.page_body(100_000)
+        print(f"  curl http://{board_ip}/page/100000: {len(out.stdout)} bytes, "
+              f"{'byte-exact' if ok else 'WRONG'}", flush=True)
+        ab = ns(netns, "ab", "-q", "-n", "200", "-c", "8", f"http://{board_ip}/page/1000",
+                timeout=120).stdout
+        for line in ab.splitlines():
+            if line.startswith(("Complete requests", "Failed requests", "Requests per")):
+                print("  ab: " + line, flush=True)
+        server.shutdown()
+        t.join(10)
+        stats = board.stats()
+        per_core = ", ".join(f"kernel {k}: {stats.get(f'k{k}.ism.accepted', 0)}"
+                             for k in range(board.iops))
+        print(f"  connections accepted per core: {per_core}", flush=True)
 
 
 def main() -> int:
@@ -94,6 +129,9 @@ def main() -> int:
                   f"verified {verified} in {ms} ms", flush=True)
         server.terminate()
         server.wait(5)
+
+        say("host: an HTTP server on TwinStack sockets; curl and ab in the namespace")
+        serve_http(ready["usb"], args.netns, board_ip)
         say("stopping the board (SIGINT)")
         return 0
     finally:
