@@ -95,7 +95,7 @@ def open_hardware():
 
 
 def load_config():
-    return {
+    cfg = {
         "ip": sim_config.IP,
         "prefix": sim_config.PREFIX,
         "gateway": sim_config.GATEWAY,
@@ -109,3 +109,8 @@ def load_config():
         # TX_MODE "lock" (default) or "ring"; TWINSTACK_TX_MODE selects it for measurements.
         "tx_mode": os.getenv("TWINSTACK_TX_MODE") or "lock",
     }
+    # The I2O messaging unit's pools (msgunit.MsgUnit), when sim_config sets them.
+    for key in ("frame_bytes", "inbound_depth", "outbound_max"):
+        if hasattr(sim_config, key.upper()):
+            cfg[key] = getattr(sim_config, key.upper())
+    return cfg

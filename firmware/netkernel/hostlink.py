@@ -34,6 +34,10 @@ class HostLink:
         self.tx_frames = 0
         self.tx_dropped = 0
         self.wire_tx_frames = 0
+        self.msgunit = None       # the I2O messaging unit (KIND_I2O_*), set by the node
+        self._pend = 0            # a frame in _out not fully written yet: its length...
+        self._pend_done = 0       # ...and how much of it the host has taken
+        self.tx_resumed = 0       # turns that went on with a partly written frame
 
     def poll(self):
         """Read what the host sent (one chunk) and act on every complete frame in it."""
@@ -44,7 +48,14 @@ class HostLink:
 
     def _on_frame(self, buf, n):
         kind = buf[0]
-        if kind == lf.KIND_ECHO_REQUEST:
+        mu = self.msgunit
+        if kind == lf.KIND_I2O_POST and mu is not None:
+            mu.on_post(buf, n)
+        elif kind == lf.KIND_I2O_FLUSH and mu is not None:
+            mu.on_flush(buf, n)
+        elif kind == lf.KIND_I2O_INIT and mu is not None:
+            mu.on_init(buf, n)
+        elif kind == lf.KIND_ECHO_REQUEST:
             r = self._reply
             r[0] = lf.KIND_ECHO_REPLY
             for i in range(1, n):
@@ -127,8 +138,44 @@ class HostLink:
         r[1] = 0
         self.send(r, n)
 
+    def busy(self):
+        """Write more of a partly written frame; True while some of it is still left."""
+        total = self._pend
+        if total == 0:
+            return False
+        done = self._pend_done
+        done += self._stream.write(self._out_view[done:total]) or 0
+        if done < total:
+            self._pend_done = done
+            return True
+        self._pend = 0
+        self.tx_frames += 1
+        return False
+
+    def send_keep(self, payload, n):
+        """Frame payload[:n] and write what the host takes now; the rest goes out on later
+        turns (busy()), never dropped: for I2O frames, which must not be lost. False (nothing
+        done) while an earlier frame is still being written."""
+        if self.busy():
+            return False
+        total = lf.encode_into(payload, n, self._out)
+        done = self._stream.write(self._out_view[:total]) or 0
+        if done < total:
+            self._pend = total
+            self._pend_done = done
+            self.tx_resumed += 1
+        else:
+            self.tx_frames += 1
+        return True
+
     def send(self, payload, n):
         """Frame payload[:n] and write it; if the host stops reading, drop and count."""
+        for _ in range(_WRITE_TRIES):
+            if not self.busy():
+                break
+        if self._pend:
+            self.tx_dropped += 1      # an I2O frame is still going out: it comes first
+            return
         total = lf.encode_into(payload, n, self._out)
         done = 0
         for _ in range(_WRITE_TRIES):

@@ -44,6 +44,7 @@ class NetKernel:
         self.ret = SpscRing(pow2_at_least(return_capacity))    # used slots -> dispatcher
         self.events = EventRing(_EVENTS)                        # closed flows -> dispatcher
         self.flow_frames = array("I", bytes(4 * flow_capacity))
+        self.ism = None           # the socket ISM (netkernel.ism), set by the node
         self.pool = None          # set by the runtime (cores.Cores) before the first turn
         self.disp = None
         self.peers = None         # every kernel, by core number (handoff targets)
@@ -101,6 +102,13 @@ class NetKernel:
             done += 1
         if self.hand_len[1]:
             self._take_handoff(now)
+        ism = self.ism
+        if ism is not None:
+            try:
+                ism.turn(now)         # before poll: what the host sent leaves this turn
+            except Exception as e:    # a bug must not stop the core
+                self.errors += 1
+                self.last_error = e
         stack.poll(now)
         us = self.busy_us + ticks_diff(ticks_us(), t0)
         if us >= _US_PER_S:
@@ -194,6 +202,9 @@ class NetKernel:
                ("handoffs_in", self.handoffs_in), ("handoff_busy", self.handoff_busy),
                ("handoff_too_big", self.handoff_too_big),
                ("events_dropped", self.events.dropped)]
+        if self.ism is not None:
+            for name, value in self.ism.counters():
+                out.append(("ism." + name, value))
         layers = self.stack.counters()
         for layer in sorted(layers):
             values = layers[layer]

@@ -17,6 +17,8 @@ from micropython import const
 
 from netkernel.cores import LOG_HEX, LOG_OFF, LOG_SUMMARY, TX_LOCK, Cores
 from netkernel.hostlink import HostLink
+from netkernel.ism import SocketIsm
+from netkernel.msgunit import MsgUnit
 from netkernel.stack import StackConfig
 from netkernel.w5500 import W5500, W5500Error
 
@@ -83,6 +85,15 @@ class Node:
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
         self.link = HostLink(self.hw.usb(), self)
+        # The I2O messaging unit (core 0) and one socket ISM per kernel, made before any
+        # thread starts.
+        self.msgunit = MsgUnit(self, nk, frame_bytes=cfg.get("frame_bytes", 1024),
+                               inbound_depth=cfg.get("inbound_depth", 8),
+                               outbound_max=cfg.get("outbound_max", 16))
+        self.msgunit.link = self.link
+        self.link.msgunit = self.msgunit
+        for k in self.kernels:
+            k.ism = SocketIsm(k, self.msgunit)
         self._busy_last = [0] * nk
         self._busy_at = time.ticks_us()
         self._wake = True
@@ -120,6 +131,7 @@ class Node:
             if self.cores.turn(now, rx):
                 self._wake = True   # batch full: come back after the link's turn
             self.link.poll()        # what the host asks may touch the chip too
+            self.msgunit.pump()     # I2O: frees, replies, bring-up
             if time.ticks_diff(now, self._next_link_check) >= 0:
                 self._next_link_check = time.ticks_add(now, _LINK_CHECK_MS)
                 self._check_link()
@@ -195,6 +207,7 @@ class Node:
                n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
                d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
                self.link.bad_request, self.link.tx_dropped, errors))
+        parts.extend("i2o.%s=%d" % kv for kv in self.msgunit.counters())
         flows = self.disp.flows()
         now = time.ticks_us()
         elapsed = time.ticks_diff(now, self._busy_at) or 1

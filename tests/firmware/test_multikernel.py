@@ -86,6 +86,8 @@ def link_replies(stream):
     got = []
     d = lf.Deframer(lambda buf, n: got.append(bytes(buf[:n])))
     d.feed(stream.outgoing, len(stream.outgoing))
+    # The messaging unit's KIND_I2O_READY (once at boot) is not an answer to anything here.
+    got = [f for f in got if f[0] != lf.KIND_I2O_READY]
     stream.outgoing = bytearray()
     return got
 

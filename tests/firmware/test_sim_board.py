@@ -35,6 +35,8 @@ def test_firmware_after_start_fits_the_rp2040_heap_with_room_to_spare():
     used = _allocated() - before
     print("node after start:", used, "bytes")
     # The emulator is inside `used` here; the firmware's own share must leave most of the
-    # RP2040's heap for stacks and connections.
-    assert used < sim.FIRMWARE_HEAP_BYTES // 3
+    # RP2040's heap for stacks and connections. Since the I2O messaging unit its frame
+    # pools (24 KB with the default 8 inbound + 16 outbound frames of 1 KB) and the ISM
+    # code are part of the node: a half of the heap, no longer a third.
+    assert used < sim.FIRMWARE_HEAP_BYTES // 2
     node.stop()

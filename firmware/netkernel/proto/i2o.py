@@ -252,3 +252,5 @@ def status_errno(detail_status):
 
 
 MAX_FRAME_BYTES = const(2040)    # a message plus the KIND_I2O_REPLY envelope fits one link frame
+EV_PAYLOAD = const(20)           # unsolicited events (EV_*) are replies too: FLAG_REPLY, w3 = 0,
+                                 # status word (success) at w4, their payload from w5
