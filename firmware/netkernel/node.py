@@ -26,7 +26,8 @@ _MAX_KERNELS = const(4)
 _EINVAL = const(22)
 # Per-kernel memory (RP2040 budget, see boards/sim.py): every kernel has its own reassembly
 # pool, so its default drops from StackConfig's 16 KB to what one 8,000-byte UDP datagram
-# needs (8,028 bytes); the handoff buffer takes one such datagram from another core.
+# needs (8,028 bytes); the handoff buffer (one, shared by the kernels) takes one such
+# datagram from another core.
 _REASM_BYTES = const(8192)
 _HANDOFF_BYTES = const(8192)
 TX_MODE = TX_LOCK      # the default transmit path with several kernels (measured: README)
@@ -69,12 +70,14 @@ class Node:
         self.hw = board.open_hardware()
         self.nic = W5500(self.hw.spi, self.hw.cs, self.hw.rst)
         ring = cfg.get("ring_capacity", 4 if nk == 1 else 8)
+        # Flow entries: every connection the kernels may hold, and some UDP flows.
+        flows = 16 if nk == 1 else nk * stack_config.tcp_max_connections + 16
         self.cores = Cores(self.nic, nk, self.mac, self.ip, cfg["prefix"],
                            parse_ipv4(cfg["gateway"]), stack_config, self.log,
                            tx_mode=cfg.get("tx_mode", TX_MODE),
-                           pool_slots=cfg.get("pool_slots", 3 if nk == 1 else ring * nk + 4),
+                           pool_slots=cfg.get("pool_slots", 0),   # 0: what the rings hold
                            ring_capacity=ring,
-                           flow_capacity=cfg.get("flow_capacity", 16 if nk == 1 else 128),
+                           flow_capacity=cfg.get("flow_capacity", flows),
                            handoff_bytes=cfg.get("handoff_bytes", _HANDOFF_BYTES),
                            tx_slots=cfg.get("tx_slots", 8),
                            idle_us=cfg.get("idle_us", 100),
@@ -174,7 +177,11 @@ class Node:
     def stats_parts(self):
         """name=value texts: sums over kernels under the plain names (rx_frames, tcp_conns,
         tcp.established, ...), each kernel's own under kN., the dispatcher's under disp."""
-        gc.collect()   # so heap_alloc is live memory, not garbage awaiting collection
+        # Heap figures first, after a collection: live memory, neither garbage nor this
+        # report's own text (two kernels' counters take ~60 KB while the report is built).
+        gc.collect()
+        heap_free = gc.mem_free()
+        heap_alloc = gc.mem_alloc()
         d = self.link.deframer
         n = self.nic
         c = self.cores
@@ -191,7 +198,7 @@ class Node:
             "reopens=%d tx_no_room=%d tx_timeouts=%d link_frames=%d link_bad_crc=%d "
             "link_bad_cobs=%d link_too_long=%d link_unknown=%d link_bad_request=%d "
             "link_tx_dropped=%d errors=%d"
-            % (gc.mem_free(), gc.mem_alloc(), n.rx_frames,
+            % (heap_free, heap_alloc, n.rx_frames,
                n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
                d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
                self.link.bad_request, self.link.tx_dropped, errors))
