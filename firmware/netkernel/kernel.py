@@ -207,18 +207,24 @@ class NetKernel:
 
     def counters(self):
         """(name, value) pairs of this kernel and every layer of its stack (allocates)."""
-        out = [("rx_frames", self.rx_frames), ("rx_bytes", self.rx_bytes),
-               ("turns", self.turns), ("tcp_conns", self.stack.tcp.connection_count()),
-               ("kernel_errors", self.errors), ("handoffs_out", self.handoffs_out),
-               ("handoffs_in", self.handoffs_in), ("handoff_busy", self.handoff_busy),
-               ("handoff_too_big", self.handoff_too_big),
-               ("events_dropped", self.events.dropped)]
-        layers = self.stack.counters()
-        for layer in sorted(layers):
-            values = layers[layer]
+        return list(self.iter_counters())
+
+    def iter_counters(self):
+        """counters() one pair at a time (reports: one layer's dict alive at a time)."""
+        yield "rx_frames", self.rx_frames
+        yield "rx_bytes", self.rx_bytes
+        yield "turns", self.turns
+        yield "tcp_conns", self.stack.tcp.connection_count()
+        yield "kernel_errors", self.errors
+        yield "handoffs_out", self.handoffs_out
+        yield "handoffs_in", self.handoffs_in
+        yield "handoff_busy", self.handoff_busy
+        yield "handoff_too_big", self.handoff_too_big
+        yield "events_dropped", self.events.dropped
+        for layer in self.stack.layers():
+            values = self.stack.layer_counters(layer)
             for name in sorted(values):
-                out.append(("%s.%s" % (layer, name), values[name]))
-        return out
+                yield "%s.%s" % (layer, name), values[name]
 
     def stats(self):
         """name=value pairs of this kernel and every layer of its stack (allocates)."""

@@ -175,8 +175,9 @@ class Node:
         return " ".join(self.stats_parts())
 
     def stats_parts(self):
-        """name=value texts: sums over kernels under the plain names (rx_frames, tcp_conns,
-        tcp.established, ...), each kernel's own under kN., the dispatcher's under disp."""
+        """name=value texts, one by one: sums over kernels under the plain names (rx_frames,
+        tcp_conns, tcp.established, ...), each kernel's own under kN., the dispatcher's
+        under disp."""
         # Heap figures first, after a collection: live memory, neither garbage nor this
         # report's own text (two kernels' counters take ~60 KB while the report is built).
         gc.collect()
@@ -185,15 +186,23 @@ class Node:
         d = self.link.deframer
         n = self.nic
         c = self.cores
-        per = [k.counters() for k in self.kernels]
-        sums = {}
-        for counters in per:
-            for name, value in counters:
-                sums[name] = sums.get(name, 0) + value
-        errors = self.errors + sums.get("kernel_errors", 0)
-        parts = ["kernels=%d" % self.nkernels]
-        parts.extend("%s=%d" % (name, sums[name]) for name, _ in per[0])
-        parts.append(
+        # A generator, not a list: the link sends each part as it comes, so only the part
+        # being sent and each kernel's counter walk are alive at a time (a list of the
+        # whole report of two kernels took ~60 KB, more than a busy board has left).
+        yield "kernels=%d" % self.nkernels
+        # Every kernel's stack has the same counters in the same order: sum them in step.
+        walks = [k.iter_counters() for k in self.kernels]
+        errors = self.errors
+        for first in walks[0]:
+            name = first[0]
+            total = first[1]
+            for w in walks[1:]:
+                total += next(w)[1]
+            if name == "kernel_errors":
+                errors += total
+            yield "%s=%d" % (name, total)
+        del walks
+        yield (
             "heap_free=%d heap_alloc=%d nic_rx=%d nic_tx=%d rx_bad_length=%d "
             "reopens=%d tx_no_room=%d tx_timeouts=%d link_frames=%d link_bad_crc=%d "
             "link_bad_cobs=%d link_too_long=%d link_unknown=%d link_bad_request=%d "
@@ -216,14 +225,15 @@ class Node:
                 if f[2] == i:
                     owned += 1
             tx = c.txq.ports[i] if c.txq is not None and i > 0 else None
-            parts.append(
+            yield (
                 "k%d.busy_pct=%d k%d.ring_depth=%d k%d.ring_hwm=%d k%d.flows_owned=%d "
                 "k%d.drop_ring_full=%d k%d.drop_red=%d k%d.idle_sleeps=%d "
                 "k%d.tx_ring_frames=%d k%d.tx_no_slot=%d"
                 % (i, pct, i, k.rx.depth(), i, k.rx.hwm, i, owned, i, c.drop_full[i],
                    i, c.drop_red[i], i, k.idle_sleeps,
                    i, tx.frames if tx else 0, i, tx.no_slot if tx else 0))
-            parts.extend("k%d.%s=%d" % (i, name, value) for name, value in per[i])
+            for name, value in k.iter_counters():
+                yield "k%d.%s=%d" % (i, name, value)
         pool = c.pool
         mine = {"rx_frames": c.rx_frames, "rx_bytes": c.rx_bytes,
                 "drop_no_slot": c.drop_no_slot, "drop_steer": c.drop_steer,
@@ -235,11 +245,10 @@ class Node:
                 "flows": len(flows)}
         for name in sorted(dc):
             if isinstance(dc[name], int):
-                parts.append("disp.%s=%d" % (name, dc[name]))
+                yield "disp.%s=%d" % (name, dc[name])
         for name in sorted(mine):
             if name not in dc:
-                parts.append("disp.%s=%d" % (name, mine[name]))
-        return parts
+                yield "disp.%s=%d" % (name, mine[name])
 
     def flows_text(self):
         """The dispatcher's flow table, one flow per line (KIND_FLOWS_REPLY)."""
@@ -303,7 +312,11 @@ def main(board):
     except KeyboardInterrupt:
         pass
     finally:
-        _log("stats " + node.stats())
+        # One line, written part by part: one string of it all needs ~9 KB in one piece.
+        print("netkernel: stats", end="")
+        for part in node.stats_parts():
+            print(" " + part, end="")
+        print()
         hw = node.hw.counters()
         if hw:
             _log("hw " + " ".join("%s=%d" % kv for kv in sorted(hw.items())))
