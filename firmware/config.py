@@ -4,6 +4,6 @@ IP = "192.168.1.50"
 PREFIX = 24
 GATEWAY = "192.168.1.1"
 MAC = None          # None: 02:xx:xx:xx:xx:xx from machine.unique_id()
-KERNELS = 1         # 2 (one per core) once both fit the heap with room for connections
+KERNELS = 2         # one net kernel per core (1: everything on core 0)
 SERVICES = False    # built-in TCP/UDP echo (7) and discard (9)
 LOG_FRAMES = False  # log one line per received frame on the console

@@ -23,7 +23,7 @@ from micropython import const
 
 from netkernel import wire
 from netkernel.dispatch import ALL_CORES, KEY_LEN, Dispatcher
-from netkernel.kernel import NetKernel
+from netkernel.kernel import Handoff, NetKernel
 from netkernel.rings import FramePool, TxQueue
 
 LOG_OFF = const(0)        # the frame log: nothing, a line per frame, or the line + hex
@@ -47,6 +47,17 @@ _C_DROP_RED = const(4)         # Dispatcher.counters_ index of drop_red
 # Thread control words: [0] run, [1] stopped, shared by core 0 and the thread.
 _RUN = const(0)
 _STOPPED = const(1)
+
+
+def default_pool_slots(ncores, ring_capacity):
+    """Frame slots that every frame the rings can take fits into: kernel 0's ring up to the
+    dispatcher's pause (3/4 full), every other ring up to its early-discard ceiling (15/16)
+    plus the frame its kernel is working on. A slot used by a kernel comes back before the
+    dispatcher drops a frame for want of one (dispatch()), so more slots would only hold
+    frames the W5500's own 16 KB buffer holds for free."""
+    if ncores == 1:
+        return ring_capacity * 3 // 4
+    return ring_capacity * 3 // 4 + (ncores - 1) * (ring_capacity * 15 // 16 + 1) + 1
 
 
 class LockedNic:
@@ -140,10 +151,11 @@ class Cores:
         self.disp = Dispatcher(ncores, self.ip, flow_capacity=flow_capacity,
                                ring_capacity=ring_capacity)
         if pool_slots <= 0:
-            pool_slots = ring_capacity * ncores + _RX_BATCH
+            pool_slots = default_pool_slots(ncores, ring_capacity)
         self.pool = FramePool(pool_slots, nic)
         self.txq = TxQueue(ncores, tx_slots, nic) if (tx_mode == TX_RING and ncores > 1) \
             else None
+        self.handoff = Handoff(handoff_bytes) if ncores > 1 else None
         self.kernels = []
         for k in range(ncores):
             if self.txq is not None and k > 0:
@@ -153,7 +165,7 @@ class Cores:
             kern = NetKernel(k, send, mac, ip, prefix, gateway, stack_config,
                              ncores=ncores, ring_capacity=ring_capacity,
                              return_capacity=pool_slots, flow_capacity=flow_capacity,
-                             handoff_bytes=handoff_bytes if ncores > 1 else 0)
+                             handoff=self.handoff)
             kern.pool = self.pool
             kern.disp = self.disp
             nic.views(kern.stack.iface.tx)
@@ -266,6 +278,10 @@ class Cores:
             if ring0.depth() >= stop:
                 return True
             s = pool.take()
+            if s < 0:
+                # Slots other kernels used since this turn began: back first.
+                self._collect_returns()
+                s = pool.take()
             if s < 0:
                 # No slot: the frame is read (the chip must move on) and dropped.
                 if nic.recv_into(self.drop_buf) == 0:

@@ -25,14 +25,31 @@ _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
 _US_PER_S = const(1000000)
 _EVENTS = const(8)
+# Handoff.state: datagram length, 1 = full (set by its producer, cleared by the owner), owner.
+_H_LEN = const(0)
+_H_FULL = const(1)
+_H_CORE = const(2)
+
+
+class Handoff:
+    """One buffer for a datagram reassembled on one core for a flow another core owns,
+    shared by every kernel: producers fill it under ``lock`` (taken with acquire(0), never
+    waited for) only while it is empty; the owner named in state[_H_CORE] empties it."""
+
+    def __init__(self, nbytes):
+        self.buf = bytearray(nbytes)
+        self.state = array("H", bytes(6))
+        self.lock = _thread.allocate_lock()
+
 
 
 class NetKernel:
     def __init__(self, core, send, mac, ip, prefix, gateway, stack_config=None,
                  ncores=1, ring_capacity=16, return_capacity=64, flow_capacity=256,
-                 handoff_bytes=0):
+                 handoff=None):
         """``send(buf, n)``: this core's way to the wire (the NIC, the NIC under the SPI
-        lock, or a TX port to core 0)."""
+        lock, or a TX port to core 0). ``handoff``: the Handoff every kernel shares (several
+        kernels), or None."""
         self.core = core
         self.ncores = ncores
         self.stack = Stack(send, mac, ip, prefix, gateway, stack_config)
@@ -49,10 +66,10 @@ class NetKernel:
         self.disp = None
         self.peers = None         # every kernel, by core number (handoff targets)
         self.closes_direct = False   # kernel 0 tells the dispatcher itself (same core)
-        # Handoff buffer: a datagram reassembled on another core for a flow we own.
-        self.hand_buf = bytearray(handoff_bytes)
-        self.hand_len = array("H", [0, 0])    # [0] length, [1] 1 = full (set by producer)
-        self.hand_lock = _thread.allocate_lock()   # producers only, taken with acquire(0)
+        # A datagram reassembled on another core for a flow we own arrives in the shared
+        # handoff buffer (one for all kernels: 8 KB less per kernel than one each).
+        self.hand = handoff
+        self.hand_state = handoff.state if handoff is not None else array("H", bytes(6))
         self.qkey = bytearray(KEY_LEN)   # this core's own scratch key for _core_for
         self.rx_frames = 0
         self.rx_bytes = 0
@@ -100,7 +117,8 @@ class NetKernel:
                 self.last_error = e
             ret.push(s)
             done += 1
-        if self.hand_len[1]:
+        hs = self.hand_state
+        if hs[_H_FULL] and hs[_H_CORE] == self.core:
             self._take_handoff(now)
         ism = self.ism
         if ism is not None:
@@ -132,22 +150,23 @@ class NetKernel:
                                wire.get16(buf, ip_off + ihl), wire.get16(buf, ip_off + ihl + 2))
         if owner < 0 or owner >= self.ncores or owner == self.core:
             return False
-        target = self.peers[owner]
-        if total > len(target.hand_buf):
+        hand = self.hand
+        if total > len(hand.buf):
             self.handoff_too_big += 1
             return True
-        lock = target.hand_lock
+        lock = hand.lock
         if not lock.acquire(0):           # another core is filling it: never wait
             self.handoff_busy += 1
             return True
-        st = target.hand_len
-        if st[1]:
+        st = hand.state
+        if st[_H_FULL]:
             lock.release()
-            self.handoff_busy += 1        # the owner has not taken the previous one yet
+            self.handoff_busy += 1        # its owner has not taken the previous one yet
             return True
-        wire.copy(target.hand_buf, 0, buf, ip_off, total)
-        st[0] = total
-        st[1] = 1                         # publish after the copy
+        wire.copy(hand.buf, 0, buf, ip_off, total)
+        st[_H_LEN] = total
+        st[_H_CORE] = owner
+        st[_H_FULL] = 1                   # publish after the copy
         lock.release()
         self.handoffs_out += 1
         return True
@@ -155,11 +174,11 @@ class NetKernel:
     @micropython.native
     def _take_handoff(self, now):
         try:
-            self.stack.iface.deliver_handoff(self.hand_buf, 0, self.hand_len[0], now)
+            self.stack.iface.deliver_handoff(self.hand.buf, 0, self.hand_state[_H_LEN], now)
         except Exception:
             self.errors += 1
         self.handoffs_in += 1
-        self.hand_len[1] = 0
+        self.hand_state[_H_FULL] = 0      # free for the next producer (after delivery)
 
     # -- hooks for active open and closed connections -------------------------------------
 
@@ -196,21 +215,27 @@ class NetKernel:
 
     def counters(self):
         """(name, value) pairs of this kernel and every layer of its stack (allocates)."""
-        out = [("rx_frames", self.rx_frames), ("rx_bytes", self.rx_bytes),
-               ("turns", self.turns), ("tcp_conns", self.stack.tcp.connection_count()),
-               ("kernel_errors", self.errors), ("handoffs_out", self.handoffs_out),
-               ("handoffs_in", self.handoffs_in), ("handoff_busy", self.handoff_busy),
-               ("handoff_too_big", self.handoff_too_big),
-               ("events_dropped", self.events.dropped)]
+        return list(self.iter_counters())
+
+    def iter_counters(self):
+        """counters() one pair at a time (reports: one layer's dict alive at a time)."""
+        yield "rx_frames", self.rx_frames
+        yield "rx_bytes", self.rx_bytes
+        yield "turns", self.turns
+        yield "tcp_conns", self.stack.tcp.connection_count()
+        yield "kernel_errors", self.errors
+        yield "handoffs_out", self.handoffs_out
+        yield "handoffs_in", self.handoffs_in
+        yield "handoff_busy", self.handoff_busy
+        yield "handoff_too_big", self.handoff_too_big
+        yield "events_dropped", self.events.dropped
         if self.ism is not None:
             for name, value in self.ism.counters():
-                out.append(("ism." + name, value))
-        layers = self.stack.counters()
-        for layer in sorted(layers):
-            values = layers[layer]
+                yield "ism." + name, value
+        for layer in self.stack.layers():
+            values = self.stack.layer_counters(layer)
             for name in sorted(values):
-                out.append(("%s.%s" % (layer, name), values[name]))
-        return out
+                yield "%s.%s" % (layer, name), values[name]
 
     def stats(self):
         """name=value pairs of this kernel and every layer of its stack (allocates)."""

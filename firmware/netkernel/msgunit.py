@@ -97,8 +97,12 @@ class MsgUnit:
         # EXEC requests served on core 0 (iop << 8 | mfa), one at a time.
         self._exec = SpscRing(pow2_at_least(nkernels * inbound_depth))
         self._cur = _EXEC_NONE
-        self._text = None         # PARAMS_GET: the text left to send
+        self._text = None         # PARAMS_SET: the reply text
         self._text_off = 0
+        self._parts = None        # PARAMS_GET: the report's parts still to come (a generator)
+        self._piece = None        # ... the part being sent, and how much of it went
+        self._piece_off = 0
+        self._sep = 0x20
         self._abort_wait = False  # ADAPTER_RESET: waiting for the ISMs
         self._status = 0
         # Counters (i2o.* in the node's stats).
@@ -438,6 +442,7 @@ class MsgUnit:
             pass
         self._cur = _EXEC_NONE
         self._text = None
+        self._parts = None
         self._abort_wait = False
         self._resetting = False
         self._init_owed = i2o.INIT_OK + 1
@@ -471,10 +476,9 @@ class MsgUnit:
         req = self.in_bufs[iop][mfa]
         fn = i2o.function(req, 0)
         if fn == i2o.F_PARAMS_GET:
-            if self._text is None:
-                self._text = " ".join(self.node.stats_parts()).encode()
-                self._text_off = 0
-            if not self._send_text(req, fn, iop):
+            if self._parts is None:
+                self._start_report(req)
+            if not self._send_report(req, iop):
                 return
         elif fn == i2o.F_PARAMS_SET:
             if self._text is None:
@@ -519,24 +523,61 @@ class MsgUnit:
         self._cur = _EXEC_NONE
         self._return_in(iop, mfa)     # core 0's own return: the ring is the kernel's
 
-    def _send_text(self, req, fn, iop):
-        """PARAMS_GET: the text in as many frames as it needs (MULTIPLE ..., LAST)."""
-        t = self._text
+    def _start_report(self, req):
+        """PARAMS_GET's payload names the group: empty or "stats" (the counters, parts
+        separated by spaces) or "flows" (the flow table, a line per flow)."""
+        n = i2o.size_words(req, 0) * 4 - i2o.PAYLOAD
+        group = bytes(req[i2o.PAYLOAD:i2o.PAYLOAD + n]).rstrip(b"\x00")
+        if group == b"flows":
+            self._parts = iter(self.node.cores.flow_lines())
+            self._sep = 0x0A
+        else:
+            self._parts = self.node.stats_parts()
+            self._sep = 0x20
+        self._piece = None
+        self._piece_off = 0
+
+    def _send_report(self, req, iop):
+        """PARAMS_GET: the report in as many frames as it needs (MULTIPLE ..., LAST), built
+        part by part as frames fill: the whole text of two kernels' counters would need
+        one large block, which a busy board's fragmented heap may not have."""
         room = self.fb - i2o.REPLY_BYTES
         while True:
             m = self.take_out()
             if m < 0:
                 self.out_waits += 1
                 return False
-            o = self._text_off
-            k = len(t) - o
-            last = k <= room
-            if not last:
-                k = room
+            b = self.out_bufs[m]
+            p = OUT_OFF + i2o.REPLY_BYTES
+            n = 0
+            last = False
+            while n < room:
+                piece = self._piece
+                if piece is None:
+                    try:
+                        piece = next(self._parts).encode()
+                    except StopIteration:
+                        last = True
+                        break
+                    self._piece = piece
+                    self._piece_off = 0
+                o = self._piece_off
+                k = len(piece) - o
+                if k > room - n:
+                    k = room - n
+                for i in range(k):
+                    b[p + n + i] = piece[o + i]
+                n += k
+                o += k
+                self._piece_off = o
+                if o == len(piece) and n < room:
+                    b[p + n] = self._sep
+                    n += 1
+                    self._piece = None
             flags = i2o.FLAG_REPLY | (i2o.FLAG_LAST if last else i2o.FLAG_MULTIPLE)
-            self._reply(m, req, iop, flags, i2o.RS_SUCCESS, 0, t, o, k)
-            self._text_off = o + k
+            self._reply(m, req, iop, flags, i2o.RS_SUCCESS, 0, None, 0, n)
             if last:
+                self._parts = None
                 return True
 
     def _reply(self, m, req, iop, flags, rs, detail, data, off, n):
@@ -545,9 +586,10 @@ class MsgUnit:
                        i2o.initiator(req, 0), i2o.TID_EXEC, i2o.function(req, 0))
         i2o.copy_contexts(b, OUT_OFF, req, 0)
         i2o.put_status(b, OUT_OFF, rs, detail)
-        p = OUT_OFF + i2o.REPLY_BYTES
-        for i in range(n):
-            b[p + i] = data[off + i]
+        if data is not None:       # else the caller has written the payload already
+            p = OUT_OFF + i2o.REPLY_BYTES
+            for i in range(n):
+                b[p + i] = data[off + i]
         self.post_out(m, i2o.REPLY_BYTES + n)
 
     def counters(self):

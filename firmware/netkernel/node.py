@@ -28,7 +28,8 @@ _MAX_KERNELS = const(4)
 _EINVAL = const(22)
 # Per-kernel memory (RP2040 budget, see boards/sim.py): every kernel has its own reassembly
 # pool, so its default drops from StackConfig's 16 KB to what one 8,000-byte UDP datagram
-# needs (8,028 bytes); the handoff buffer takes one such datagram from another core.
+# needs (8,028 bytes); the handoff buffer (one, shared by the kernels) takes one such
+# datagram from another core.
 _REASM_BYTES = const(8192)
 _HANDOFF_BYTES = const(8192)
 TX_MODE = TX_LOCK      # the default transmit path with several kernels (measured: README)
@@ -71,12 +72,14 @@ class Node:
         self.hw = board.open_hardware()
         self.nic = W5500(self.hw.spi, self.hw.cs, self.hw.rst)
         ring = cfg.get("ring_capacity", 4 if nk == 1 else 8)
+        # Flow entries: every connection the kernels may hold, and some UDP flows.
+        flows = 16 if nk == 1 else nk * stack_config.tcp_max_connections + 16
         self.cores = Cores(self.nic, nk, self.mac, self.ip, cfg["prefix"],
                            parse_ipv4(cfg["gateway"]), stack_config, self.log,
                            tx_mode=cfg.get("tx_mode", TX_MODE),
-                           pool_slots=cfg.get("pool_slots", 3 if nk == 1 else ring * nk + 4),
+                           pool_slots=cfg.get("pool_slots", 0),   # 0: what the rings hold
                            ring_capacity=ring,
-                           flow_capacity=cfg.get("flow_capacity", 16 if nk == 1 else 128),
+                           flow_capacity=cfg.get("flow_capacity", flows),
                            handoff_bytes=cfg.get("handoff_bytes", _HANDOFF_BYTES),
                            tx_slots=cfg.get("tx_slots", 8),
                            idle_us=cfg.get("idle_us", 100),
@@ -184,30 +187,44 @@ class Node:
         return " ".join(self.stats_parts())
 
     def stats_parts(self):
-        """name=value texts: sums over kernels under the plain names (rx_frames, tcp_conns,
-        tcp.established, ...), each kernel's own under kN., the dispatcher's under disp."""
-        gc.collect()   # so heap_alloc is live memory, not garbage awaiting collection
+        """name=value texts, one by one: sums over kernels under the plain names (rx_frames,
+        tcp_conns, tcp.established, ...), each kernel's own under kN., the dispatcher's
+        under disp."""
+        # Heap figures first, after a collection: live memory, neither garbage nor this
+        # report's own text (two kernels' counters take ~60 KB while the report is built).
+        gc.collect()
+        heap_free = gc.mem_free()
+        heap_alloc = gc.mem_alloc()
         d = self.link.deframer
         n = self.nic
         c = self.cores
-        per = [k.counters() for k in self.kernels]
-        sums = {}
-        for counters in per:
-            for name, value in counters:
-                sums[name] = sums.get(name, 0) + value
-        errors = self.errors + sums.get("kernel_errors", 0)
-        parts = ["kernels=%d" % self.nkernels]
-        parts.extend("%s=%d" % (name, sums[name]) for name, _ in per[0])
-        parts.append(
+        # A generator, not a list: the link sends each part as it comes, so only the part
+        # being sent and each kernel's counter walk are alive at a time (a list of the
+        # whole report of two kernels took ~60 KB, more than a busy board has left).
+        yield "kernels=%d" % self.nkernels
+        # Every kernel's stack has the same counters in the same order: sum them in step.
+        walks = [k.iter_counters() for k in self.kernels]
+        errors = self.errors
+        for first in walks[0]:
+            name = first[0]
+            total = first[1]
+            for w in walks[1:]:
+                total += next(w)[1]
+            if name == "kernel_errors":
+                errors += total
+            yield "%s=%d" % (name, total)
+        del walks
+        yield (
             "heap_free=%d heap_alloc=%d nic_rx=%d nic_tx=%d rx_bad_length=%d "
             "reopens=%d tx_no_room=%d tx_timeouts=%d link_frames=%d link_bad_crc=%d "
             "link_bad_cobs=%d link_too_long=%d link_unknown=%d link_bad_request=%d "
             "link_tx_dropped=%d errors=%d"
-            % (gc.mem_free(), gc.mem_alloc(), n.rx_frames,
+            % (heap_free, heap_alloc, n.rx_frames,
                n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
                d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
                self.link.bad_request, self.link.tx_dropped, errors))
-        parts.extend("i2o.%s=%d" % kv for kv in self.msgunit.counters())
+        for kv in self.msgunit.counters():
+            yield "i2o.%s=%d" % kv
         flows = self.disp.flows()
         now = time.ticks_us()
         elapsed = time.ticks_diff(now, self._busy_at) or 1
@@ -222,14 +239,15 @@ class Node:
                 if f[2] == i:
                     owned += 1
             tx = c.txq.ports[i] if c.txq is not None and i > 0 else None
-            parts.append(
+            yield (
                 "k%d.busy_pct=%d k%d.ring_depth=%d k%d.ring_hwm=%d k%d.flows_owned=%d "
                 "k%d.drop_ring_full=%d k%d.drop_red=%d k%d.idle_sleeps=%d "
                 "k%d.tx_ring_frames=%d k%d.tx_no_slot=%d"
                 % (i, pct, i, k.rx.depth(), i, k.rx.hwm, i, owned, i, c.drop_full[i],
                    i, c.drop_red[i], i, k.idle_sleeps,
                    i, tx.frames if tx else 0, i, tx.no_slot if tx else 0))
-            parts.extend("k%d.%s=%d" % (i, name, value) for name, value in per[i])
+            for name, value in k.iter_counters():
+                yield "k%d.%s=%d" % (i, name, value)
         pool = c.pool
         mine = {"rx_frames": c.rx_frames, "rx_bytes": c.rx_bytes,
                 "drop_no_slot": c.drop_no_slot, "drop_steer": c.drop_steer,
@@ -241,11 +259,10 @@ class Node:
                 "flows": len(flows)}
         for name in sorted(dc):
             if isinstance(dc[name], int):
-                parts.append("disp.%s=%d" % (name, dc[name]))
+                yield "disp.%s=%d" % (name, dc[name])
         for name in sorted(mine):
             if name not in dc:
-                parts.append("disp.%s=%d" % (name, mine[name]))
-        return parts
+                yield "disp.%s=%d" % (name, mine[name])
 
     def flows_text(self):
         """The dispatcher's flow table, one flow per line (KIND_FLOWS_REPLY)."""
@@ -309,7 +326,11 @@ def main(board):
     except KeyboardInterrupt:
         pass
     finally:
-        _log("stats " + node.stats())
+        # One line, written part by part: one string of it all needs ~9 KB in one piece.
+        print("netkernel: stats", end="")
+        for part in node.stats_parts():
+            print(" " + part, end="")
+        print()
         hw = node.hw.counters()
         if hw:
             _log("hw " + " ".join("%s=%d" % kv for kv in sorted(hw.items())))

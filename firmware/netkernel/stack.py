@@ -72,11 +72,22 @@ class Stack:
 
     def counters(self):
         """Every layer's counters, by layer (allocates: for reports, not per packet)."""
-        return {
-            "eth": self.iface.eth_counters(),
-            "arp": self.iface.arp_counters(),
-            "ip": self.iface.ip_counters(),
-            "icmp": self.iface.icmp_counters(),
-            "udp": self.udp.counters(),
-            "tcp": self.tcp.counters(),
-        }
+        return {layer: self.layer_counters(layer) for layer in self.layers()}
+
+    def layers(self):
+        """The layers' names, sorted."""
+        return ("arp", "eth", "icmp", "ip", "tcp", "udp")
+
+    def layer_counters(self, layer):
+        """One layer's counters (a new dict: a report can take them a layer at a time)."""
+        if layer == "eth":
+            return self.iface.eth_counters()
+        if layer == "arp":
+            return self.iface.arp_counters()
+        if layer == "ip":
+            return self.iface.ip_counters()
+        if layer == "icmp":
+            return self.iface.icmp_counters()
+        if layer == "udp":
+            return self.udp.counters()
+        return self.tcp.counters()

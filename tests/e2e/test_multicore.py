@@ -582,3 +582,39 @@ def test_new_hash_program_moves_new_flows_and_leaves_open_connections(board, ses
         assert not problems, (phases, "\n".join(problems))
     print(f"\nhash program changes: {phases}")
     assert_board_healthy(board)
+
+
+# -- 7. the default board: two kernels in the RP2040-sized heap -----------------------------
+
+DEFAULT_BOARD_CONNS = 6        # concurrent echo connections on the default board (>= 4)
+# heap_free floors (bytes), with margin under what the board measures (~138 KB at boot,
+# ~10-12 KB less per open connection on the 64-bit unix port): the I2O host-link pools
+# (~32 KB) and several connections must fit.
+BOOT_HEAP_FREE_MIN = 80 * 1024
+OPEN_HEAP_FREE_MIN = 24 * 1024
+
+
+@pytest.mark.timeout(120)
+def test_default_board_runs_two_kernels_in_the_rp2040_heap_and_serves_concurrent_echo(
+        sim_board):
+    """No --kernels, no --heap: the board boots two kernels in boards/sim.py's HEAP_BYTES
+    and keeps several connections to the echo service open at once on both."""
+    require_netns_privileges()
+    board = sim_board(args=["--no-log-frames"])
+    boot = stats(board)
+    assert boot["kernels"] == 2, boot
+    assert need(boot, "heap_free") >= BOOT_HEAP_FREE_MIN, boot
+    with Session(board) as sess:
+        opened = sess.open(DEFAULT_BOARD_CONNS)
+        echo = sess.echo(20_000)
+        s = stats(board)           # while every connection is still open
+        again = sess.echo(3_000)
+    log.info("opened %s; echo %s, %s", opened, echo, again)
+    owned = per_kernel(s, "flows_owned")
+    print(f"\ndefault board: heap_free {boot['heap_free']} at boot, {s['heap_free']} with "
+          f"{DEFAULT_BOARD_CONNS} connections open (tcp_conns {s.get('tcp_conns')}, "
+          f"per kernel {per_kernel(s, 'tcp_conns')}); flows owned {owned}")
+    assert s["tcp_conns"] >= DEFAULT_BOARD_CONNS, s
+    assert s["heap_free"] >= OPEN_HEAP_FREE_MIN, s
+    assert s["errors"] == 0, s
+    assert_board_healthy(board)

@@ -84,7 +84,7 @@ def test_start_stop_twice_same_name(sim_board):
         exec((rd / "sim_config.py").read_text(), config)
         assert config["NAME"] == name and config["NETIF"] == "w5500"
         assert config["IP"] == "10.77.0.2" and config["PREFIX"] == 24
-        assert config["MAC"] == "02:00:0a:4d:00:02" and config["KERNELS"] == 1
+        assert config["MAC"] == "02:00:0a:4d:00:02" and config["KERNELS"] == 2
         output = board.stop()
         assert_clean_stop(board, output)
 

@@ -85,7 +85,7 @@ def test_a_command_is_required(capsys):
 def test_sim_defaults(root):
     args = cli.build_parser().parse_args(["sim", "--root", str(root)])
     assert (args.netns, args.board_ip, args.peer_ip) == ("ts0", "10.77.0.2/24", "10.77.0.1")
-    assert args.kernels == 1 and args.heap is None and args.mac is None
+    assert args.kernels == 2 and args.heap is None and args.mac is None
     assert args.services is True and args.frame_log == "summary"
     cfg = cli.sim_config_from_args(args)
     assert cfg.name == "ts0" and cfg.board_ns == "ts0-board"
@@ -322,7 +322,7 @@ def test_render_sim_config(root):
     values.pop("__builtins__")
     assert values == {
         "NETIF": "w5500", "USB_FD": 7, "IP": "10.77.0.2", "PREFIX": 24, "PEER": "10.77.0.1",
-        "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 1, "SERVICES": True,
+        "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 2, "SERVICES": True,
         "LOG_FRAMES": True, "HEAP": 294912, "NAME": "ts0", "STACK": {},
     }
     assert 'NETIF = "w5500"\n' in text and "USB_FD = 7\n" in text and "SERVICES = True\n" in text

