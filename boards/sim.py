@@ -17,11 +17,13 @@ NAME = "sim"
 ARCH = None          # runs on the host's MicroPython unix port; nothing to cross-compile
 CORES = 2
 # The heap limit stands for the RP2040's free heap after boot on RPI_PICO (242,304 bytes,
-# reference/rp2.md §7). The unix port is 64-bit and compiles the firmware from source, so the
-# same program takes more heap here (pointers, object headers, compile-time peaks): the
-# firmware's share is scaled by 3/2, an estimate to re-check against a real board. On top
-# comes what the emulated hardware itself holds (32 KB packet memory, registers, its code),
-# measured by tests/firmware/test_sim_board.py at about 38 KB.
+# reference/rp2.md §7), for a board running the firmware frozen into flash
+# (boards/manifest.py): there the code takes no heap. The unix port is 64-bit, so the same
+# data takes more heap here (pointers, object headers): the firmware's share is scaled by
+# 3/2, an estimate to re-check against a real board. On top comes what the emulated
+# hardware itself holds (32 KB packet memory, registers, its code), measured by
+# tests/firmware/test_sim_board.py at about 38 KB. `twinstack sim` adds the heap the
+# firmware's loaded code takes (measured when it starts), since the unix port cannot freeze.
 FIRMWARE_HEAP_BYTES = const(242304)
 EMULATOR_HEAP_BYTES = const(45056)
 HEAP_BYTES = const(408512)   # FIRMWARE_HEAP_BYTES * 3 // 2 + EMULATOR_HEAP_BYTES

@@ -32,6 +32,14 @@ _EINVAL = const(22)
 # datagram from another core.
 _REASM_BYTES = const(8192)
 _HANDOFF_BYTES = const(8192)
+# The I2O pools (RP2040 budget): per IOP 4 inbound frames, 8 outbound frames shared, 1 KB
+# each: 16 KB with two kernels. A board with more heap may raise them in its config.
+_I2O_FRAME_BYTES = const(1024)
+_I2O_INBOUND_DEPTH = const(4)
+_I2O_OUTBOUND_MAX = const(8)
+# Connections per kernel whose TCP rings are made at boot (and reused): they fit however
+# fragmented the heap becomes later.
+_PREALLOCATED_CONNS = const(1)
 TX_MODE = TX_LOCK      # the default transmit path with several kernels (measured: README)
 
 
@@ -66,11 +74,17 @@ class Node:
         self.nkernels = nk
         log = cfg["log_frames"]
         self.log = LOG_HEX if log == "hex" else (LOG_SUMMARY if log else LOG_OFF)
-        stack = {"reasm_max_bytes": _REASM_BYTES}
+        stack = {"reasm_max_bytes": _REASM_BYTES, "tcp_preallocated": _PREALLOCATED_CONNS}
         stack.update(cfg.get("stack", {}))
         stack_config = StackConfig(services=cfg["services"], **stack)
         self.hw = board.open_hardware()
         self.nic = W5500(self.hw.spi, self.hw.cs, self.hw.rst)
+        # The I2O messaging unit (core 0; one socket ISM per kernel is added below, all
+        # before any thread starts). Its frame pools are made first, while the heap still
+        # has large free blocks.
+        self.msgunit = MsgUnit(self, nk, frame_bytes=cfg.get("frame_bytes", _I2O_FRAME_BYTES),
+                               inbound_depth=cfg.get("inbound_depth", _I2O_INBOUND_DEPTH),
+                               outbound_max=cfg.get("outbound_max", _I2O_OUTBOUND_MAX))
         ring = cfg.get("ring_capacity", 4 if nk == 1 else 8)
         # Flow entries: every connection the kernels may hold, and some UDP flows.
         flows = 16 if nk == 1 else nk * stack_config.tcp_max_connections + 16
@@ -88,11 +102,6 @@ class Node:
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
         self.link = HostLink(self.hw.usb(), self)
-        # The I2O messaging unit (core 0) and one socket ISM per kernel, made before any
-        # thread starts.
-        self.msgunit = MsgUnit(self, nk, frame_bytes=cfg.get("frame_bytes", 1024),
-                               inbound_depth=cfg.get("inbound_depth", 8),
-                               outbound_max=cfg.get("outbound_max", 16))
         self.msgunit.link = self.link
         self.link.msgunit = self.msgunit
         for k in self.kernels:

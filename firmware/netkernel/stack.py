@@ -21,6 +21,7 @@ class StackConfig:
         self.tcp_rx_buffer = 4096        # bytes per connection: the most we advertise
         self.tcp_tx_buffer = 4096
         self.tcp_max_connections = 24    # established + handshaking, per stack
+        self.tcp_preallocated = 0        # connections whose rings are made at boot and kept
         self.tcp_syn_backlog = 8         # per listener, SYN-RECEIVED + not yet accepted
         self.tcp_nagle = True
         self.tcp_keepalive_ms = 0        # 0 = off (RFC 1122: off by default)

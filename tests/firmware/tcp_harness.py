@@ -26,6 +26,7 @@ class Config:
         self.tcp_rx_buffer = 4096
         self.tcp_tx_buffer = 4096
         self.tcp_max_connections = 24
+        self.tcp_preallocated = 0
         self.tcp_syn_backlog = 8
         self.tcp_nagle = True
         self.tcp_keepalive_ms = 0

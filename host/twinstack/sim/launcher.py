@@ -237,6 +237,9 @@ class SimConfig:
     entry: Path | None = None  # None: <root>/firmware/main.py
     ready_timeout: float = READY_TIMEOUT_S
     stack: dict[str, int | bool] | None = None  # StackConfig overrides (--stack NAME=VALUE)
+    # True: ``heap`` is the board's budget (boards/sim.py HEAP_BYTES) and the firmware's
+    # compiled code is added to it when the board starts (see :func:`frozen_code_bytes`).
+    heap_is_budget: bool = False
 
     def __post_init__(self) -> None:
         if not self.mac:
@@ -278,6 +281,34 @@ class SimConfig:
 
 # mpy-cross targets for the host CPUs the unix port runs on (native/viper code needs one).
 _MPY_ARCH = {"x86_64": "x64", "amd64": "x64", "i686": "x86", "i386": "x86"}
+
+
+_CODE_PROBE = """\
+import gc
+gc.collect()
+a = gc.mem_alloc()
+import netkernel.node
+gc.collect()
+print("code", gc.mem_alloc() - a)
+"""
+
+
+def frozen_code_bytes(micropython: str, lib: Path) -> int:
+    """The heap the firmware's code takes when MicroPython loads it (``import
+    netkernel.node`` brings in every module), measured with ``micropython`` and ``lib``.
+
+    A real board runs the firmware frozen into flash (boards/manifest.py), where its code
+    takes no heap. The unix port cannot freeze it without being rebuilt, so it loads the
+    .mpy files into its heap; the launcher adds what they take to the board's heap budget,
+    so the simulated board keeps for its data what the real one has.
+    """
+    proc = subprocess.run([micropython, "-X", "heapsize=8M", "-c", _CODE_PROBE],
+                          capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, MICROPYPATH=str(lib)))
+    m = re.search(r"^code (\d+)$", proc.stdout, re.MULTILINE)
+    if proc.returncode != 0 or m is None:
+        raise SimError(f"could not measure the firmware's code size: {proc.stderr.strip()}")
+    return int(m[1])
 
 
 def precompile(root: Path, lib: Path) -> bool:
@@ -365,6 +396,7 @@ def make_config(
         root=root_path, name=name, board_ip=bip, peer_ip=pip, kernels=kernels,
         heap=heap_bytes, services=services, mac=mac_text, log_frames=log_frames,
         entry=entry_path, ready_timeout=ready_timeout, stack=parse_stack_settings(stack),
+        heap_is_budget=heap is None,
     )
 
 
@@ -618,8 +650,15 @@ class SimBoard:
         (rd / "pid").write_text(f"{os.getpid()}\n")
         (rd / "usb").symlink_to(os.ttyname(self._slave))
         (rd / "board.py").write_text(BOARD_PY)
+        compiled = precompile(cfg.root, rd / "lib")
+        if compiled and cfg.heap_is_budget:
+            code = frozen_code_bytes(find_micropython(cfg.root), rd / "lib")
+            cfg.heap += code
+            cfg.heap_is_budget = False      # added once (a RESET restarts with the same)
+            log.info("heap %d bytes: the board's budget + %d bytes of firmware code "
+                     "(frozen into flash on a real board)", cfg.heap, code)
         (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master))
-        if precompile(cfg.root, rd / "lib") and cfg.entry is None:
+        if compiled and cfg.entry is None:
             # MicroPython puts the script's own folder first on sys.path: run main.py from
             # here, or `import netkernel` would find the sources next to firmware/main.py.
             shutil.copyfile(cfg.entry_path, rd / "main.py")
