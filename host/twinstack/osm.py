@@ -865,7 +865,7 @@ class Endpoint:
         self.in_flight = 0
         self.consumed_reports = 0
         self.watchers: list[Callable[[], None]] = []
-        self._connect_req: _Request | None = None
+        self._connect_gen = 0
         self._connect_error: OSError | None = None
 
     def __repr__(self) -> str:
@@ -935,11 +935,14 @@ class Endpoint:
                 raise BlockingIOError(errno.EALREADY, os.strerror(errno.EALREADY))
         if start:
             payload = struct.pack(i2o.CONNECT_FMT, ip, port, local_port, self.credit)
+            with b._lock:
+                self._connect_gen += 1
+                gen = self._connect_gen
             try:
-                self._connect_req = b._request(
-                    self.iop, i2o.F_SOCK_CONNECT, payload, ictx=self.handle,  # type: ignore[arg-type]
-                    timeout=timeout, on_reply=self._connect_done, wait=False,
-                    what=f"connect to {host}:{port}")
+                b._request(self.iop, i2o.F_SOCK_CONNECT, payload,  # type: ignore[arg-type]
+                           ictx=self.handle, timeout=timeout, wait=False,
+                           on_reply=functools.partial(self._connect_done, gen=gen),
+                           what=f"connect to {host}:{port}")
             except BaseException:
                 with b._lock:
                     self.state = NEW
@@ -952,7 +955,7 @@ class Endpoint:
                         f"connect to {host}:{port}")
             except TimeoutError:
                 # The board may still finish: _connect_done aborts what it opens then.
-                self._connect_req = None
+                self._connect_gen += 1
                 self.state = NEW
                 raise
             self._check()
@@ -960,16 +963,16 @@ class Endpoint:
                 err, self._connect_error = self._connect_error, None
                 raise err or oserror(errno.ECONNREFUSED)
 
-    def _connect_done(self, req: _Request) -> None:
+    def _connect_done(self, req: _Request, *, gen: int) -> None:
         b = self.board
         data = req.payload
         handle = struct.unpack_from("<H", data)[0] if len(data) >= 2 else None
-        if req is not self._connect_req or self.closed or self.reset:
+        if gen != self._connect_gen or self.state != CONNECTING or self.closed or self.reset:
+            # A connect the application gave up on: do not leave it open on the board.
             if req.error is None and handle is not None:
                 b._post_nowait(req.iop, i2o.F_SOCK_ABORT,
                                struct.pack(i2o.HANDLE_FMT, handle, 0), reply=True)
             return
-        self._connect_req = None
         if req.error is None and len(data) >= 4:
             handle, lport = struct.unpack_from(i2o.CONNECT_REPLY_FMT, data)
             self.ism = handle

@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import logging
 import select
+import socket
 import threading
 from collections.abc import Callable
 
@@ -152,6 +153,10 @@ class Transport:
         self._on_lost = on_lost
         self._on_batch = on_batch
         self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=_READ_TIMEOUT_S)
+        sock = getattr(self.port, "_socket", None)
+        if sock is not None:
+            # Small messages wait for replies: Nagle + delayed ACK would add 40 ms to each.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._deframer = FastDeframer(self._frame)
         self._wlock = threading.Lock()
         self._closing = False

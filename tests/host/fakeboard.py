@@ -120,6 +120,7 @@ class FakeBoard:
                 conn, _ = self._srv.accept()
             except OSError:
                 return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.drop_link()
             out: queue.Queue[bytes | None] = queue.Queue()
             with self.lock:
