@@ -938,6 +938,14 @@ class Endpoint:
             with b._lock:
                 self._connect_gen += 1
                 gen = self._connect_gen
+                if timeout == 0:
+                    # Non-blocking: the CONNECT waits for a free MFA in the OSM, not here.
+                    b._post_nowait(self.iop, i2o.F_SOCK_CONNECT, payload,  # type: ignore[arg-type]
+                                   ictx=self.handle, reply=True,
+                                   on_reply=functools.partial(self._connect_done, gen=gen))
+            if timeout == 0:
+                b._drain()
+                raise BlockingIOError(errno.EINPROGRESS, os.strerror(errno.EINPROGRESS))
             try:
                 b._request(self.iop, i2o.F_SOCK_CONNECT, payload,  # type: ignore[arg-type]
                            ictx=self.handle, timeout=timeout, wait=False,
@@ -947,8 +955,6 @@ class Endpoint:
                 with b._lock:
                     self.state = NEW
                 raise
-            if timeout == 0:
-                raise BlockingIOError(errno.EINPROGRESS, os.strerror(errno.EINPROGRESS))
         with b._cond:
             try:
                 b._wait(lambda: self.state != CONNECTING or self._broken(), timeout,
