@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BoardTransport", "Server", "open_connection", "start_server"]
 
 _STREAM_LIMIT = 2 ** 16
+_READ_PIECE = 8192
 
 
 class BoardTransport(asyncio.Transport):
@@ -97,19 +98,26 @@ class BoardTransport(asyncio.Transport):
         if self._reading_paused or self._eof_delivered or self._closing:
             return
         ep = self._ep
-        with self._board._lock:
-            reset = ep.reset
-            data = ep.take(len(ep.rx)) if ep.rx else b""
-            eof = not ep.rx and (ep.eof or ep.dead)
-            error = ep.error if not ep.rx else None
-        self._board._drain()
-        if data:
-            self._protocol.data_received(data)  # type: ignore[attr-defined]
+        while True:
+            with self._board._lock:
+                reset = ep.reset
+                # In pieces, so a protocol that pauses takes (and reports) little more.
+                data = ep.take(_READ_PIECE) if ep.rx and not reset else b""
+                more = bool(ep.rx)
+                eof = not ep.rx and (ep.eof or ep.dead)
+                error = ep.error if not ep.rx else None
+            self._board._drain()
+            if data:
+                self._protocol.data_received(data)  # type: ignore[attr-defined]
+            if not more or self._reading_paused or self._lost or self._closing:
+                break
+        if self._lost:
+            return
         if reset:
             self._fatal(ConnectionResetError(reset))
         elif error is not None:
             self._fatal(error)
-        elif eof and not self._lost:
+        elif eof and not more:
             self._eof_delivered = True
             if not self._protocol.eof_received():  # type: ignore[attr-defined]
                 self.close()
