@@ -1222,9 +1222,9 @@ class Endpoint:
                 with b._lock:
                     self.handles[k] = handle
                     b._conns[(k, handle)] = self
-                if port == 0 and len(data) >= 4:
+                if port == 0 and len(data) >= struct.calcsize(i2o.UDP_BIND_REPLY_FMT):
                     # The first IOP picked the port; the others bind the same one.
-                    port = struct.unpack_from("<H", data, 2)[0]
+                    port = struct.unpack_from(i2o.UDP_BIND_REPLY_FMT, data)[1]
             self.local = (self.local[0], port)
         except BaseException:
             with b._lock:

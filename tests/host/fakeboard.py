@@ -524,7 +524,7 @@ class FakeBoard:
             s = self._alloc("udp", iop, ctx, credit)
             s.port = port
             self.udp[(iop, port)] = s
-            return self._reply(msg, struct.pack("<HH", s.handle, port))
+            return self._reply(msg, struct.pack(i2o.UDP_BIND_REPLY_FMT, s.handle, port))
         if fn == i2o.F_PARAMS_GET:
             return self._params_get(msg)
         if fn == i2o.F_PARAMS_SET:

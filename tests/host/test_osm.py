@@ -371,3 +371,46 @@ def test_cli_status_reports_an_unreachable_board(capsys):
     srv.close()
     assert cli.main(["status", f"socket://127.0.0.1:{port}"]) == 1
     assert "twinstack status" in capsys.readouterr().err
+
+
+# -- the transport on other pyserial ports ----------------------------------------------------
+
+def test_transport_over_loop_url():
+    from twinstack.transport import Transport
+
+    got: list[tuple[int, bytes]] = []
+    t = Transport("loop://", lambda kind, body: got.append((kind, body)),
+                  lambda tr, exc: None)
+    t.start()
+    try:
+        t.send(lf.KIND_ECHO_REQUEST, b"\x00abc\x00")
+        t.send(lf.KIND_I2O_FLUSH, bytes(600))
+        wait_for(lambda: len(got) == 2, what="frames back")
+        assert got == [(lf.KIND_ECHO_REQUEST, b"\x00abc\x00"), (lf.KIND_I2O_FLUSH, bytes(600))]
+    finally:
+        t.close()
+
+
+def test_transport_over_a_pty_reports_a_hangup():
+    from twinstack.transport import Transport
+
+    master, slave = os.openpty()
+    got: list[tuple[int, bytes]] = []
+    lost: list[BaseException] = []
+    t = Transport(os.ttyname(slave), lambda kind, body: got.append((kind, body)),
+                  lambda tr, exc: lost.append(exc))
+    os.close(slave)
+    t.start()
+    try:
+        os.write(master, b"garbage" + lf_encode(b"\x16\x01\x00\x00\x00"))
+        wait_for(lambda: got, what="a frame through the pty")
+        assert got == [(lf.KIND_I2O_READY, b"\x01\x00\x00\x00")] and t.errors == 1
+        t.send(lf.KIND_ECHO_REQUEST, b"hi")
+        assert os.read(master, 100) == lf_encode(b"\x01hi")
+        os.close(master)
+        wait_for(lambda: lost, what="the hangup")
+        assert not t.alive
+        with pytest.raises(ConnectionResetError):
+            t.send(lf.KIND_ECHO_REQUEST, b"x")
+    finally:
+        t.close()
