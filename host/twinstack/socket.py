@@ -232,6 +232,15 @@ class Socket:
         """Close a connection with RST (what SO_LINGER 0 does)."""
         self._ep.close(abort=True)
 
+    def __del__(self) -> None:
+        # A forgotten socket must not keep its connection open on the board.
+        ep = getattr(self, "_ep", None)
+        if ep is not None and not ep.closed:
+            try:
+                ep.close()
+            except Exception:  # interpreter shutdown, a dead link
+                pass
+
     def __enter__(self) -> Socket:
         return self
 

@@ -322,3 +322,28 @@ def test_selector_echo_server_loop(board, listener):
     finally:
         stop.set()
         t.join(3)
+
+
+def test_a_connect_that_timed_out_is_aborted_when_the_board_answers(board, listener, fake):
+    fake.pause(0)
+    fake.pause(1)
+    c = board.socket()
+    c.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        c.connect((BOARD, 7000))
+    fake.resume(0)
+    fake.resume(1)
+    wait_for(lambda: fake.received[0x65] == 1, what="the ABORT of the late connection")
+    c.settimeout(3)
+    c.connect((BOARD, 7000))               # the socket can try again
+
+
+def test_a_forgotten_socket_is_closed_on_the_board(board, listener, fake):
+    import gc
+
+    c, s, _ = connected(board, listener)
+    handle = c.endpoint.handle
+    del c
+    gc.collect()
+    assert handle not in board._eps
+    assert s.recv(10) == b""               # the board sent FIN
