@@ -547,6 +547,8 @@ class SocketIsm:
             err = _ENOMEM
         else:
             try:
+                if port == 0:      # any port: the OSM binds the same one on the other IOPs
+                    port = self.udp.ephemeral_port()
                 self.udp.bind(port, self._on_datagram)
             except OSError as e:
                 err = e.args[0]
@@ -560,9 +562,10 @@ class SocketIsm:
         self.port[s] = port
         copy(self.ctx, 8 * s, b, 8, 8)
         self.credit[s] = self._credit(b, i2o.PAYLOAD + 4)
-        r = self._reply(o, b, i2o.RS_SUCCESS, 0, 2)
+        r = self._reply(o, b, i2o.RS_SUCCESS, 0, 4)      # i2o.UDP_BIND_REPLY_FMT
         _p16(r, _OUT + _RP, self._handle_of(s))
-        self._post(o, 2, m)
+        _p16(r, _OUT + _RP + 2, port)
+        self._post(o, 4, m)
         return True
 
     @micropython.native

@@ -586,10 +586,13 @@ class MsgUnit:
                        i2o.initiator(req, 0), i2o.TID_EXEC, i2o.function(req, 0))
         i2o.copy_contexts(b, OUT_OFF, req, 0)
         i2o.put_status(b, OUT_OFF, rs, detail)
+        p = OUT_OFF + i2o.REPLY_BYTES
         if data is not None:       # else the caller has written the payload already
-            p = OUT_OFF + i2o.REPLY_BYTES
             for i in range(n):
                 b[p + i] = data[off + i]
+        while n & 3:               # text is NUL-padded to the word (no stale bytes)
+            b[p + n] = 0
+            n += 1
         self.post_out(m, i2o.REPLY_BYTES + n)
 
     def counters(self):

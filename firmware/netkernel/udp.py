@@ -7,6 +7,7 @@
 # header in the interface's tx frame and lets send_ipv4 copy (and fragment) the payload and
 # compute the checksum, which we always send.
 import errno
+import os
 
 import micropython
 from micropython import const
@@ -17,6 +18,8 @@ from netkernel.iface import L4_OFF
 _HLEN = const(8)
 _PROTO_UDP = const(17)
 _MAX_PAYLOAD = const(65507)    # 65535 - 20 (IPv4) - 8 (UDP)
+_EPHEMERAL_LO = const(49152)
+_EPHEMERAL_SPAN = const(16384)
 
 
 class Udp:
@@ -38,6 +41,16 @@ class Udp:
         if port in self._handlers:
             raise OSError(errno.EADDRINUSE)
         self._handlers[port] = handler
+
+    def ephemeral_port(self):
+        """A port no handler has, from the dynamic range (RFC 6335), starting at random."""
+        r = os.urandom(2)
+        start = (r[0] << 8 | r[1]) % _EPHEMERAL_SPAN
+        for i in range(_EPHEMERAL_SPAN):
+            port = _EPHEMERAL_LO + (start + i) % _EPHEMERAL_SPAN
+            if port not in self._handlers:
+                return port
+        raise OSError(errno.EADDRINUSE)
 
     def unbind(self, port):
         self._handlers.pop(port, None)

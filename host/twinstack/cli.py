@@ -4,6 +4,8 @@ Subcommands:
 
 ``twinstack sim``
     run one simulated board in the foreground (see :mod:`twinstack.sim.launcher`).
+``twinstack status URL``
+    bring the board up through the OSM and show its IOPs and per-core counters.
 """
 
 from __future__ import annotations
@@ -119,7 +121,78 @@ def build_parser() -> argparse.ArgumentParser:
     # For testing the launcher only: a stand-in for firmware/main.py (or TWINSTACK_SIM_ENTRY).
     p.add_argument("--entry", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser(
+        "status", help="show a board's IOPs and per-core counters (through the OSM)",
+        description="Open the board at URL, bring up its I2O messaging unit (this resets "
+        "every socket the board had open) and print the state of each IOP (net kernel) "
+        "and the board's counters, one column per core.",
+        epilog="URL: a serial device (/dev/ttyACM1), the simulated board's usb pty "
+        "(/tmp/twinstack/ts0/usb) or socket://host:port", formatter_class=_Formatter,
+        parents=[verbosity],
+    )
+    p.add_argument("url", metavar="URL", help="the board's data port")
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0,
+                   help="give up if the board does not answer (default: %(default)s)")
+    p.set_defaults(func=cmd_status)
     return parser
+
+
+_IOP_STATES = {2: "operational"}
+
+
+def format_status(status: dict, stats: dict[str, int]) -> str:
+    """The text ``twinstack status`` prints: the IOPs, then per-core counters (``kN.name``)
+    as a table with a column per core, then the board-wide counters."""
+    lines = [f"board {status['url']}: {len(status['iops'])} IOPs, epoch {status['epoch']}, "
+             f"{status['inbound_depth']} inbound frames per IOP, {status['frame_bytes']}-byte "
+             f"frames, {status['out_frames']} outbound frames"]
+    lines.append(f"{'iop':>4} {'state':<12} {'sockets':>8} {'max':>5} {'free MFAs':>10}")
+    for st in status["iops"]:
+        state = _IOP_STATES.get(st["state"], str(st["state"]))
+        lines.append(f"{st['iop']:>4} {state:<12} {st['sockets']:>8} {st['max_sockets']:>5} "
+                     f"{st['free_mfas']:>10}")
+    per: dict[str, dict[int, int]] = {}
+    other: list[str] = []
+    for name, value in stats.items():
+        core, dot, rest = name.partition(".")
+        if dot and core[:1] == "k" and core[1:].isdigit():
+            per.setdefault(rest, {})[int(core[1:])] = value
+        else:
+            other.append(f"{name}={value}")
+    if per:
+        cores = sorted({k for values in per.values() for k in values})
+        width = max(len(n) for n in per)
+        lines.append("")
+        lines.append(" ".join([f"{'counter':<{width}}"] + [f"{'k' + str(k):>10}" for k in cores]))
+        for name in sorted(per):
+            lines.append(" ".join([f"{name:<{width}}"] +
+                                  [f"{per[name].get(k, 0):>10}" for k in cores]))
+    if other:
+        lines.append("")
+        line = ""
+        for item in other:
+            if line and len(line) + 1 + len(item) > 88:
+                lines.append(line)
+                line = ""
+            line = f"{line} {item}" if line else item
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace, parser: argparse.ArgumentParser,
+               argv: Sequence[str]) -> int:
+    """``twinstack status URL``: the board's IOPs and counters through the OSM."""
+    from twinstack.osm import connect
+
+    try:
+        with connect(args.url, timeout=args.timeout) as board:
+            text = format_status(board.status(), board.stats())
+    except (OSError, ValueError) as e:
+        print(f"twinstack status: {args.url}: {e}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
 
 
 def sim_config_from_args(args: argparse.Namespace):  # -> twinstack.sim.launcher.SimConfig

@@ -21,6 +21,24 @@ from .proto import linkframe as lf
 log = logging.getLogger(__name__)
 
 
+def format_settings(settings: dict[str, object]) -> str:
+    """The board's settings text ("name=value ...") for :meth:`Link.configure` and
+    :meth:`twinstack.osm.Board.configure`: ``indirection`` may be a list of cores, ``mask``
+    bytes, ``rule`` a (key, core) tuple."""
+    items = []
+    for name, value in settings.items():
+        if name == "indirection" and not isinstance(value, str):
+            value = ",".join(str(int(c)) for c in value)  # type: ignore[attr-defined]
+        elif name == "mask" and isinstance(value, (bytes, bytearray)):
+            value = bytes(value).hex()
+        elif name == "rule" and isinstance(value, tuple):
+            key, core = value
+            key = bytes(key).hex() if isinstance(key, (bytes, bytearray)) else key
+            value = f"{key}:{int(core)}"
+        items.append(f"{name}={value}")
+    return " ".join(items)
+
+
 class LinkTimeout(TimeoutError):
     """No frame arrived in time."""
 
@@ -130,18 +148,7 @@ class Link:
         ``indirection=[0, 1, ...]`` (or "0,1,..."), ``mask=bytes | hex str`` (13 bytes),
         ``rule=(key bytes | hex str, core)``. Returns the board's text; raises OSError
         (errno, text) if the board refused a setting."""
-        items = []
-        for name, value in settings.items():
-            if name == "indirection" and not isinstance(value, str):
-                value = ",".join(str(int(c)) for c in value)  # type: ignore[union-attr]
-            elif name == "mask" and isinstance(value, (bytes, bytearray)):
-                value = bytes(value).hex()
-            elif name == "rule" and isinstance(value, tuple):
-                key, core = value
-                key = bytes(key).hex() if isinstance(key, (bytes, bytearray)) else key
-                value = f"{key}:{int(core)}"
-            items.append(f"{name}={value}")
-        reply = self._request(lf.KIND_CONFIG, " ".join(items).encode(),
+        reply = self._request(lf.KIND_CONFIG, format_settings(settings).encode(),
                               lf.KIND_CONFIG_REPLY, timeout)
         status, text = reply[0], reply[1:].decode(errors="replace")
         if status:

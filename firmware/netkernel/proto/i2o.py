@@ -254,3 +254,8 @@ def status_errno(detail_status):
 MAX_FRAME_BYTES = const(2040)    # a message plus the KIND_I2O_REPLY envelope fits one link frame
 EV_PAYLOAD = const(20)           # unsolicited events (EV_*) are replies too: FLAG_REPLY, w3 = 0,
                                  # status word (success) at w4, their payload from w5
+
+# Added by the host side (OSM): UDP_BIND had no reply layout. After the status word: the
+# ISM handle and the bound port (the port the ISM picked when the request asked for 0; the
+# OSM then binds the same port on the other IOPs). The OSM also accepts the handle alone.
+UDP_BIND_REPLY_FMT = "<HH"
