@@ -143,7 +143,12 @@ class MsgUnit:
 
     @micropython.native
     def post_out(self, m, nbytes):
-        """Send the message of nbytes at OUT_OFF of out_bufs[m] (the pump does it)."""
+        """Send the message of nbytes at OUT_OFF of out_bufs[m] (the pump does it). It goes
+        out as whole words, as its MessageSize says: the pad bytes are zeroed."""
+        b = self.out_bufs[m]
+        while nbytes & 3:
+            b[OUT_OFF + nbytes] = 0
+            nbytes += 1
         self.out_lens[m] = nbytes
         lock = self.lock
         lock.acquire()
@@ -586,13 +591,10 @@ class MsgUnit:
                        i2o.initiator(req, 0), i2o.TID_EXEC, i2o.function(req, 0))
         i2o.copy_contexts(b, OUT_OFF, req, 0)
         i2o.put_status(b, OUT_OFF, rs, detail)
-        p = OUT_OFF + i2o.REPLY_BYTES
         if data is not None:       # else the caller has written the payload already
+            p = OUT_OFF + i2o.REPLY_BYTES
             for i in range(n):
                 b[p + i] = data[off + i]
-        while n & 3:               # text is NUL-padded to the word (no stale bytes)
-            b[p + n] = 0
-            n += 1
         self.post_out(m, i2o.REPLY_BYTES + n)
 
     def counters(self):

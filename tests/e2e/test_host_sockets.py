@@ -176,7 +176,7 @@ def test_connect_out_return_traffic_lands_on_the_opening_core(
 def test_slow_reader_gets_50mb_exact_while_board_heap_stays_flat(
         sim: SimHandle, board: twinstack.Board) -> None:
     total = 50 * 1000 * 1000
-    server = PeerServer(sim, PEER, "serve-stream", "6001", str(total), "--timeout", "600")
+    server = PeerServer(sim, PEER, "--timeout", "600", "serve-stream", "6001", str(total))
     heap: list[int] = []
     paused_samples: list[int] = []
     try:
