@@ -312,3 +312,49 @@ def test_lost_link_raises_connection_reset(sim: SimHandle, board: twinstack.Boar
             s.send(b"x")
     finally:
         server.stop()
+
+
+def test_garbage_and_cut_frames_on_the_link_resync_without_losing_a_message(
+        sim: SimHandle, board: twinstack.Board) -> None:
+    """Noise on the USB line between I2O frames: the board counts it and drops it at the
+    next delimiter; every message before and after arrives, no MFA is lost."""
+    from twinstack.proto import linkframe as lf
+    from twinstack.transport import encode
+
+    server = PeerServer(sim, PEER, "serve-echo", "6005", "60")
+    try:
+        s = board.socket()
+        s.settimeout(10)
+        s.connect((sim.peer_ip, 6005))
+        before = board.stats()
+        transport = board._transport                   # the raw line, for the noise
+        assert transport is not None
+        for i in range(20):
+            msg = f"message {i} ".encode() * 50
+            s.sendall(msg)
+            transport.write(bytes([0x55, 0x00, 0x13, 0x37, 0xFF, 0x01]) * 3)   # garbage
+            cut = encode(bytes([lf.KIND_ECHO_REQUEST]) + b"cut short" * 10)
+            transport.write(cut[: len(cut) // 2])      # a frame cut off mid-way ...
+            transport.write(b"\x00")                   # ... ended by the next delimiter
+            got = b""
+            while len(got) < len(msg):
+                chunk = s.recv(65536)
+                assert chunk, "EOF before the echo"
+                got += chunk
+            assert got == msg
+        s.close()
+        after = board.stats()
+        noise = sum(after[k] - before[k] for k in ("link_bad_crc", "link_bad_cobs"))
+        assert noise >= 20, {k: after[k] for k in after if k.startswith("link_")}
+        # Every inbound MFA is back with the host once the board has caught up.
+        deadline = time.monotonic() + 5
+        while True:
+            status = board.status()
+            if all(n == status["inbound_depth"] for n in status["host_free_mfas"]) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert all(n == status["inbound_depth"] for n in status["host_free_mfas"]), status
+        assert status["protocol_errors"] == 0, status
+    finally:
+        server.stop()
