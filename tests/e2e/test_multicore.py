@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 
 PEER = Path(__file__).with_name("multicore_peer.py")
 KERNELS = 2
-# The heap: two kernels do not yet leave room for 64 connections in the RP2040-sized budget
-# (about 4 fit; issue 4's memory work is open), so these tests, which judge where frames go
-# and not how much memory that takes, give the board more.
+# The heap: 64 connections do not fit the RP2040-sized budget (about 8-12 do: test 7 below),
+# so these tests, which judge where frames go and not how much memory that takes, give the
+# board more.
 BOARD_ARGS = ["--kernels", str(KERNELS), "--heap", "2M", "--stack", "tcp_max_connections=48",
               "--no-log-frames"]
 ECHO_PORT = 7
