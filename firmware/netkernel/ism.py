@@ -127,16 +127,18 @@ class SocketIsm:
         self.out_waits = 0
         self.resets = 0
         self.lost_replies = 0
+        self.errors = 0
 
     # -- the turn -------------------------------------------------------------------------
 
     @micropython.native
     def turn(self, now):
         mu = self.mu
-        req = mu.ctl[self.iop]
-        if req != 0:
-            self._reset(req == mu_mod.REQ_INIT)
-            mu.ctl[self.iop] = 0
+        k = self.iop
+        seq = mu.ctl_seq[k]
+        if seq != mu.ctl_ack[k]:
+            self._reset(mu.ctl[k] == mu_mod.REQ_INIT)
+            mu.ctl_ack[k] = seq
         if not mu.ready:
             return
         ring = self.inring
@@ -148,7 +150,14 @@ class SocketIsm:
                 if m < 0:
                     break
                 self.cur = m
-            if not self._handle(m, now):
+            try:
+                handled = self._handle(m, now)
+            except Exception as e:     # a bug must not replay this message turn after turn
+                self.errors += 1
+                self.kernel.last_error = e
+                self._give(m)
+                handled = True
+            if not handled:
                 self.out_waits += 1
                 break
             self.cur = -1
@@ -335,6 +344,10 @@ class SocketIsm:
             self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(e.args[0]), 0)
             self._post(o, 0, m)
             return True
+        except MemoryError:
+            self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(_ENOMEM), 0)
+            self._post(o, 0, m)
+            return True
         except ValueError:
             self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.DS_BAD_KEY, 0)
             self._post(o, 0, m)
@@ -366,6 +379,8 @@ class SocketIsm:
                                         _g16(b, i2o.PAYLOAD + 6))
             except OSError as e:
                 err = e.args[0]
+            except MemoryError:
+                err = _ENOMEM
         if err:
             self.connect_failed += 1
             self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(err), 0)
@@ -472,7 +487,11 @@ class SocketIsm:
         if s < 0:
             s = self._slot(h, _K_UDP)
             if s < 0:
-                return self._bad_handle(m, b)
+                # No reply: CONSUMED is a no-reply message, and one that crossed our
+                # EV_CLOSED on the line is no error of the host's.
+                self.bad_handle += 1
+                self._give(m)
+                return True
         c = self.credit[s] + _g32(b, i2o.PAYLOAD + 4)
         self.credit[s] = c if c < _CREDIT_MAX else _CREDIT_MAX
         self._give(m)
@@ -554,6 +573,8 @@ class SocketIsm:
                 err = e.args[0]
             except ValueError:
                 err = 22
+            except MemoryError:
+                err = _ENOMEM
         if err:
             self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(err), 0)
             self._post(o, 0, m)
@@ -850,4 +871,4 @@ class SocketIsm:
                 ("unknown_function", self.unknown_function),
                 ("unknown_target", self.unknown_target), ("credit_waits", self.credit_waits),
                 ("out_waits", self.out_waits), ("resets", self.resets),
-                ("lost_replies", self.lost_replies)]
+                ("lost_replies", self.lost_replies), ("errors", self.errors)]

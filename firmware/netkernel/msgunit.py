@@ -49,6 +49,8 @@ class MsgUnit:
     def __init__(self, node, nkernels, frame_bytes=1024, inbound_depth=8, outbound_max=16):
         if not _MIN_FRAME <= frame_bytes <= i2o.MAX_FRAME_BYTES:
             raise ValueError("frame_bytes must be %d..%d" % (_MIN_FRAME, i2o.MAX_FRAME_BYTES))
+        if frame_bytes & 3:
+            raise ValueError("frame_bytes must be a multiple of 4 (whole words)")
         if not 1 <= inbound_depth <= 255:
             raise ValueError("inbound_depth must be 1..255")
         if not 1 <= outbound_max <= 255:
@@ -71,7 +73,12 @@ class MsgUnit:
         self.ret = [SpscRing(cap) for _ in range(nkernels)]
         self._free_n = bytearray(nkernels)                   # FREE batch being built, per IOP
         self._free_buf = [bytearray(3 + 2 * inbound_depth) for _ in range(nkernels)]
-        self.ctl = bytearray(nkernels)                        # REQ_* per ISM
+        # Requests to the ISMs: core 0 writes ctl[k] (REQ_*) and then bumps ctl_seq[k]; ISM k
+        # alone writes ctl_ack[k] (the sequence it has carried out). One writer per word, so
+        # a request made while the ISM is busy with the previous one is never lost.
+        self.ctl = bytearray(nkernels)
+        self.ctl_seq = bytearray(nkernels)
+        self.ctl_ack = bytearray(nkernels)
         # Outbound.
         self.out_bufs = [bytearray(OUT_OFF + frame_bytes) for _ in range(outbound_max)]
         self.out_lens = array("H", bytes(2 * outbound_max))
@@ -142,6 +149,14 @@ class MsgUnit:
         return m
 
     @micropython.native
+    def request(self, k, req):
+        """Ask ISM k to carry out ``req`` (REQ_INIT, REQ_ABORT) at its next turn (core 0)."""
+        self.ctl[k] = req
+        self.ctl_seq[k] = (self.ctl_seq[k] + 1) & 0xFF     # after ctl: the ISM reads seq first
+
+    def pending_request(self, k):
+        return self.ctl_seq[k] != self.ctl_ack[k]
+
     def post_out(self, m, nbytes):
         """Send the message of nbytes at OUT_OFF of out_bufs[m] (the pump does it). It goes
         out as whole words, as its MessageSize says: the pad bytes are zeroed."""
@@ -323,12 +338,13 @@ class MsgUnit:
             self._init_owed = i2o.INIT_BAD_GRANT + 1
             return
         self._init_grant = grant if grant < self.out_max else self.out_max
-        self._init_bytes = fbytes if fbytes < self.frame_max else self.frame_max
+        # Whole words: messages go out padded to them (post_out).
+        self._init_bytes = (fbytes if fbytes < self.frame_max else self.frame_max) & ~3
         self.credit = credit if credit else _DEFAULT_CREDIT
         self.ready = 0            # no ISM takes a frame until the reset is done
         self._resetting = True
         for k in range(self.niop):
-            self.ctl[k] = REQ_INIT
+            self.request(k, REQ_INIT)
 
     # -- the pump (core 0, once per turn of Node) --------------------------------------------
 
@@ -417,8 +433,10 @@ class MsgUnit:
 
     def _finish_reset(self):
         for k in range(self.niop):
-            if self.ctl[k] != REQ_NONE:
+            if self.pending_request(k):
                 return                # that ISM has not had its turn yet
+        self._fail_n = 0              # FAIL replies owed to the old host are void too
+        self._fail_head = 0
         lock = self.lock
         lock.acquire()
         while self.out_post.pop() >= 0:
@@ -512,11 +530,11 @@ class MsgUnit:
         else:   # ADAPTER_RESET: every ISM aborts all its sockets, then the reply
             if not self._abort_wait:
                 for k in range(self.niop):
-                    if self.ctl[k] == REQ_NONE:
-                        self.ctl[k] = REQ_ABORT
+                    if not self.pending_request(k):
+                        self.request(k, REQ_ABORT)
                 self._abort_wait = True
             for k in range(self.niop):
-                if self.ctl[k] != REQ_NONE:
+                if self.pending_request(k):
                     return
             m = self.take_out()
             if m < 0:

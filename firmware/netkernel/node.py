@@ -32,14 +32,14 @@ _EINVAL = const(22)
 # datagram from another core.
 _REASM_BYTES = const(8192)
 _HANDOFF_BYTES = const(8192)
-# The I2O pools (RP2040 budget): per IOP 4 inbound frames, 8 outbound frames shared, 1 KB
-# each: 16 KB with two kernels. A board with more heap may raise them in its config.
+# The I2O pools (RP2040 budget): per IOP 8 inbound frames, 8 outbound frames shared, 1 KB
+# each: 24 KB with two kernels. A board with more heap may raise them in its config.
 _I2O_FRAME_BYTES = const(1024)
-_I2O_INBOUND_DEPTH = const(4)
+_I2O_INBOUND_DEPTH = const(8)
 _I2O_OUTBOUND_MAX = const(8)
 # Connections per kernel whose TCP rings are made at boot (and reused): they fit however
 # fragmented the heap becomes later.
-_PREALLOCATED_CONNS = const(1)
+_PREALLOCATED_CONNS = const(4)
 TX_MODE = TX_LOCK      # the default transmit path with several kernels (measured: README)
 
 
@@ -130,9 +130,16 @@ class Node:
 
     def run(self):
         """Run until KeyboardInterrupt (Ctrl-C on the REPL, SIGINT on the simulated board)."""
+        # Idle: wait for the host's next bytes (the simulated USB can be polled), at most
+        # 1 ms, so the chip and the kernels' rings get their turn as before.
+        usb = self.hw.usb()
+        idle = getattr(usb, "poll", None)
         while True:
             if not self.turn(time.ticks_ms()):
-                time.sleep_ms(1)
+                if idle is not None:
+                    idle(1)
+                else:
+                    time.sleep_ms(1)
 
     @micropython.native
     def turn(self, now):

@@ -146,6 +146,7 @@ _LS_NONE = const(0)
 _LS_EMBRYONIC = const(1)   # SYN-RECEIVED, counts against the backlog
 _LS_QUEUED = const(2)      # established, waiting for accept()
 
+_SMALL_RING = const(1024)      # a connection's ring when the heap has no larger block
 _EPHEMERAL_LO = const(49152)
 _EPHEMERAL_SPAN = const(16384)
 _COUNTER_MASK = const(0x3FFFFFFF)   # hot counters wrap instead of becoming big ints
@@ -154,7 +155,7 @@ _COUNTER_NAMES = (
     "segs_in", "segs_out", "active_opens", "passive_opens", "established",
     "drop_malformed", "drop_bad_options", "drop_no_socket", "drop_out_of_window",
     "drop_bad_ack", "drop_no_ack", "drop_backlog_full", "drop_max_connections",
-    "drop_no_memory", "drop_ooo_full", "drop_syn_in_syn_rcvd",
+    "drop_no_memory", "drop_ooo_full", "drop_syn_in_syn_rcvd", "small_rings",
     "ooo_segments", "rst_sent", "rst_received", "resets", "challenge_acks",
     "challenge_acks_suppressed", "retransmits", "fast_retransmits", "rto_timeouts",
     "conn_timeouts", "zero_window_probes", "keepalive_probes", "keepalive_timeouts",
@@ -889,8 +890,14 @@ class TcpSocket:
         tcp = self.tcp
         cfg = tcp.config
         self.rx = tcp._take_ring(cfg.tcp_rx_buffer)
-        self.tx = tcp._take_ring(cfg.tcp_tx_buffer)
-        self.asm = Assembler(_OOO_RANGES)
+        try:
+            self.tx = tcp._take_ring(cfg.tcp_tx_buffer)
+            self.asm = Assembler(_OOO_RANGES)
+        except MemoryError:
+            tcp._give_ring(self.rx)       # a kept ring goes back to the pool, not the heap
+            tcp._give_ring(self.tx)
+            self.rx = self.tx = None
+            raise
 
     def _establish(self, now):
         """The handshake completed (our SYN is acked on the caller's _ack_new)."""
@@ -1444,7 +1451,13 @@ class Tcp:
                 rings[i] = rings[self._nrings]
                 rings[self._nrings] = None
                 return r
-        return RingBuffer(size)
+        try:
+            return RingBuffer(size)
+        except MemoryError:
+            # No block that large left (a fragmented heap): a small ring still carries the
+            # connection, slowly, where a refusal would reset it.
+            self.small_rings += 1
+            return RingBuffer(_SMALL_RING)
 
     def _give_ring(self, r):
         """Keep a ring no connection uses any more (up to the pool's size)."""

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_SENDS_IN_FLIGHT = 4         # SEND messages of one connection waiting for their reply
+MAX_SENDS_IN_FLIGHT = 8         # SEND messages of one connection waiting for their reply
 _HANDLE_LIMIT = 1 << 30         # OSM handles stay small ints on the board too
 _TCTX_BIT = 1 << 30
 _TCTX_MASK = _TCTX_BIT - 1
@@ -226,13 +226,13 @@ class Board:
         self.handle_bits = handle_bits
         self.inbound_depth = depth
         self.frame_bytes = frame_bytes
-        self.out_frames = self._want_frames
+        self.out_frames = frames          # what the board uses of the grant (frames 0..M-1)
         self.epoch = epoch
         self.board_version = proto
         self._free = [deque(range(depth)) for _ in range(iops)]
         self._deferred = [deque() for _ in range(iops)]
         self._outbox = []
-        self._out_held = set(range(self._want_frames))
+        self._out_held = set(range(frames))
         self._to_flush = []
         self._pending = {}
         self._eps = {}
@@ -564,7 +564,10 @@ class Board:
             self._bad("short KIND_I2O_FREE")
             return
         iop, count = body[0], body[1]
-        if not self._up or iop >= self.iops:
+        if not self._up:
+            log.debug("KIND_I2O_FREE while not up (a late batch): ignored")
+            return
+        if iop >= self.iops:
             self._bad(f"KIND_I2O_FREE for IOP {iop}")
             return
         free = self._free[iop]
@@ -610,7 +613,11 @@ class Board:
                 ep = self._eps.get(ictx)
                 err = status_error(i2o.req_status(msg, 0), i2o.detail(msg, 0),
                                    f"function 0x{fn:02x}")
-                if ep is not None and err is not None:
+                if fn == i2o.F_SOCK_CONSUMED:
+                    # It crossed the connection's end on the line: not the socket's error.
+                    log.debug("a CONSUMED for a connection that is gone was refused")
+                    return
+                if ep is not None and err is not None and ep.error is None:
                     ep.error = err
                     self._changed(ep)
                     return

@@ -341,7 +341,19 @@ def test_close_and_context_manager(fake):
     assert not board.connected
 
 
-def test_sends_in_flight_are_limited(board, fake):
+def test_sends_in_flight_are_limited():
+    # More inbound frames than one connection may use: the per-connection limit binds.
+    fake = FakeBoard(depth=MAX_SENDS_IN_FLIGHT + 4)
+    board = twinstack.connect(fake.url, timeout=3.0)
+    try:
+        _sends_in_flight_are_limited(board, fake)
+    finally:
+        board.close()
+        fake.close()
+    assert fake.violations == []
+
+
+def _sends_in_flight_are_limited(board, fake):
     srv, c, s = _pair(board)
     fake.pause(c.iop)
     c.settimeout(0.3)
