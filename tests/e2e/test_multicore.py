@@ -587,11 +587,11 @@ def test_new_hash_program_moves_new_flows_and_leaves_open_connections(board, ses
 # -- 7. the default board: two kernels in the RP2040-sized heap -----------------------------
 
 DEFAULT_BOARD_CONNS = 8        # concurrent echo connections on the default board
-# heap_free floors (bytes), with margin under what the board measures (~195 KB at boot with
-# the I2O host-link pools and one connection's rings per kernel allocated; ~10-12 KB less
-# per further connection on the 64-bit unix port).
-BOOT_HEAP_FREE_MIN = 160 * 1024
-OPEN_HEAP_FREE_MIN = 64 * 1024
+# heap_free floors (bytes), with margin under what the board measures (~140 KB at boot with
+# the I2O host-link pools and four connections' rings per kernel allocated; ~3 KB less per
+# connection that uses preallocated rings, ~11 KB for one that needs its own).
+BOOT_HEAP_FREE_MIN = 112 * 1024
+OPEN_HEAP_FREE_MIN = 48 * 1024
 
 
 @pytest.mark.timeout(120)
