@@ -123,7 +123,7 @@ def test_listen_on_both_iops_echo_through_the_host_and_close(sim_board):
     with Link(board.usb_path) as link:
         host = RawHost(link)
         st, proto, _, iops, _, depth, fb, used, _ = host.init()
-        assert (st, proto, iops, depth, fb, used) == (0, 1, 2, 4, 1024, 8)   # node.py defaults
+        assert (st, proto, iops, depth, fb, used) == (0, 1, 2, 8, 1024, 8)   # node.py defaults
         for iop in range(iops):
             m = host.reply(host.post(iop, i2o.F_SOCK_LISTEN,
                                      struct.pack(i2o.LISTEN_FMT, PORT, 4, 4096), ictx=0x77))
