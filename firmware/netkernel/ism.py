@@ -841,6 +841,16 @@ class SocketIsm:
                 self.udp.unbind(self.port[s])
             elif obj is not None:
                 obj.abort()
+                if not drop and k == _K_CONN and self.flags[s] & _F_CONNECTING:
+                    # Its CONNECT is still unanswered: answer it (ECONNABORTED).
+                    o = self.mu.take_out()
+                    if o >= 0:
+                        self._reply(o, self.ctx, i2o.RS_ERROR_NO_DATA,
+                                    i2o.DS_ERRNO + _ECONNABORTED, 0)
+                        self._fix_reply(o, s)
+                        self._post(o, 0, -1)
+                    else:
+                        self.lost_replies += 1
             m = self.head[s]
             while m >= 0:
                 nx = self.nxt[m]

@@ -159,7 +159,7 @@ _COUNTER_NAMES = (
     "ooo_segments", "rst_sent", "rst_received", "resets", "challenge_acks",
     "challenge_acks_suppressed", "retransmits", "fast_retransmits", "rto_timeouts",
     "conn_timeouts", "zero_window_probes", "keepalive_probes", "keepalive_timeouts",
-    "time_wait_reuse", "tx_blocked",
+    "time_wait_reuse", "time_wait_recycled", "tx_blocked",
 )
 
 
@@ -1480,7 +1480,7 @@ class Tcp:
     def connect(self, dst, dst_off, dst_port, now, local_port=0):
         """Active open to dst[dst_off:dst_off+4]:dst_port; the SYN leaves at once."""
         self.now = now
-        if len(self.conns) >= self.config.tcp_max_connections:
+        if len(self.conns) >= self.config.tcp_max_connections and not self._recycle_time_wait():
             raise OSError(_ENOMEM)
         rip = bytes(dst[dst_off:dst_off + 4])
         if local_port == 0:
@@ -1612,7 +1612,7 @@ class Tcp:
         if lsn.embryonic + len(lsn.queue) >= lsn.backlog:
             self.drop_backlog_full += 1
             return
-        if len(self.conns) >= self.config.tcp_max_connections:
+        if len(self.conns) >= self.config.tcp_max_connections and not self._recycle_time_wait():
             self.drop_max_connections += 1
             return
         buf = g.buf
@@ -1695,6 +1695,21 @@ class Tcp:
         return best
 
     # ---- connection setup helpers (may allocate) ----------------------------------------
+
+    def _recycle_time_wait(self):
+        """A full table: end the TIME-WAIT connection closest to its end, so a new one can
+        come in (as Linux does beyond tcp_max_tw_buckets). A server that closes first
+        would otherwise take one connection per slot per 2 MSL. True if one was ended."""
+        best = None
+        for s in self.conns:
+            if s.state == TIME_WAIT and (best is None
+                                         or ticks_diff(s.timer_at, best.timer_at) < 0):
+                best = s
+        if best is None:
+            return False
+        self.time_wait_recycled += 1
+        best._finish(0)
+        return True
 
     def _remove(self, s):
         if self.last is s:

@@ -837,6 +837,14 @@ class Board:
                     else any(k in targets for k in ep.handles)
                 if on:
                     ep.reset = "the board's IOP was quiesced"
+                    # A listener or UDP socket also lives on the IOPs not quiesced: close it
+                    # there, or its port stays taken and its connections keep coming.
+                    for k, h in list(ep.handles.items()):
+                        if k not in targets:
+                            self._conns.pop((k, h), None)
+                            func = i2o.F_SOCK_CLOSE if ep.stream else i2o.F_UDP_CLOSE
+                            self._post_nowait(k, func, struct.pack(i2o.HANDLE_FMT, h, 0),
+                                              reply=True)
                     self._forget(ep)
                     self._changed(ep)
 

@@ -2,7 +2,19 @@
 # RFC 6528 ISNs, ephemeral ports, counters.
 from fwtest import raises
 from netkernel import tcp as T
-from tcp_harness import ACK, FIN, PEER_IP, PSH, RST, SYN, FakeStack, Peer, build, server
+from tcp_harness import (
+    ACK,
+    FIN,
+    PEER_IP,
+    PSH,
+    RST,
+    SYN,
+    FakeStack,
+    Peer,
+    build,
+    server,
+    server_established,
+)
 
 
 def test_rst_for_non_ack_segment_to_closed_port():
@@ -147,3 +159,19 @@ def test_malformed_headers_are_dropped_and_counted():
     assert st.tcp.drop_malformed == 2
     st.tcp.input(bytearray(40), 0, 20, 12, 1000)       # shorter than a header
     assert st.tcp.drop_malformed == 3
+
+
+def test_full_table_recycles_the_oldest_time_wait_connection_for_a_new_one():
+    st, lsn, s, p = server_established(tcp_max_connections=2)
+    s.close()
+    st.tcp.poll(1010)
+    p.take()
+    p.send(FIN | ACK, now=1020)            # the peer's FIN after ours: we are in TIME-WAIT
+    p.take()
+    assert s.state == T.TIME_WAIT and st.tcp.connection_count() == 1
+    Peer(st, port=41001).send(SYN, now=1030)        # fills the table
+    Peer(st, port=41002).send(SYN, now=1031)        # would not fit: TIME-WAIT makes room
+    assert st.tcp.time_wait_recycled == 1 and st.tcp.drop_max_connections == 0
+    assert s.state == T.CLOSED and st.tcp.connection_count() == 2
+    Peer(st, port=41003).send(SYN, now=1032)        # no TIME-WAIT left: refused
+    assert st.tcp.drop_max_connections == 1
