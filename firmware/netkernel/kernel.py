@@ -83,6 +83,11 @@ class NetKernel:
         self.handoff_too_big = 0
         self.busy_s = 0
         self.busy_us = 0
+        # Work core 0 hands this kernel (settings from the host): core 0 writes todo and then
+        # todo_seq[0]; the kernel alone writes todo_seq[1] once it has run it.
+        self.todo = None
+        self.todo_seq = bytearray(2)
+        self.todo_errors = 0
         if ncores > 1:
             iface.handoff = self._handoff
             self.stack.tcp.port_ok = self._port_ok
@@ -120,6 +125,8 @@ class NetKernel:
         hs = self.hand_state
         if hs[_H_FULL] and hs[_H_CORE] == self.core:
             self._take_handoff(now)
+        if self.todo_seq[0] != self.todo_seq[1]:
+            self._run_todo()
         ism = self.ism
         if ism is not None:
             try:
@@ -134,6 +141,32 @@ class NetKernel:
             self.busy_s += 1
         self.busy_us = us
         return ring.depth() > 0
+
+    def run_on_core(self, fn):
+        """(core 0) Have ``fn(kernel)`` run on this kernel's own core: at once for kernel 0,
+        at its next turn for the others. False if an earlier one has not run yet."""
+        if self.core == 0:
+            fn(self)
+            return True
+        seq = self.todo_seq
+        if seq[0] != seq[1]:
+            return False
+        self.todo = fn
+        seq[0] = (seq[0] + 1) & 0xFF          # after todo: the kernel reads seq first
+        return True
+
+    def todo_pending(self):
+        return self.todo_seq[0] != self.todo_seq[1]
+
+    def _run_todo(self):
+        seq = self.todo_seq[0]
+        try:
+            self.todo(self)
+        except Exception as e:      # a bad setting must not stop the core
+            self.todo_errors += 1
+            self.last_error = e
+        self.todo = None
+        self.todo_seq[1] = seq
 
     # -- inter-core handoff of reassembled datagrams --------------------------------------
 

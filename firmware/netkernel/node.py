@@ -19,6 +19,7 @@ from netkernel.cores import LOG_HEX, LOG_OFF, LOG_SUMMARY, TX_LOCK, Cores
 from netkernel.hostlink import HostLink
 from netkernel.ism import SocketIsm
 from netkernel.msgunit import MsgUnit
+from netkernel.services import Services
 from netkernel.stack import StackConfig
 from netkernel.w5500 import W5500, W5500Error
 
@@ -26,6 +27,7 @@ _TICK_MS = const(10)
 _LINK_CHECK_MS = const(500)
 _MAX_KERNELS = const(4)
 _EINVAL = const(22)
+_SETTING_WAIT_MS = const(200)   # how long a setting waits for a kernel to apply the last one
 # Per-kernel memory (RP2040 budget, see boards/sim.py): every kernel has its own reassembly
 # pool, so its default drops from StackConfig's 16 KB to what one 8,000-byte UDP datagram
 # needs (8,028 bytes); the handoff buffer (one, shared by the kernels) takes one such
@@ -55,6 +57,19 @@ def parse_ipv4(text):
     if len(parts) != 4 or not all(0 <= int(p) <= 255 for p in parts):
         raise ValueError("bad IPv4 address: %s" % text)
     return bytes(int(p) for p in parts)
+
+
+def _services_on(kernel):
+    stack = kernel.stack
+    if stack.services is None:
+        stack.services = Services(stack)
+
+
+def _services_off(kernel):
+    stack = kernel.stack
+    if stack.services is not None:
+        stack.services.close()
+        stack.services = None
 
 
 def _log(msg):
@@ -320,8 +335,57 @@ class Node:
             if core < 0 or core >= self.nkernels:
                 raise ValueError("no core %d" % core)
             disp.add_rule(bytes.fromhex(key), core)
+        elif name == "ip":
+            addr, slash, prefix = value.partition("/")
+            iface = self.kernel.stack.iface
+            self._set_address(parse_ipv4(addr), int(prefix) if slash else iface.prefix,
+                              bytes(iface.gateway))
+        elif name == "gateway":
+            iface = self.kernel.stack.iface
+            self._set_address(bytes(iface.ip), iface.prefix, parse_ipv4(value))
+        elif name == "mac":
+            mac = parse_mac(value)
+            if mac[0] & 1:
+                raise ValueError("a multicast MAC address cannot be the board's")
+            self._on_every_core(lambda k: setattr(k.stack.iface, "mac", mac))
+            self.cores.nic.call(self.nic.set_mac, mac)
+            self.mac = mac
+            self.kernel.stack.announce(time.ticks_ms())
+        elif name == "services":
+            if value not in ("on", "off"):
+                raise ValueError("services=on|off")
+            self._on_every_core(_services_on if value == "on" else _services_off)
         else:
             raise ValueError("unknown setting " + name)
+
+    def _on_every_core(self, fn):
+        """Run fn(kernel) on every kernel's own core (kernel 0 now, the others at their next
+        turn): a stack is only ever touched by its own core."""
+        for k in self.kernels:
+            # The previous setting first (a kernel turn is short; settings are rare).
+            deadline = time.ticks_add(time.ticks_ms(), _SETTING_WAIT_MS)
+            while k.todo_pending():
+                if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+                    raise ValueError("busy: kernel %d has not applied the previous setting"
+                                     % k.core)
+                time.sleep_ms(1)
+        for k in self.kernels:
+            k.run_on_core(fn)
+
+    def _set_address(self, ip, prefix, gateway):
+        if not 0 <= prefix <= 32:
+            raise ValueError("prefix must be 0..32")
+
+        def apply(k):
+            iface = k.stack.iface
+            iface.set_address(ip, prefix, gateway)
+            iface.arp.flush()          # neighbours learned on the old subnet
+        self._on_every_core(apply)
+        for i in range(4):
+            self.disp.ip[i] = ip[i]
+        self.ip = bytes(ip)
+        self.cores.ip = self.ip
+        self.kernel.stack.announce(time.ticks_ms())
 
     def stop(self):
         try:

@@ -33,6 +33,15 @@ class Services:
         self.discard_bytes = 0
         self.udp_echoes = 0
 
+    def close(self):
+        """Stop serving: the listeners and the UDP port closed, connections reset."""
+        self._echo.close()
+        self._discard.close()
+        self._stack.udp.unbind(_ECHO_PORT)
+        for sock, _ in self._conns:
+            sock.abort()
+        self._conns = []
+
     @micropython.native
     def _udp_echo(self, buf, off, n, src, src_off, src_port, dst_port, now):
         if src_port < _RESERVED_PORTS:

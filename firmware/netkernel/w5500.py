@@ -214,6 +214,10 @@ class W5500:
     def present(self):
         return self._read8(_VERSIONR, _BSB_COMMON) == _VERSION
 
+    def set_mac(self, mac):
+        """A new source MAC address (SHAR; the MAC filter of socket 0 follows it)."""
+        self._write_from(_SHAR, _BSB_COMMON, mac)
+
     def init(self, mac):
         """Reset the chip, check it is there, set the MAC and open socket 0 in MACRAW mode."""
         self.reset()

@@ -144,10 +144,12 @@ class Link:
         return out
 
     def configure(self, timeout: float = 2.0, **settings: object) -> str:
-        """Change the dispatcher at run time: ``hash="fold"|"toeplitz"``,
+        """Change the board at run time: the dispatcher (``hash="fold"|"toeplitz"``,
         ``indirection=[0, 1, ...]`` (or "0,1,..."), ``mask=bytes | hex str`` (13 bytes),
-        ``rule=(key bytes | hex str, core)``. Returns the board's text; raises OSError
-        (errno, text) if the board refused a setting."""
+        ``rule=(key bytes | hex str, core)``), the address (``ip="10.0.0.2/24"``,
+        ``gateway="10.0.0.1"``, ``mac="02:..."``) and the built-in services
+        (``services="on"|"off"``); each kernel applies them on its own core. Returns the
+        board's text; raises OSError (errno, text) if the board refused a setting."""
         reply = self._request(lf.KIND_CONFIG, format_settings(settings).encode(),
                               lf.KIND_CONFIG_REPLY, timeout)
         status, text = reply[0], reply[1:].decode(errors="replace")

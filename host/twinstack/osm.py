@@ -785,7 +785,7 @@ class Board:
         return out
 
     def configure(self, timeout: float | None = None, **settings: object) -> str:
-        """Change the dispatcher at run time (PARAMS_SET to IOP 0); the settings of
+        """Change the board at run time (PARAMS_SET to IOP 0); the settings of
         :meth:`twinstack.link.Link.configure`. Returns the board's text; raises OSError
         (errno, text) if the board refused a setting."""
         from .link import format_settings

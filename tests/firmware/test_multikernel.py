@@ -359,3 +359,41 @@ def test_flows_and_config_over_the_link():
         assert rig.node.errors == 0
     finally:
         rig.stop()
+
+
+def test_address_mac_and_services_are_set_on_every_kernels_own_core():
+    rig = Rig(services=True)
+    try:
+        node = rig.node
+        k0, k1 = node.kernels
+
+        def applied():
+            return not k0.todo_pending() and not k1.todo_pending()
+
+        assert node.configure("ip=10.77.0.9/16 gateway=10.77.0.254") == (0, "ok ip gateway")
+        assert rig.run(500, applied)
+        for k in node.kernels:
+            iface = k.stack.iface
+            assert bytes(iface.ip) == bytes([10, 77, 0, 9]) and iface.prefix == 16
+            assert bytes(iface.gateway) == bytes([10, 77, 0, 254])
+        assert bytes(node.disp.ip) == bytes([10, 77, 0, 9])
+        status, text = node.configure("mac=02:11:22:33:44:55")
+        assert status == 0, text
+        assert rig.run(500, applied)
+        assert all(k.stack.iface.mac == bytes([2, 0x11, 0x22, 0x33, 0x44, 0x55])
+                   for k in node.kernels)
+        assert node.configure("services=off")[0] == 0
+        assert rig.run(500, applied)
+        got = [(k.stack.services, k.stack.udp.bound(7), k.todo_errors, k.last_error)
+               for k in node.kernels]
+        assert all(k.stack.services is None and not k.stack.udp.bound(7)
+                   for k in node.kernels), got
+        assert node.configure("services=on")[0] == 0
+        assert rig.run(500, applied)
+        assert all(k.stack.services is not None and k.stack.udp.bound(7) for k in node.kernels)
+        for bad in ("ip=10.77.0.300", "mac=03:00:00:00:00:01", "services=maybe",
+                    "ip=10.0.0.1/40"):
+            assert node.configure(bad)[0] == 22, bad
+        assert k0.todo_errors == 0 and k1.todo_errors == 0
+    finally:
+        rig.stop()
