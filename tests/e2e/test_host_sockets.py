@@ -212,6 +212,8 @@ def test_slow_reader_gets_50mb_exact_while_board_heap_stays_flat(
         res = server.result(timeout=60)
     assert res["sent"] == total
     samples = heap + paused_samples
+    print(f"\nslow reader: 50 MB exact; board heap_alloc over {len(samples)} samples "
+          f"{min(samples)}..{max(samples)} (spread {max(samples) - min(samples)} bytes)")
     assert len(paused_samples) == 3
     assert max(samples) - min(samples) < 24 * 1024, samples
 
