@@ -55,7 +55,7 @@ def serve_http(usb: str, netns: str, board_ip: str) -> None:
         ok = out.stdout.encode() == http.page_body(100_000)
         print(f"  curl http://{board_ip}/page/100000: {len(out.stdout)} bytes, "
               f"{'byte-exact' if ok else 'WRONG'}", flush=True)
-        ab = ns(netns, "ab", "-q", "-n", "200", "-c", "8", f"http://{board_ip}/page/1000",
+        ab = ns(netns, "ab", "-q", "-n", "100", "-c", "4", f"http://{board_ip}/page/1000",
                 timeout=120).stdout
         for line in ab.splitlines():
             if line.startswith(("Complete requests", "Failed requests", "Requests per")):
