@@ -5,7 +5,7 @@ TwinStack sockets over the board's USB link, clients in the namespace.
 figure                      unit       how
 ==========================  =========  ====================================================
 e2e.http_req_per_s          req/s      ``ab -n 400 -c 8`` (keep-alive off) in the namespace
-                                       against host/examples/http_server.py on the host,
+                                       against twinstack.examples.http_server on the host,
                                        1,000-byte pages; 0 failed requests required
 e2e.bulk_to_host_mbps       MB/s       20 MiB from the namespace (``bench.py client bulk``)
                                        into a host application reading a board socket, from
@@ -21,7 +21,6 @@ The board is a default one (``twinstack sim`` as a user starts it).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import subprocess
@@ -32,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
 HTTP_REQUESTS = 400
 HTTP_CONCURRENCY = 8
 HTTP_PAGE = 1000
@@ -42,15 +40,6 @@ HOST_PORT_BULK = 6100
 SINK_PORT = 6101
 
 log = logging.getLogger("bench")
-
-
-def load_http_example() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "twinstack_http_example", ROOT / "host" / "examples" / "http_server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def client_sink(port: int, timeout: float) -> dict[str, Any]:
@@ -72,7 +61,8 @@ def client_sink(port: int, timeout: float) -> dict[str, Any]:
 
 
 def measure_http(board: Any, osm: Any) -> dict[str, Any]:
-    http = load_http_example()
+    from twinstack.examples import http_server as http
+
     with http.TwinHTTPServer(osm, HOST_PORT_HTTP) as server:
         t = threading.Thread(target=server.serve_forever, daemon=True)
         t.start()

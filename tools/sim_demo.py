@@ -8,7 +8,7 @@
    discard services.
 3. The host opens the board's USB (the pty) like /dev/ttyACM1, reads the board's counters,
    and has the board open a TCP connection to a server in the namespace.
-4. A host application serves HTTP on TwinStack sockets (host/examples/http_server.py: the
+4. A host application serves HTTP on TwinStack sockets (twinstack.examples.http_server: the
    OSM brings up the board's I2O queues, the listening socket is replicated to every net
    kernel); curl and ab in the namespace fetch pages through the board; the board's per-core
    counters show which kernels accepted the connections.
@@ -38,15 +38,9 @@ def ns(name: str, *cmd: str, timeout: float = 10) -> subprocess.CompletedProcess
 
 
 def serve_http(usb: str, netns: str, board_ip: str) -> None:
-    import importlib.util
-
     import twinstack
+    from twinstack.examples import http_server as http
 
-    spec = importlib.util.spec_from_file_location(
-        "http_example", ROOT / "host" / "examples" / "http_server.py")
-    assert spec is not None and spec.loader is not None
-    http = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(http)
     with twinstack.connect(usb) as board, http.TwinHTTPServer(board, 80) as server:
         t = threading.Thread(target=server.serve_forever, daemon=True)
         t.start()

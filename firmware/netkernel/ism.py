@@ -134,11 +134,10 @@ class SocketIsm:
     @micropython.native
     def turn(self, now):
         mu = self.mu
-        k = self.iop
-        seq = mu.ctl_seq[k]
-        if seq != mu.ctl_ack[k]:
-            self._reset(mu.ctl[k] == mu_mod.REQ_INIT)
-            mu.ctl_ack[k] = seq
+        box = mu.ctl[self.iop]
+        if box.pending():
+            self._reset(box.take() == mu_mod.REQ_INIT)
+            box.done()
         if not mu.ready:
             return
         ring = self.inring
@@ -276,6 +275,12 @@ class SocketIsm:
         o = self.mu.take_out()
         if o < 0:
             return False
+        return self._refuse(o, b, m, detail)
+
+    @micropython.native
+    def _refuse(self, o, b, m, detail):
+        """Answer request m (in b) in outbound frame o with RS_ERROR_NO_DATA / detail and
+        give its MFA back; True (the request is done)."""
         self._reply(o, b, i2o.RS_ERROR_NO_DATA, detail, 0)
         self._post(o, 0, m)
         return True
@@ -334,24 +339,16 @@ class SocketIsm:
             return False
         s = self._new_slot()
         if s < 0:
-            self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.DS_INSUFFICIENT_RESOURCES, 0)
-            self._post(o, 0, m)
-            return True
+            return self._refuse(o, b, m, i2o.DS_INSUFFICIENT_RESOURCES)
         backlog = _g16(b, i2o.PAYLOAD + 2)
         try:
             lsn = self.tcp.listen(_g16(b, i2o.PAYLOAD), backlog if backlog else None)
         except OSError as e:
-            self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(e.args[0]), 0)
-            self._post(o, 0, m)
-            return True
+            return self._refuse(o, b, m, i2o.errno_status(e.args[0]))
         except MemoryError:
-            self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(_ENOMEM), 0)
-            self._post(o, 0, m)
-            return True
+            return self._refuse(o, b, m, i2o.errno_status(_ENOMEM))
         except ValueError:
-            self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.DS_BAD_KEY, 0)
-            self._post(o, 0, m)
-            return True
+            return self._refuse(o, b, m, i2o.DS_BAD_KEY)
         self.kind[s] = _K_LISTEN
         self.obj[s] = lsn
         copy(self.ctx, 8 * s, b, 8, 8)
@@ -383,9 +380,7 @@ class SocketIsm:
                 err = _ENOMEM
         if err:
             self.connect_failed += 1
-            self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(err), 0)
-            self._post(o, 0, m)
-            return True
+            return self._refuse(o, b, m, i2o.errno_status(err))
         self.mu.untake_out(o)
         self.kind[s] = _K_CONN
         self.flags[s] = _F_CONNECTING
@@ -576,9 +571,7 @@ class SocketIsm:
             except MemoryError:
                 err = _ENOMEM
         if err:
-            self._reply(o, b, i2o.RS_ERROR_NO_DATA, i2o.errno_status(err), 0)
-            self._post(o, 0, m)
-            return True
+            return self._refuse(o, b, m, i2o.errno_status(err))
         self.kind[s] = _K_UDP
         self.port[s] = port
         copy(self.ctx, 8 * s, b, 8, 8)

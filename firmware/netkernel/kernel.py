@@ -17,7 +17,7 @@ from micropython import const
 
 from netkernel import wire
 from netkernel.dispatch import KEY_LEN, _put_key
-from netkernel.rings import EventRing, SpscRing, pow2_at_least
+from netkernel.rings import EventRing, Mailbox, SpscRing, pow2_at_least
 from netkernel.stack import Stack
 
 _BATCH = const(16)
@@ -85,8 +85,7 @@ class NetKernel:
         self.busy_us = 0
         # Work core 0 hands this kernel (settings from the host): core 0 writes todo and then
         # todo_seq[0]; the kernel alone writes todo_seq[1] once it has run it.
-        self.todo = None
-        self.todo_seq = bytearray(2)
+        self.todo = Mailbox()     # work core 0 hands this kernel (settings from the host)
         self.todo_errors = 0
         if ncores > 1:
             iface.handoff = self._handoff
@@ -125,7 +124,7 @@ class NetKernel:
         hs = self.hand_state
         if hs[_H_FULL] and hs[_H_CORE] == self.core:
             self._take_handoff(now)
-        if self.todo_seq[0] != self.todo_seq[1]:
+        if self.todo.pending():
             self._run_todo()
         ism = self.ism
         if ism is not None:
@@ -148,25 +147,22 @@ class NetKernel:
         if self.core == 0:
             fn(self)
             return True
-        seq = self.todo_seq
-        if seq[0] != seq[1]:
+        if self.todo.pending():
             return False
-        self.todo = fn
-        seq[0] = (seq[0] + 1) & 0xFF          # after todo: the kernel reads seq first
+        self.todo.post(fn)
         return True
 
     def todo_pending(self):
-        return self.todo_seq[0] != self.todo_seq[1]
+        return self.todo.pending()
 
     def _run_todo(self):
-        seq = self.todo_seq[0]
+        fn = self.todo.take()
         try:
-            self.todo(self)
+            fn(self)
         except Exception as e:      # a bad setting must not stop the core
             self.todo_errors += 1
             self.last_error = e
-        self.todo = None
-        self.todo_seq[1] = seq
+        self.todo.done()
 
     # -- inter-core handoff of reassembled datagrams --------------------------------------
 

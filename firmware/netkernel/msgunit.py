@@ -11,7 +11,7 @@
 #   has a staging buffer here: an ISM takes an MFA (take_out), writes its message at OUT_OFF
 #   of out_bufs[mfa] and posts it (post_out); the pump sends it as KIND_I2O_REPLY. The 3
 #   bytes before OUT_OFF are the link envelope, so the frame is encoded without a copy.
-# - INIT resets: every ISM aborts its sockets on its own core at its next turn (ctl word);
+# - INIT resets: every ISM aborts its sockets on its own core at its next turn (ctl mailbox);
 #   the pump waits across turns, then frees every inbound MFA, makes the new grant the
 #   outbound free queue and answers. Nothing here blocks.
 # - EXEC requests that need node-wide data (PARAMS_GET/SET) and ADAPTER_RESET are served
@@ -26,7 +26,7 @@ from micropython import const
 
 from netkernel.proto import i2o
 from netkernel.proto import linkframe as lf
-from netkernel.rings import SpscRing, pow2_at_least
+from netkernel.rings import Mailbox, SpscRing, pow2_at_least
 
 OUT_OFF = const(3)             # where a message starts in an outbound staging buffer
 _IN_FREE = const(0)            # inbound MFA states
@@ -39,7 +39,7 @@ _FAIL_SLOTS = const(8)         # FAIL replies waiting for an outbound frame
 _FAIL_REC = const(24)          # reason(1) iop(1) mfa(2) nwords(1) pad(3) words(16)
 _POST_BATCH = const(16)        # outbound frames the pump sends per turn
 _EXEC_NONE = const(-1)
-REQ_NONE = const(0)            # ctl words, core 0 -> ISM: what to do at its next turn
+REQ_NONE = const(0)            # ctl mailboxes, core 0 -> ISM: what to do at its next turn
 REQ_INIT = const(1)            # abort every socket and drop queued inbound messages
 REQ_ABORT = const(2)           # abort every socket (ADAPTER_RESET)
 _DEFAULT_CREDIT = const(16384)
@@ -73,12 +73,8 @@ class MsgUnit:
         self.ret = [SpscRing(cap) for _ in range(nkernels)]
         self._free_n = bytearray(nkernels)                   # FREE batch being built, per IOP
         self._free_buf = [bytearray(3 + 2 * inbound_depth) for _ in range(nkernels)]
-        # Requests to the ISMs: core 0 writes ctl[k] (REQ_*) and then bumps ctl_seq[k]; ISM k
-        # alone writes ctl_ack[k] (the sequence it has carried out). One writer per word, so
-        # a request made while the ISM is busy with the previous one is never lost.
-        self.ctl = bytearray(nkernels)
-        self.ctl_seq = bytearray(nkernels)
-        self.ctl_ack = bytearray(nkernels)
+        # Requests to the ISMs (REQ_*), each carried out on the ISM's own core.
+        self.ctl = [Mailbox() for _ in range(nkernels)]
         # Outbound.
         self.out_bufs = [bytearray(OUT_OFF + frame_bytes) for _ in range(outbound_max)]
         self.out_lens = array("H", bytes(2 * outbound_max))
@@ -149,14 +145,6 @@ class MsgUnit:
         return m
 
     @micropython.native
-    def request(self, k, req):
-        """Ask ISM k to carry out ``req`` (REQ_INIT, REQ_ABORT) at its next turn (core 0)."""
-        self.ctl[k] = req
-        self.ctl_seq[k] = (self.ctl_seq[k] + 1) & 0xFF     # after ctl: the ISM reads seq first
-
-    def pending_request(self, k):
-        return self.ctl_seq[k] != self.ctl_ack[k]
-
     def post_out(self, m, nbytes):
         """Send the message of nbytes at OUT_OFF of out_bufs[m] (the pump does it). It goes
         out as whole words, as its MessageSize says: the pad bytes are zeroed."""
@@ -344,7 +332,7 @@ class MsgUnit:
         self.ready = 0            # no ISM takes a frame until the reset is done
         self._resetting = True
         for k in range(self.niop):
-            self.request(k, REQ_INIT)
+            self.ctl[k].post(REQ_INIT)
 
     # -- the pump (core 0, once per turn of Node) --------------------------------------------
 
@@ -433,7 +421,7 @@ class MsgUnit:
 
     def _finish_reset(self):
         for k in range(self.niop):
-            if self.pending_request(k):
+            if self.ctl[k].pending():
                 return                # that ISM has not had its turn yet
         self._fail_n = 0              # FAIL replies owed to the old host are void too
         self._fail_head = 0
@@ -530,11 +518,11 @@ class MsgUnit:
         else:   # ADAPTER_RESET: every ISM aborts all its sockets, then the reply
             if not self._abort_wait:
                 for k in range(self.niop):
-                    if not self.pending_request(k):
-                        self.request(k, REQ_ABORT)
+                    if not self.ctl[k].pending():
+                        self.ctl[k].post(REQ_ABORT)
                 self._abort_wait = True
             for k in range(self.niop):
-                if self.pending_request(k):
+                if self.ctl[k].pending():
                     return
             m = self.take_out()
             if m < 0:

@@ -102,6 +102,37 @@ class MpscRing(SpscRing):
         return ok
 
 
+class Mailbox:
+    """One request from core 0 to another core, carried out at that core's next turn.
+
+    The sender writes ``request`` and then bumps ``seq[0]``; the receiver alone writes
+    ``seq[1]``, the sequence number it has carried out. One writer per word, so no lock, and
+    a request posted while the receiver is busy with the previous one is never lost (the
+    receiver sees the new number at its next turn)."""
+
+    def __init__(self):
+        self.request = None
+        self.seq = bytearray(2)
+        self._taken = 0           # receiver's own: the number it is carrying out
+
+    def post(self, request):
+        """(sender) Replace the request; it is carried out at the receiver's next turn."""
+        self.request = request
+        self.seq[0] = (self.seq[0] + 1) & 0xFF     # after the request: receivers read seq first
+
+    def pending(self):
+        return self.seq[0] != self.seq[1]
+
+    def take(self):
+        """(receiver) Start on the waiting request (check pending() first) and return it."""
+        self._taken = self.seq[0]
+        return self.request
+
+    def done(self):
+        """(receiver) The request taken is carried out."""
+        self.seq[1] = self._taken
+
+
 class EventRing:
     """SPSC ring of small fixed records: a closed TCP connection (remote ip, ports), sent
     by a kernel to the dispatcher on core 0."""

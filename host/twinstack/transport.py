@@ -8,15 +8,12 @@ CRC-16) and hands each one to a callback, and writes frames under a lock from an
 A lost link (a read or write error, end of file) is reported once through ``on_lost``; the
 transport is dead after that and a new one must be opened.
 
-The framing is the firmware's, but the board's encoder and decoder work a byte at a time
-(they must not allocate); on the host the same format is encoded and decoded with slices and
-:func:`binascii.crc_hqx` (CRC-16/CCITT-FALSE with an initial 0xFFFF), which is many times
-faster. ``tests/host/test_osm.py`` checks both give the same bytes.
+The framing code is the firmware's own file (on CPython it works with slices and
+:func:`binascii.crc_hqx`).
 """
 
 from __future__ import annotations
 
-import binascii
 import logging
 import select
 import socket
@@ -31,110 +28,6 @@ log = logging.getLogger(__name__)
 
 _READ_TIMEOUT_S = 0.05
 _READ_CHUNK = 65536
-# An encoded frame is never longer than this; more bytes without a delimiter are garbage.
-_MAX_ENCODED = lf.encoded_size(lf.MAX_PAYLOAD)
-
-
-def encode(payload: bytes | bytearray | memoryview) -> bytes:
-    """One link frame (leading and trailing 00) for ``payload`` = kind + body."""
-    n = len(payload)
-    if n < 1 or n > lf.MAX_PAYLOAD:
-        raise ValueError(f"link payload must be 1..{lf.MAX_PAYLOAD} bytes")
-    crc = binascii.crc_hqx(payload, 0xFFFF)
-    data = bytes(payload) + bytes((crc >> 8, crc & 0xFF))
-    out = bytearray(b"\x00")
-    for piece in data.split(b"\x00"):
-        # A block holds at most 254 data bytes; a full block (code 0xFF) implies no 00.
-        while len(piece) >= 254:
-            out.append(0xFF)
-            out += piece[:254]
-            piece = piece[254:]
-        out.append(len(piece) + 1)
-        out += piece
-    out.append(0)
-    return bytes(out)
-
-
-class FastDeframer:
-    """The host's decoder for the link framing: same interface and counters as
-    :class:`twinstack.proto.linkframe.Deframer` (``handler(buf, n)`` per good frame,
-    ``bad_crc``, ``bad_cobs``, ``too_long``, ``frames``, ``bytes_in``, ``errors``)."""
-
-    def __init__(self, handler: Callable[[bytes, int], None]) -> None:
-        self._handler = handler
-        self._pending = bytearray()
-        self._skip = False       # inside garbage that grew too long: wait for the next 00
-        self.frames = 0
-        self.bad_crc = 0
-        self.bad_cobs = 0
-        self.too_long = 0
-        self.bytes_in = 0
-
-    def reset(self) -> None:
-        """Forget any partial frame."""
-        self._pending.clear()
-        self._skip = False
-
-    @property
-    def errors(self) -> int:
-        return self.bad_crc + self.bad_cobs + self.too_long
-
-    def feed(self, data: bytes | bytearray, n: int | None = None) -> int:
-        """Decode ``data[:n]``; return the number of good frames delivered."""
-        if n is not None and n != len(data):
-            data = data[:n]
-        self.bytes_in += len(data)
-        pieces = bytes(data).split(b"\x00")
-        got = 0
-        last = len(pieces) - 1
-        for i, piece in enumerate(pieces):
-            if i == last:
-                # No delimiter after it yet: keep it for the next feed.
-                if self._skip:
-                    continue
-                self._pending += piece
-                if len(self._pending) > _MAX_ENCODED:
-                    self.too_long += 1
-                    self._pending.clear()
-                    self._skip = True
-                continue
-            if self._skip:
-                self._skip = False
-                continue
-            if self._pending:
-                piece = bytes(self._pending) + piece
-                self._pending.clear()
-            if piece:
-                got += self._frame(piece)
-        return got
-
-    def _frame(self, enc: bytes) -> int:
-        if len(enc) > _MAX_ENCODED:
-            self.too_long += 1
-            return 0
-        out = bytearray()
-        i = 0
-        n = len(enc)
-        while i < n:
-            code = enc[i]
-            end = i + code
-            if end > n:
-                self.bad_cobs += 1
-                return 0
-            out += enc[i + 1:end]
-            i = end
-            if code != 0xFF and i < n:
-                out.append(0)
-        m = len(out)
-        if m > lf.MAX_PAYLOAD + 2:
-            self.too_long += 1
-            return 0
-        if m < 3 or binascii.crc_hqx(out[:m - 2], 0xFFFF) != (out[m - 2] << 8) | out[m - 1]:
-            self.bad_crc += 1
-            return 0
-        self.frames += 1
-        self._handler(bytes(out), m - 2)
-        return 1
 
 
 class Transport:
@@ -157,7 +50,7 @@ class Transport:
         if sock is not None:
             # Small messages wait for replies: Nagle + delayed ACK would add 40 ms to each.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._deframer = FastDeframer(self._frame)
+        self._deframer = lf.Deframer(self._frame)
         self._wlock = threading.Lock()
         self._closing = False
         self._lost = False
@@ -231,7 +124,7 @@ class Transport:
 
     def send(self, kind: int, *parts: bytes | bytearray | memoryview) -> None:
         """Frame kind + parts and write it; raises ConnectionResetError if the link is lost."""
-        frame = encode(bytes((kind,)) + b"".join(parts))
+        frame = lf.encode(bytes((kind,)) + b"".join(parts))
         self.write(frame)
 
     def write(self, data: bytes) -> None:

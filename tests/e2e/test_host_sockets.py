@@ -9,7 +9,7 @@ Linux kernel's own TCP/IP in the peer namespace (curl, ab, Python sockets in
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import contextlib
 import os
 import re
 import signal
@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import twinstack
 from twinstack import socket as tsocket
+from twinstack.examples import http_server as http
 
-from .conftest import ROOT, PeerServer, SimHandle, require_netns_privileges, run_peer_script
+from .conftest import PeerServer, SimHandle, require_netns_privileges, run_peer_script
 from .host_peer import stream_bytes
 
 pytestmark = pytest.mark.e2e
@@ -31,15 +32,6 @@ pytestmark = pytest.mark.e2e
 PEER = Path(__file__).with_name("host_peer.py")
 BOARD_ARGS = ["--kernels", "2", "--heap", "2M", "--stack", "tcp_max_connections=48",
               "--no-log-frames"]
-
-
-def _load_http_example():
-    spec = importlib.util.spec_from_file_location(
-        "twinstack_http_example", ROOT / "host" / "examples" / "http_server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -60,6 +52,16 @@ def board(sim: SimHandle) -> Iterator[twinstack.Board]:
         b.close()
 
 
+def recv_exact(s: tsocket.Socket, n: int) -> bytes:
+    """n bytes from a board socket (fails on EOF before them)."""
+    got = b""
+    while len(got) < n:
+        chunk = s.recv(65536)
+        assert chunk, f"EOF after {len(got)} of {n} bytes"
+        got += chunk
+    return got
+
+
 def per_core(stats: dict[str, int], name: str, iops: int) -> list[int]:
     return [stats.get(f"k{k}.{name}", 0) for k in range(iops)]
 
@@ -73,7 +75,6 @@ def test_bring_up_reports_both_iops(board: twinstack.Board) -> None:
 
 def test_http_pages_to_curl_and_ab_accepted_on_both_cores(
         sim: SimHandle, board: twinstack.Board) -> None:
-    http = _load_http_example()
     with http.TwinHTTPServer(board, 80) as server:
         t = threading.Thread(target=server.serve_forever, daemon=True)
         t.start()
@@ -115,11 +116,10 @@ def test_asyncio_echo_server_serves_100_concurrent_clients(
         server = await twinstack.aio.start_server(handle, board, "0.0.0.0", 7007)
         stop.append(asyncio.get_running_loop())
         started.set()
+        # Cancelled when the test is over: that ends serving, it is no failure.
         async with server:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await server.serve_forever()
-            except asyncio.CancelledError:
-                pass                      # the test is over: stop serving
 
     t = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     t.start()
@@ -152,12 +152,7 @@ def test_connect_out_return_traffic_lands_on_the_opening_core(
         for i, s in enumerate(socks):
             msg = f"hello {i} ".encode() * 500
             s.sendall(msg)
-            got = b""
-            while len(got) < len(msg):
-                chunk = s.recv(65536)
-                assert chunk, "EOF before the echo"
-                got += chunk
-            assert got == msg
+            assert recv_exact(s, len(msg)) == msg
         after = board.stats()
         for k in range(board.iops):
             assert after[f"k{k}.tcp.active_opens"] - before[f"k{k}.tcp.active_opens"] \
@@ -324,7 +319,6 @@ def test_garbage_and_cut_frames_on_the_link_resync_without_losing_a_message(
     """Noise on the USB line between I2O frames: the board counts it and drops it at the
     next delimiter; every message before and after arrives, no MFA is lost."""
     from twinstack.proto import linkframe as lf
-    from twinstack.transport import encode
 
     server = PeerServer(sim, PEER, "serve-echo", "6005", "60")
     try:
@@ -338,15 +332,10 @@ def test_garbage_and_cut_frames_on_the_link_resync_without_losing_a_message(
             msg = f"message {i} ".encode() * 50
             s.sendall(msg)
             transport.write(bytes([0x55, 0x00, 0x13, 0x37, 0xFF, 0x01]) * 3)   # garbage
-            cut = encode(bytes([lf.KIND_ECHO_REQUEST]) + b"cut short" * 10)
+            cut = lf.encode(bytes([lf.KIND_ECHO_REQUEST]) + b"cut short" * 10)
             transport.write(cut[: len(cut) // 2])      # a frame cut off mid-way ...
             transport.write(b"\x00")                   # ... ended by the next delimiter
-            got = b""
-            while len(got) < len(msg):
-                chunk = s.recv(65536)
-                assert chunk, "EOF before the echo"
-                got += chunk
-            assert got == msg
+            assert recv_exact(s, len(msg)) == msg
         s.close()
         after = board.stats()
         noise = sum(after[k] - before[k] for k in ("link_bad_crc", "link_bad_cobs"))

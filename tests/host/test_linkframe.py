@@ -9,9 +9,7 @@ from twinstack.proto import linkframe as lf
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def encode(payload: bytes) -> bytes:
-    out = bytearray(lf.encoded_size(len(payload)))
-    return bytes(out[: lf.encode_into(payload, len(payload), out)])
+encode = lf.encode
 
 
 def decode(stream: bytes) -> tuple[lf.Deframer, list[bytes]]:

@@ -18,7 +18,6 @@ from twinstack import cli
 from twinstack.osm import MAX_SENDS_IN_FLIGHT
 from twinstack.proto import i2o
 from twinstack.proto import linkframe as lf
-from twinstack.transport import FastDeframer, encode
 
 from tests.host.conftest import wait_for
 from tests.host.fakeboard import FakeBoard
@@ -31,29 +30,29 @@ def lf_encode(payload: bytes) -> bytes:
     return bytes(out[:lf.encode_into(payload, len(payload), out)])
 
 
-# -- the host's link codec is the firmware's format ------------------------------------------
+# -- the link codec on the host (the firmware's own file) ----------------------------------
 
-def test_fast_codec_matches_the_firmware_codec():
+def test_link_codec_round_trips_frames_cut_anywhere():
     payloads = [b"\x01", b"\x00", b"\x00\x00", bytes(range(256)), b"\x05" * 253,
                 b"\x05" * 254, b"\x05" * 255, b"\x05" * 254 + b"\x00", b"\x00" + b"\x07" * 508,
                 bytes(lf.MAX_PAYLOAD)]
     payloads += [os.urandom(n) for n in (1, 2, 3, 100, 500, 2047, 2048)]
     for p in payloads:
-        assert encode(p) == lf_encode(p), p[:8]
+        assert lf.encode(p) == lf_encode(p), p[:8]
     got: list[bytes] = []
-    d = FastDeframer(lambda buf, n: got.append(bytes(buf[:n])))
+    d = lf.Deframer(lambda buf, n: got.append(bytes(buf[:n])))
     stream = b"".join(lf_encode(p) for p in payloads)
     for i in range(0, len(stream), 777):      # cut anywhere
         d.feed(stream[i:i + 777])
     assert got == payloads and d.errors == 0
 
 
-def test_fast_deframer_counts_garbage_like_the_firmware():
+def test_link_deframer_counts_garbage_like_the_firmware():
     good = lf_encode(b"\x10abc")
     bad = bytearray(good)
     bad[3] ^= 0x40
     got: list[bytes] = []
-    d = FastDeframer(lambda buf, n: got.append(bytes(buf[:n])))
+    d = lf.Deframer(lambda buf, n: got.append(bytes(buf[:n])))
     d.feed(bytes(bad) + b"\x01\x02" * 3000 + good + b"\x00\x09\x01\x00" + good)
     assert got == [b"\x10abc", b"\x10abc"]
     assert d.bad_crc == 1 and d.too_long == 1 and d.bad_cobs == 1

@@ -12,8 +12,8 @@
 # Empty frames (00 00) are idle fill and are ignored without counting.
 # On MicroPython the byte loops (CRC, COBS encode, the deframer's feed) are viper code: the
 # board frames every host-link message, and byte-by-byte bytecode costs ~3x more than the
-# USB transfer itself. CPython keeps the plain Python below; both give the same bytes
-# (tests/host/test_linkframe.py checks golden vectors made by each).
+# USB transfer itself. CPython (the host) works with slices, split() and binascii.crc_hqx;
+# both give the same bytes (tests/host/test_linkframe.py checks golden vectors on each).
 try:
     import micropython
     from micropython import const
@@ -59,6 +59,9 @@ def encoded_size(n):
     return n + 2 + (n + 2) // 254 + 1 + 2
 
 
+_MAX_ENCODED = encoded_size(MAX_PAYLOAD)   # more bytes without a 00 are garbage
+
+
 def _crc_table():
     t = array("H", bytes(512))
     for i in range(256):
@@ -69,7 +72,7 @@ def _crc_table():
     return t
 
 
-_CRC_TABLE = _crc_table()
+_CRC_TABLE = _crc_table() if _VIPER else None
 
 
 if _VIPER:
@@ -83,7 +86,7 @@ if _VIPER:
 
     @micropython.viper
     def _cobs_v(payload: ptr8, n: int, out: ptr8, crc: int) -> int:
-        # encode_into's loop, the same steps (see the Python version below).
+        # COBS with the CRC appended: a code byte counts the bytes up to the next 00.
         out[0] = 0
         code_at = 1
         o = 2
@@ -131,53 +134,45 @@ if _VIPER:
             raise ValueError("link frame buffer too small")   # viper does not check
         return _cobs_v(payload, n, out, _crc16_v(payload, n, 0xFFFF, _CRC_TABLE))
 else:
+    # CPython (the host): slices and binascii.crc_hqx (CRC-16/CCITT-FALSE given 0xFFFF),
+    # many times faster than byte-by-byte bytecode; the same bytes as the board's.
+    import binascii
+
     def crc16(buf, n, crc=0xFFFF):
         """CRC-16/CCITT-FALSE of buf[:n] (check value of b"123456789": 0x29B1)."""
-        t = _CRC_TABLE
-        for i in range(n):
-            crc = ((crc << 8) & 0xFF00) ^ t[(crc >> 8) ^ buf[i]]
-        return crc
+        return binascii.crc_hqx(bytes(buf[:n]), crc)
 
     def encode_into(payload, n, out):
         """Frame payload[:n] into ``out``; return the number of bytes to send.
 
-        ``out`` must hold encoded_size(n) bytes. Nothing is allocated.
+        ``out`` must hold encoded_size(n) bytes.
         """
         if n < 1 or n > MAX_PAYLOAD:
             raise ValueError("link payload must be 1..%d bytes" % MAX_PAYLOAD)
-        return _encode_py(payload, n, out)
+        data = bytes(payload[:n])
+        crc = binascii.crc_hqx(data, 0xFFFF)
+        o = 0
+        out[o] = 0
+        o += 1
+        for piece in (data + bytes((crc >> 8, crc & 0xFF))).split(b"\x00"):
+            # A block holds at most 254 data bytes; a full block (code 0xFF) stands for no 00.
+            while len(piece) >= 254:
+                out[o] = 0xFF
+                out[o + 1:o + 255] = piece[:254]
+                o += 255
+                piece = piece[254:]
+            out[o] = len(piece) + 1
+            out[o + 1:o + 1 + len(piece)] = piece
+            o += 1 + len(piece)
+        out[o] = 0
+        return o + 1
 
 
-def _encode_py(payload, n, out):
-    crc = crc16(payload, n)
-    out[0] = 0
-    code_at = 1
-    o = 2
-    code = 1
-    for i in range(n + 2):
-        if i < n:
-            b = payload[i]
-        elif i == n:
-            b = crc >> 8
-        else:
-            b = crc & 0xFF
-        if b == 0:
-            out[code_at] = code
-            code_at = o
-            o += 1
-            code = 1
-        else:
-            out[o] = b
-            o += 1
-            code += 1
-            if code == 0xFF:
-                out[code_at] = code
-                code_at = o
-                o += 1
-                code = 1
-    out[code_at] = code
-    out[o] = 0
-    return o + 1
+def encode(payload):
+    """One whole link frame (leading and trailing 00) for payload = kind + body, as new
+    bytes (for hosts and tests; the board uses encode_into with its own buffer)."""
+    out = bytearray(encoded_size(len(payload)))
+    return bytes(out[:encode_into(payload, len(payload), out)])
 
 
 class Deframer:
@@ -201,6 +196,8 @@ class Deframer:
         self._reset()
 
     def _reset(self):
+        if not _VIPER:
+            self._pending = bytearray()   # CPython: encoded bytes before the next 00
         self._len = 0
         self._left = 0        # bytes left in the current COBS block
         self._zero = False    # a 00 is due before the next block
@@ -210,33 +207,68 @@ class Deframer:
         """Forget any partial frame (e.g. after the link was lost)."""
         self._reset()
 
-    def feed(self, data, n):
-        """Decode data[:n]; return the number of good frames delivered."""
+    def feed(self, data, n=None):
+        """Decode data[:n] (all of data if n is None); return the number of good frames
+        delivered."""
+        if n is None or n > len(data):
+            n = len(data)         # viper does not check bounds
         self.bytes_in += n
         if _VIPER:
-            if n > len(data):
-                n = len(data)     # viper does not check bounds
             return self._feed_v(data, n)
+        return self._feed_split(bytes(data[:n]))
+
+    def _feed_split(self, data):
+        # CPython: cut at the delimiters with split() and decode each frame with slices.
+        pieces = data.split(b"\x00")
         got = 0
-        for i in range(n):
-            b = data[i]
-            if b == 0:
-                got += self._end()
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
+            if i == last:
+                # No delimiter after it yet: kept for the next feed (or garbage skipped).
+                if not self._overflow:
+                    self._pending += piece
+                    if len(self._pending) > _MAX_ENCODED:
+                        self.too_long += 1
+                        self._pending = bytearray()
+                        self._overflow = True
                 continue
             if self._overflow:
+                self._overflow = False      # the garbage ends at this delimiter
                 continue
-            if self._left == 0:
-                # A code byte: the previous block (if short) stood for a 00.
-                if self._zero:
-                    if not self._put(0):
-                        continue
-                self._left = b - 1
-                self._zero = b != 0xFF
-            else:
-                if not self._put(b):
-                    continue
-                self._left -= 1
+            if self._pending:
+                piece = bytes(self._pending) + piece
+                self._pending = bytearray()
+            if piece:
+                got += self._frame_split(piece)
         return got
+
+    def _frame_split(self, enc):
+        if len(enc) > _MAX_ENCODED:
+            self.too_long += 1
+            return 0
+        out = bytearray()
+        i = 0
+        n = len(enc)
+        while i < n:
+            code = enc[i]
+            end = i + code
+            if end > n:
+                self.bad_cobs += 1
+                return 0
+            out += enc[i + 1:end]
+            i = end
+            if code != 0xFF and i < n:
+                out.append(0)
+        m = len(out)
+        if m > self._cap:
+            self.too_long += 1
+            return 0
+        if m < 3 or crc16(out, m - 2) != (out[m - 2] << 8) | out[m - 1]:
+            self.bad_crc += 1
+            return 0
+        self.frames += 1
+        self._handler(bytes(out), m - 2)
+        return 1
 
     if _VIPER:
         @micropython.viper
@@ -291,14 +323,6 @@ class Deframer:
             self._zero = zero
             self._overflow = over
             return got
-
-    def _put(self, b):
-        if self._len >= self._cap:
-            self._overflow = True
-            return False
-        self._buf[self._len] = b
-        self._len += 1
-        return True
 
     def _end(self):
         n = self._len

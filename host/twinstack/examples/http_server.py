@@ -10,7 +10,7 @@ The standard library's :mod:`http.server` request handlers run unchanged over a
 
 HTTP/1.0, one request per connection (keep-alive off). Run it against a board::
 
-    python host/examples/http_server.py /tmp/twinstack/ts/usb --port 80
+    python -m twinstack.examples.http_server /tmp/twinstack/ts/usb --port 80
     ip netns exec ts curl http://10.77.0.2/page/100000 | md5sum
 """
 
@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler
 
 import twinstack
 
-log = logging.getLogger("twinstack.examples.http")
+log = logging.getLogger(__name__)
 
 _PATTERN = bytes(range(32, 127)) + b"\n"
 

@@ -1,0 +1,1 @@
+"""Applications on board sockets: ``python -m twinstack.examples.http_server URL``."""
