@@ -4,6 +4,7 @@
 # `-X heapsize=HEAP_BYTES`.
 import _thread
 import os
+import select
 import time
 
 import micropython
@@ -11,6 +12,7 @@ import sim_config
 from micropython import const
 from simhw.usb import PtyStream
 from simhw.w5500_emulator import W5500Emulator
+from simhw.wake import WakePipe
 from simhw.wire import PacketWire
 
 NAME = "sim"
@@ -58,15 +60,38 @@ class Hardware:
 
     def __init__(self):
         self.wire = PacketWire(sim_config.NETIF)
-        self.chip = W5500Emulator(self.wire, schedule=micropython.schedule)
+        self._wake = WakePipe(*getattr(sim_config, "WAKE_FDS", (-1, -1)))
+        self.chip = W5500Emulator(self.wire, schedule=self._schedule)
         self.wire.attach(self.chip)
         self.spi = self.chip.spi
         self.cs = self.chip.cs
         self.rst = self.chip.rst
         self.intn = self.chip.intn
         self._usb = PtyStream(sim_config.USB_FD)
+        self._idle_poll = self._wake.poller(sim_config.USB_FD)
         self._timers = []
         self.wire.start()
+
+    def _schedule(self, handler, arg):
+        # The INTn edge, from the PHY thread: the handler runs on the main thread, as an
+        # rp2 Pin IRQ runs on core 0, and the idle wait ends at once.
+        try:
+            micropython.schedule(handler, arg)
+        finally:
+            self._wake.set()
+
+    def idle(self, timeout_ms):
+        """Core 0 has nothing to do: wait for USB input or an interrupt, at most
+        timeout_ms (an rp2 board waits for an interrupt the same way)."""
+        hangup = woke = False
+        for fd, ev in self._idle_poll.poll(timeout_ms):
+            if fd != sim_config.USB_FD:
+                self._wake.drain()
+                woke = True
+            elif not ev & select.POLLIN:
+                hangup = True       # no host on the pty: poll() would return at once
+        if hangup and not woke:
+            time.sleep_ms(timeout_ms)
 
     def timer(self, period_ms, callback):
         t = _TickTimer(period_ms, callback)

@@ -23,7 +23,10 @@ scale.bulk16_mbps_1k        MB/s       a board started with ``--kernels 1``: 16 
                                        FIN from the board
 scale.bulk16_mbps_2k        MB/s       the same on a board started with ``--kernels 2``
 scale.ratio_2k_1k           x          bulk16_mbps_2k / bulk16_mbps_1k (target 1.85, the
-                                       limit is 2.0)
+                                       limit is 2.0); its details give the share of the
+                                       1-kernel run's busy time spent on chip I/O
+                                       (serial: one SPI bus) and the bound that puts on
+                                       the ratio (Amdahl: 1 / (s + (1 - s) / 2))
 scale.conn_per_s_2k         conn/s     ``--kernels 2``: 400 connections to echo, 8 clients
                                        in parallel each connecting, echoing 100 bytes and
                                        closing one after another
@@ -757,6 +760,11 @@ def kernel_split(before: Mapping[str, int], after: Mapping[str, int],
     for name in ("disp.drop_red", "disp.redirects"):
         if name in after:
             out[name] = after[name] - before.get(name, 0)
+    # Shares of the run's wall time (the board reports them since its previous report,
+    # which is `before`): the dispatcher, the chip's SPI I/O of every core, core 0 idle.
+    for name in ("disp.busy_pct", "nic.io_pct", "core0.idle_pct"):
+        if name in after:
+            out[name] = after[name]
     return out
 
 
@@ -851,8 +859,21 @@ def scale_figures(measured: Mapping[int, Mapping[str, dict[str, Any]]],
             board_cpu_share_1k=a.get("board_cpu_share"),
             board_cpu_share_2k=b.get("board_cpu_share"),
             machine_busy_cores_1k=a.get("machine_busy_cores"),
-            machine_busy_cores_2k=b.get("machine_busy_cores"))
+            machine_busy_cores_2k=b.get("machine_busy_cores"),
+            **serial_limit(a.get("per_kernel") or {}))
     return out
+
+
+def serial_limit(one_kernel: Mapping[str, Any]) -> dict[str, Any]:
+    """Amdahl's bound on the 2-kernel ratio from the 1-kernel run: the share of core 0's
+    busy time spent on the chip's SPI I/O (one chip, one bus: it cannot run on two cores at
+    once) and 1 / (s + (1 - s) / 2). Empty if the board did not report the shares."""
+    io, idle = one_kernel.get("nic.io_pct"), one_kernel.get("core0.idle_pct")
+    if io is None or idle is None or idle >= 100:
+        return {}
+    share = min(1.0, io / (100 - idle))
+    return {"chip_io_share_1k": round(share, 3),
+            "serial_limit_2k": round(1 / (share + (1 - share) / 2), 3)}
 
 
 def run_scale(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:

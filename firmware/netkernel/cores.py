@@ -16,12 +16,13 @@
 # on a lock for longer than one SPI transaction of the other core, no lock is taken twice.
 import _thread
 from array import array
-from time import sleep_us, ticks_ms
+from time import sleep_us, ticks_ms, ticks_us
 
 import micropython
 from micropython import const
 
 from netkernel import wire
+from netkernel.busy import BusyTime
 from netkernel.dispatch import ALL_CORES, KEY_LEN, Dispatcher
 from netkernel.kernel import Handoff, NetKernel
 from netkernel.rings import FramePool, TxQueue
@@ -189,6 +190,7 @@ class Cores:
         self.broadcasts = 0
         self.flows_closed = 0
         self.turns = 0
+        self.dispatch_busy = BusyTime()   # core 0 in dispatch(), its chip reads included
 
     # -- threads ---------------------------------------------------------------------------
 
@@ -229,8 +231,10 @@ class Cores:
         self._collect_returns()
         more = False
         if rx:
+            t0 = ticks_us()
             self.nic.clear_interrupt()
             more = self.dispatch(now)
+            self.dispatch_busy.since(t0)
         txq = self.txq
         if txq is not None:
             if txq.drain(self.raw_nic.send, _TX_BATCH) == _TX_BATCH:

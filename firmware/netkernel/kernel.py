@@ -10,12 +10,13 @@
 # frames of each flow: a connection's frames are all counted on one kernel.
 import _thread
 from array import array
-from time import ticks_diff, ticks_us
+from time import ticks_us
 
 import micropython
 from micropython import const
 
 from netkernel import wire
+from netkernel.busy import BusyTime
 from netkernel.dispatch import KEY_LEN, _put_key
 from netkernel.rings import EventRing, Mailbox, SpscRing, pow2_at_least
 from netkernel.stack import Stack
@@ -23,7 +24,6 @@ from netkernel.stack import Stack
 _BATCH = const(16)
 _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
-_US_PER_S = const(1000000)
 _EVENTS = const(8)
 # Handoff.state: datagram length, 1 = full (set by its producer, cleared by the owner), owner.
 _H_LEN = const(0)
@@ -81,8 +81,7 @@ class NetKernel:
         self.handoffs_in = 0
         self.handoff_busy = 0
         self.handoff_too_big = 0
-        self.busy_s = 0
-        self.busy_us = 0
+        self.busy = BusyTime()
         # Work core 0 hands this kernel (settings from the host): core 0 writes todo and then
         # todo_seq[0]; the kernel alone writes todo_seq[1] once it has run it.
         self.todo = Mailbox()     # work core 0 hands this kernel (settings from the host)
@@ -134,11 +133,7 @@ class NetKernel:
                 self.errors += 1
                 self.last_error = e
         stack.poll(now)
-        us = self.busy_us + ticks_diff(ticks_us(), t0)
-        if us >= _US_PER_S:
-            us -= _US_PER_S
-            self.busy_s += 1
-        self.busy_us = us
+        self.busy.since(t0)
         return ring.depth() > 0
 
     def run_on_core(self, fn):
@@ -240,7 +235,7 @@ class NetKernel:
     # -- reports ---------------------------------------------------------------------------
 
     def busy_total_us(self):
-        return self.busy_s * _US_PER_S + self.busy_us
+        return self.busy.total_us()
 
     def counters(self):
         """(name, value) pairs of this kernel and every layer of its stack (allocates)."""

@@ -20,6 +20,8 @@ class StackConfig:
     def __init__(self, **overrides):
         self.tcp_rx_buffer = 4096        # bytes per connection: the most we advertise
         self.tcp_tx_buffer = 4096
+        # Bytes of window all connections together may advertise; 0 = each its own ring.
+        self.tcp_rx_budget = 0
         self.tcp_max_connections = 24    # established + handshaking, per stack
         self.tcp_preallocated = 0        # connections whose rings are made at boot and kept
         self.tcp_syn_backlog = 8         # per listener, SYN-RECEIVED + not yet accepted

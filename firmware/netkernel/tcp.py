@@ -1283,15 +1283,40 @@ class TcpSocket:
         return rx.size - rx.used
 
     @micropython.native
+    def _rcv_window(self):
+        """The window to advertise: the free receive space, within this connection's share
+        of the kernel's receive budget (tcp_rx_budget: what the chip and the frame slots
+        hold, so the sum of all windows cannot overflow them and turn a burst into losses
+        and retransmission timeouts), never below one segment (a sender keeps full-size
+        segments and never waits on a window smaller than one) and never left of what was
+        already advertised (RFC 9293 3.8.6: the window must not shrink). The handshake
+        offers the whole ring: Linux cuts its segments to half the largest window it has
+        seen, so a first window of one segment would halve every segment after it."""
+        w = self._rcv_space()
+        cap = self.tcp.rcv_share if self.state >= ESTABLISHED else _MAX_WINDOW
+        if cap < self.mss:
+            cap = self.mss
+        if w > cap:
+            w = cap - cap % self.mss if cap < _MAX_WINDOW else cap
+        if w < self.rcv_adv_rel:
+            w = self.rcv_adv_rel
+        if w > _MAX_WINDOW:
+            w = _MAX_WINDOW
+        return w
+
+    @micropython.native
     def _window_opened(self):
         """The application read: announce the window if it grew by an MSS or half the ring."""
         st = self.state
         if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2):
             return
-        w = self._rcv_space()
-        if w > _MAX_WINDOW:
-            w = _MAX_WINDOW
-        threshold = self.rx.size >> 1
+        w = self._rcv_window()
+        # RFC 1122 receiver SWS avoidance, min(buffer / 2, MSS), where the buffer is what
+        # this connection may use: its ring, or its budget share if that is smaller.
+        threshold = self.rx.size
+        if self.tcp.rcv_share < threshold:
+            threshold = self.tcp.rcv_share
+        threshold >>= 1
         if self.mss < threshold:
             threshold = self.mss
         if w - self.rcv_adv_rel >= threshold:
@@ -1340,9 +1365,7 @@ class TcpSocket:
             hlen = _HLEN + self._sack_blocks(tx, o + _HLEN)
         tx[o + 12] = hlen << 2
         tx[o + 13] = flags
-        w = self._rcv_space()
-        if w > _MAX_WINDOW:
-            w = _MAX_WINDOW
+        w = self._rcv_window()
         put16(tx, o + 14, w)
         fill(tx, o + 16, 4, 0)            # checksum (the interface fills it), urgent
         if n > 0:
@@ -1429,6 +1452,7 @@ class Tcp:
         # every connection that goes away.
         self.port_ok = None
         self.on_remove = None
+        self.rcv_share = _MAX_WINDOW   # per connection, from tcp_rx_budget (set by poll)
         # Ring buffers kept for reuse, the first ones made here at boot: a connection's two
         # rings are large contiguous blocks, which a fragmented heap may no longer have
         # although plenty is free in total (seen: 73 KB free, no 4 KB block).
@@ -1674,11 +1698,19 @@ class Tcp:
     def poll(self, now):
         self.now = now
         conns = self.conns
+        receivers = 0
         i = len(conns) - 1
         while i >= 0:
             if i < len(conns):
-                conns[i]._poll(now)
+                c = conns[i]
+                c._poll(now)
+                st = c.state
+                if st >= SYN_RCVD and st <= FIN_WAIT_2:
+                    receivers += 1
             i -= 1
+        # The receive budget's share per connection (see _rcv_window), for the next turn.
+        budget = self.config.tcp_rx_budget
+        self.rcv_share = budget // receivers if budget > 0 and receivers > 0 else _MAX_WINDOW
 
     @micropython.native
     def poll_at(self, now):

@@ -25,6 +25,7 @@ class Config:
     def __init__(self, **overrides):
         self.tcp_rx_buffer = 4096
         self.tcp_tx_buffer = 4096
+        self.tcp_rx_budget = 0
         self.tcp_max_connections = 24
         self.tcp_preallocated = 0
         self.tcp_syn_backlog = 8

@@ -329,6 +329,10 @@ def test_stats_have_sums_per_kernel_keys_and_the_dispatcher():
                 assert k + name in f, k + name
         assert int(f["k0.flows_owned"]) + int(f["k1.flows_owned"]) >= 6
         assert int(f["disp.frames"]) == int(f["disp.rx_frames"]) > 0
+        # Busy shares since the last report, in percent of the wall time: the dispatcher
+        # (its chip reads included), the chip's SPI I/O of every core, core 0 idle.
+        for name in ("disp.busy_pct", "nic.io_pct", "core0.idle_pct"):
+            assert 0 <= int(f[name]) <= 100, (name, f[name])
         assert "errors" in f and "heap_free" in f and "heap_alloc" in f
         assert f["errors"] == "0"
     finally:

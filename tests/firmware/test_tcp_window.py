@@ -166,3 +166,79 @@ def test_zero_window_probe_with_a_byte_is_answered():
     a = p.one()
     assert a.is_(ACK) and a.ack == base and a.wnd == 0
     assert s.recv_available() == 4096
+
+
+# -- the receive budget: every connection's share of what the board can hold -------------
+
+def _second_connection(st, lsn, port, now):
+    """Another peer (its own port) through the same listener; returns (socket, peer)."""
+    from tcp_harness import SYN, Peer, mss_option
+    p = Peer(st, port=port)
+    p.send(SYN, now=now, options=mss_option(1460))
+    assert p.one().is_(SYN | ACK)
+    p.send(ACK, now=now + 1)
+    s = lsn.accept()
+    assert s is not None
+    p.none()
+    return s, p
+
+
+def test_the_handshake_offers_the_whole_ring_then_the_budget_share_applies():
+    # Budget 2 segments for the kernel: one connection may have both, two get one each.
+    st, lsn, s, p = server_established(tcp_rx_budget=2 * 1460)
+    s2, p2 = _second_connection(st, lsn, 40001, 1500)
+    st.tcp.poll(1600)
+    assert st.tcp.rcv_share == 1460
+    p.send(ACK | PSH, bytes(100), now=2000)
+    st.tcp.poll(2040)
+    a = p.one()
+    # 4096 - 100 bytes are free, but the share is one segment (3996 offered on the SYN-ACK
+    # is not withdrawn: what was offered stays offered)
+    assert a.wnd == 4096 - 100
+    drain(s)
+    p.send(ACK | PSH, bytes(3996), now=2100)
+    st.tcp.poll(2140)
+    assert p.take()[-1].wnd == 100     # the ring's free space, below the share
+    drain(s)
+    st.tcp.poll(2141)
+    # opened again to the share, not to the whole ring; announced although it grew by less
+    # than an MSS, since half the share is the receiver's SWS threshold now
+    assert p.one().wnd == 1460
+
+
+def test_the_share_never_drops_below_one_segment():
+    st, lsn, s, p = server_established(tcp_rx_budget=100)
+    p.send(ACK | PSH, bytes(4096), now=2000)
+    st.tcp.poll(2040)
+    assert p.take()[-1].wnd == 0
+    drain(s)
+    st.tcp.poll(2041)
+    assert p.one().wnd == 1460         # a full segment, whatever the budget says
+
+
+def test_the_share_grows_back_when_connections_end():
+    st, lsn, s, p = server_established(tcp_rx_budget=3000)
+    s2, p2 = _second_connection(st, lsn, 40001, 1500)
+    st.tcp.poll(1600)
+    assert st.tcp.rcv_share == 1500
+    s2.abort()
+    st.tcp.poll(1700)
+    p2.take()
+    assert st.tcp.rcv_share == 3000
+    p.send(ACK | PSH, bytes(4096), now=2000)
+    st.tcp.poll(2040)
+    p.take()
+    drain(s)
+    st.tcp.poll(2041)
+    assert p.one().wnd == 2 * 1460     # whole segments: a share of 3000 rounds down to two
+
+
+def test_no_budget_means_the_whole_ring():
+    st, lsn, s, p = server_established()
+    s2, p2 = _second_connection(st, lsn, 40001, 1500)
+    p.send(ACK | PSH, bytes(4096), now=2000)
+    st.tcp.poll(2040)
+    p.take()
+    drain(s)
+    st.tcp.poll(2041)
+    assert p.one().wnd == 4096

@@ -288,3 +288,16 @@ def test_owners_of_counts_tcp_flows_of_a_port_by_owner_either_way_round():
     ]
     assert bench.owners_of(table, 9) == {"k0": 1, "k1": 2}
     assert bench.owners_of([], 9) == {}
+
+
+def test_the_ratio_carries_the_serial_bound_of_the_chip_io_measured_on_one_kernel():
+    one = _bulk(2.0, 1)
+    one["per_kernel"] = {"nic.io_pct": 49, "core0.idle_pct": 2, "disp.busy_pct": 20}
+    ratio = bench.scale_figures({1: {"bulk": one}, 2: {"bulk": _bulk(2.6, 2)}})[
+        "scale.ratio_2k_1k"]
+    assert ratio["chip_io_share_1k"] == 0.5                 # 49 of 98 busy
+    assert ratio["serial_limit_2k"] == round(1 / 0.75, 3)   # 1 / (0.5 + 0.5 / 2)
+    # Without the shares (an older board) there is no bound, and no error.
+    plain = bench.scale_figures({1: {"bulk": _bulk(2.0, 1)}, 2: {"bulk": _bulk(2.6, 2)}})
+    assert "serial_limit_2k" not in plain["scale.ratio_2k_1k"]
+    assert bench.serial_limit({"nic.io_pct": 10, "core0.idle_pct": 100}) == {}

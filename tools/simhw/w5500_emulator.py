@@ -42,10 +42,14 @@ import _thread
 
 try:
     from micropython import const
+    from micropython import native as _native
 except ImportError:
 
     def const(x):
         return x
+
+    def _native(f):
+        return f
 
 
 # Common register block (BSB 0), section 2.
@@ -176,6 +180,7 @@ class EmulatedPin:
     def init(self, *args, **kwargs):
         pass
 
+    @_native
     def value(self, v=None):
         if v is None:
             if self._reader is not None:
@@ -190,6 +195,7 @@ class EmulatedPin:
                 self._on_change(v)
         return None
 
+    @_native
     def __call__(self, v=None):
         return self.value(v)
 
@@ -221,9 +227,11 @@ class EmulatedSPI:
     def deinit(self):
         pass
 
+    @_native
     def write(self, buf):
         self._emu._transfer(buf, None)
 
+    @_native
     def readinto(self, buf, write=0x00):
         self._emu._transfer(write, buf)
 
@@ -359,6 +367,7 @@ class W5500Emulator:
 
     # ----- pins -------------------------------------------------------------------------
 
+    @_native
     def _cs_changed(self, v):
         # Falling edge starts a frame, rising edge ends it; either way a header comes next.
         self._cs_low = v == 0
@@ -383,6 +392,7 @@ class W5500Emulator:
 
     # ----- SPI --------------------------------------------------------------------------
 
+    @_native
     def _transfer(self, wbuf, rbuf):
         """Clock bytes through the chip. wbuf is a buffer or the int filler of readinto()."""
         self._lock.acquire()
@@ -400,6 +410,7 @@ class W5500Emulator:
         if edge:
             self._fire(edge)
 
+    @_native
     def _clock(self, wbuf, rbuf):
         filler = wbuf if isinstance(wbuf, int) else -1
         n = len(rbuf) if rbuf is not None else len(wbuf)
@@ -441,6 +452,7 @@ class W5500Emulator:
                     self._phase = 0  # FDM: the next byte starts a new header
         return
 
+    @_native
     def _data(self, wbuf, filler, rbuf, i, count):
         """Move `count` data bytes of the current frame, from host position i."""
         bsb = self._bsb
@@ -514,6 +526,7 @@ class W5500Emulator:
 
     # ----- common registers ---------------------------------------------------------------
 
+    @_native
     def _common_read(self, addr):
         c = self._common
         if addr >= _COMMON_SIZE:
@@ -553,6 +566,7 @@ class W5500Emulator:
 
     # ----- socket registers ---------------------------------------------------------------
 
+    @_native
     def _sock_read(self, n, addr):
         if addr >= _SOCK_SIZE:
             return 0
@@ -583,6 +597,7 @@ class W5500Emulator:
             return (_get16(s, _Sn_RX_WR) - _get16(s, _Sn_RX_RD)) & 0xFF
         return s[addr]
 
+    @_native
     def _sock_write(self, n, addr, v):
         s = self._sregs[n]
         if addr == _Sn_CR:
@@ -609,6 +624,7 @@ class W5500Emulator:
         else:
             s[addr] = v
 
+    @_native
     def _accept_command(self, n, cmd):
         if self._cr_cmd[n]:
             pending = self._cr_cmd[n]
@@ -620,6 +636,7 @@ class W5500Emulator:
         else:
             self._command(n, cmd)
 
+    @_native
     def _command(self, n, cmd):
         s = self._sregs[n]
         if cmd == _OPEN:
@@ -649,6 +666,7 @@ class W5500Emulator:
                 self._send_macraw(n)
         # RECV needs nothing (RSR is computed from RX_RD); other commands are ignored.
 
+    @_native
     def _send_macraw(self, n):
         s = self._sregs[n]
         rd = _get16(s, _Sn_TX_RD)
@@ -716,6 +734,7 @@ class W5500Emulator:
 
     # ----- reception ----------------------------------------------------------------------
 
+    @_native
     def _store(self, frame):
         """Queue one received frame in socket 0's RX buffer. Called with the lock held."""
         cnt = self.counters
@@ -759,6 +778,7 @@ class W5500Emulator:
         cnt.rx_accepted += 1
         return True
 
+    @_native
     def _filtered_out(self, f, mr):
         """True if Sn_MR's MACRAW filter bits reject frame f (see module docstring)."""
         if (f[0] & f[1] & f[2] & f[3] & f[4] & f[5]) == 0xFF:  # broadcast
@@ -778,6 +798,7 @@ class W5500Emulator:
 
     # ----- interrupts ---------------------------------------------------------------------
 
+    @_native
     def _raise_sn_ir(self, n, bit):
         s = self._sregs[n]
         if self._imr_gates_status and not (s[_Sn_IMR] & bit):
@@ -785,6 +806,7 @@ class W5500Emulator:
         s[_Sn_IR] |= bit
         self._int_dirty = True
 
+    @_native
     def _update_int(self):
         """Recompute INTn; return the edge (EmulatedPin.IRQ_*) or 0. Lock held."""
         self._int_dirty = False
