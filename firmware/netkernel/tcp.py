@@ -812,7 +812,10 @@ class TcpSocket:
             return
         self.unacked_bytes += n
         delay = self.tcp.config.tcp_delayed_ack_ms
-        if self.unacked_bytes >= 2 * self.rcv_mss or delay <= 0:
+        # Under a receive budget a connection's window may be one segment: with less than
+        # one left the sender can send nothing more, so ACK now rather than after the delay.
+        if (self.unacked_bytes >= 2 * self.rcv_mss or delay <= 0
+                or (self.rcv_adv_rel < self.rcv_mss and self.tcp.rcv_share < _MAX_WINDOW)):
             self.ack_now = True
         elif not self.ack_armed:
             self.ack_armed = True
@@ -1283,6 +1286,17 @@ class TcpSocket:
         return rx.size - rx.used
 
     @micropython.native
+    def _rcv_cap(self):
+        """This connection's share of the receive budget in whole segments of the size we
+        asked the peer for (its segments to us), at least one; no limit before ESTABLISHED."""
+        cap = self.tcp.rcv_share
+        if cap >= _MAX_WINDOW or self.state < ESTABLISHED:
+            return _MAX_WINDOW
+        if cap < _OUR_MSS:
+            return _OUR_MSS
+        return cap - cap % _OUR_MSS
+
+    @micropython.native
     def _rcv_window(self):
         """The window to advertise: the free receive space, within this connection's share
         of the kernel's receive budget (tcp_rx_budget: what the chip and the frame slots
@@ -1293,11 +1307,9 @@ class TcpSocket:
         offers the whole ring: Linux cuts its segments to half the largest window it has
         seen, so a first window of one segment would halve every segment after it."""
         w = self._rcv_space()
-        cap = self.tcp.rcv_share if self.state >= ESTABLISHED else _MAX_WINDOW
-        if cap < self.mss:
-            cap = self.mss
+        cap = self._rcv_cap()
         if w > cap:
-            w = cap - cap % self.mss if cap < _MAX_WINDOW else cap
+            w = cap
         if w < self.rcv_adv_rel:
             w = self.rcv_adv_rel
         if w > _MAX_WINDOW:
@@ -1314,8 +1326,9 @@ class TcpSocket:
         # RFC 1122 receiver SWS avoidance, min(buffer / 2, MSS), where the buffer is what
         # this connection may use: its ring, or its budget share if that is smaller.
         threshold = self.rx.size
-        if self.tcp.rcv_share < threshold:
-            threshold = self.tcp.rcv_share
+        cap = self._rcv_cap()
+        if cap < threshold:
+            threshold = cap
         threshold >>= 1
         if self.mss < threshold:
             threshold = self.mss
@@ -1705,7 +1718,9 @@ class Tcp:
                 c = conns[i]
                 c._poll(now)
                 st = c.state
-                if st >= SYN_RCVD and st <= FIN_WAIT_2:
+                # Established ones only: a flood of SYNs must not shrink real connections'
+                # windows (a handshake is not capped anyway).
+                if st >= ESTABLISHED and st <= FIN_WAIT_2:
                     receivers += 1
             i -= 1
         # The receive budget's share per connection (see _rcv_window), for the next turn.

@@ -78,6 +78,7 @@ _MIN_TX = const(60)        # pad to the Ethernet minimum; whether the chip pads 
 _CMD_POLLS = const(1000)   # bound on waiting for Sn_CR to clear / SR to change
 _SENDOK_POLLS = const(2000)
 _VIEW_STEP = const(128)    # granularity of the per-buffer transfer views
+_COUNTER_MASK = const(0x3FFFFFFF)  # byte counters wrap as small ints (RP2040: < 2**30)
 FRAME_BUFFER_SIZE = const(1536)  # smallest frame buffer: 1514 rounded up to _VIEW_STEP
 
 
@@ -256,6 +257,9 @@ class W5500:
         self._open()
 
     def _open(self):
+        self._rx_known = 0        # nothing known until the socket is open again
+        self._rx_next = -1
+        self._tx_free = 0
         self._command(_CR_CLOSE)
         self._wait_status(_SR_CLOSED)
         self._write8(_SN_MR, _BSB_S0_REG, _SN_MR_MACRAW_FILTERED)
@@ -340,7 +344,7 @@ class W5500:
         self._rx_rd = rd
         self._rx_known = known
         self.rx_frames += 1
-        self.rx_bytes += n
+        self.rx_bytes = (self.rx_bytes + n) & _COUNTER_MASK
         self._write16(_SN_RX_RD, _BSB_S0_REG, rd)
         self._command(_CR_RECV)
         return n
@@ -403,7 +407,7 @@ class W5500:
         self._command(_CR_SEND)
         self._send_pending = True
         self.tx_frames += 1
-        self.tx_bytes += n
+        self.tx_bytes = (self.tx_bytes + n) & _COUNTER_MASK
         return True
 
     def flush(self):

@@ -242,3 +242,27 @@ def test_no_budget_means_the_whole_ring():
     drain(s)
     st.tcp.poll(2041)
     assert p.one().wnd == 4096
+
+
+def test_a_segment_that_fills_a_one_segment_window_is_acked_at_once():
+    # Budget: one segment per connection. The reader has not read yet: the ACK cannot
+    # wait for a second segment (the sender has no window for one) nor for the delay.
+    st, lsn, s, p = server_established(tcp_rx_budget=1460)
+    st.tcp.poll(1500)
+    p.send(ACK | PSH, bytes(2636), now=2000)     # within what the handshake offered
+    st.tcp.poll(2041)                             # (the delayed ACK)
+    assert p.take()[-1].wnd == 1460               # the share, which the ring still has
+    p.send(ACK | PSH, bytes(1460), now=2100)
+    a = p.one()                                   # at once, not 40 ms later
+    assert a.ack == p.seq and a.wnd == 0
+
+
+def test_half_open_connections_do_not_shrink_the_share():
+    from tcp_harness import SYN, Peer, mss_option
+    st, lsn, s, p = server_established(tcp_rx_budget=4 * 1460)
+    for i in range(5):                            # SYNs that never complete
+        q = Peer(st, port=41000 + i)
+        q.send(SYN, now=1500, options=mss_option(1460))
+        q.take()
+    st.tcp.poll(1600)
+    assert st.tcp.rcv_share == 4 * 1460
