@@ -84,7 +84,7 @@ class Hardware:
         """Core 0 has nothing to do: wait for USB input or an interrupt, at most
         timeout_ms (an rp2 board waits for an interrupt the same way)."""
         hangup = woke = False
-        for fd, ev in self._idle_poll.poll(timeout_ms):
+        for fd, ev in self._idle_poll.ipoll(timeout_ms):   # ipoll: no list per wait
             if fd != sim_config.USB_FD:
                 self._wake.drain()
                 woke = True

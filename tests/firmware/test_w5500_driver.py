@@ -221,6 +221,35 @@ def test_receive_and_send_do_not_allocate():
     assert wire.count == 4 and wire.length == 400
 
 
+def test_receive_and_send_allocate_no_frames_either():
+    # heap_lock() cannot see a bytecode function's frame taken from the heap (it falls back
+    # to the C stack when the heap is locked), and in the simulated board such frames make
+    # every core and the PHY thread queue on the heap's one mutex. mem_total() counts every
+    # allocation: the driver and the emulator's bus and receive paths make none at all.
+    chip, wire, nic = board(CountingWire())
+    rx = bytearray(FRAME_BUFFER_SIZE)
+    tx = bytearray(FRAME_BUFFER_SIZE)
+    tx[:1514] = frame(1514, 1)
+    f = frame(1514, 2)
+    for _ in range(3):
+        wire.inject(f)
+        nic.recv_into(rx)
+        nic.send(tx, 1514)
+    nic.send(tx, 60)              # the emulator caches a view per frame length, once
+    before = micropython.mem_total()
+    got = 0
+    for _ in range(20):
+        for _ in range(5):
+            chip.receive_frame(f)
+        for _ in range(5):
+            got += nic.recv_into(rx)
+        nic.send(tx, 1514)
+        nic.send(tx, 60)
+    nic.flush()
+    assert micropython.mem_total() - before == 0
+    assert got == 100 * 1514 and wire.count == 4 + 40
+
+
 def test_a_burst_costs_four_transactions_a_frame_and_stays_byte_exact():
     # The driver keeps RX_RD, spends one RSR reading over several frames and takes each
     # next length header with the frame before it: data, RX_RD, RECV, its acceptance.

@@ -41,15 +41,19 @@ for `sent` when there is no wire.
 import _thread
 
 try:
+    import micropython
     from micropython import const
-    from micropython import native as _native
-except ImportError:
+except ImportError:  # CPython: the compiler decorators do nothing, const() is the value
+
+    class _Compilers:
+        @staticmethod
+        def native(f):
+            return f
+
+    micropython = _Compilers()
 
     def const(x):
         return x
-
-    def _native(f):
-        return f
 
 
 # Common register block (BSB 0), section 2.
@@ -122,6 +126,19 @@ _VIEW_CACHE = const(64)
 _DATA = const(3)
 
 
+_SPINS = const(200)
+
+
+@micropython.native
+def _acquire(lock):
+    # The lock is held for microseconds (one SPI call, or storing one frame): try for a
+    # while before sleeping, since a sleeping thread takes far longer than that to wake.
+    for _ in range(_SPINS):
+        if lock.acquire(0):
+            return
+    lock.acquire()
+
+
 class _Counters:
     """Event counters of the emulator (plain int attributes)."""
 
@@ -180,8 +197,8 @@ class EmulatedPin:
     def init(self, *args, **kwargs):
         pass
 
-    @_native
-    def value(self, v=None):
+    @micropython.native
+    def __call__(self, v=None):
         if v is None:
             if self._reader is not None:
                 return self._reader()
@@ -195,9 +212,7 @@ class EmulatedPin:
                 self._on_change(v)
         return None
 
-    @_native
-    def __call__(self, v=None):
-        return self.value(v)
+    value = __call__  # pin(v) is what drivers call per SPI frame: no second call level
 
     def on(self):
         self.value(1)
@@ -227,11 +242,11 @@ class EmulatedSPI:
     def deinit(self):
         pass
 
-    @_native
+    @micropython.native
     def write(self, buf):
         self._emu._transfer(buf, None)
 
-    @_native
+    @micropython.native
     def readinto(self, buf, write=0x00):
         self._emu._transfer(write, buf)
 
@@ -341,6 +356,7 @@ class W5500Emulator:
     def link_up(self, value):
         self._link_up = bool(value)
 
+    @micropython.native
     def receive_frame(self, frame):
         """A frame arrives from the wire (any buffer; it is copied, never kept).
 
@@ -367,7 +383,7 @@ class W5500Emulator:
 
     # ----- pins -------------------------------------------------------------------------
 
-    @_native
+    @micropython.native
     def _cs_changed(self, v):
         # Falling edge starts a frame, rising edge ends it; either way a header comes next.
         self._cs_low = v == 0
@@ -392,10 +408,10 @@ class W5500Emulator:
 
     # ----- SPI --------------------------------------------------------------------------
 
-    @_native
+    @micropython.native
     def _transfer(self, wbuf, rbuf):
         """Clock bytes through the chip. wbuf is a buffer or the int filler of readinto()."""
-        self._lock.acquire()
+        _acquire(self._lock)
         try:
             self._clock(wbuf, rbuf)
             edge = self._update_int() if self._int_dirty else 0
@@ -410,7 +426,7 @@ class W5500Emulator:
         if edge:
             self._fire(edge)
 
-    @_native
+    @micropython.native
     def _clock(self, wbuf, rbuf):
         filler = wbuf if isinstance(wbuf, int) else -1
         n = len(rbuf) if rbuf is not None else len(wbuf)
@@ -421,6 +437,12 @@ class W5500Emulator:
                     rbuf[k] = 0xFF
             return
         i = 0
+        if self._phase == 0 and n == 3 and filler < 0 and rbuf is None:
+            # The usual case: the driver writes the whole 3-byte header in one call.
+            self._addr = (wbuf[0] << 8) | wbuf[1]
+            self._control(wbuf[2])
+            self._phase = _DATA
+            return
         while i < n:
             phase = self._phase
             if phase < _DATA:
@@ -432,11 +454,7 @@ class W5500Emulator:
                 elif phase == 1:
                     self._addr |= b
                 else:
-                    self._bsb = b >> 3
-                    self._rwb = b & 0x04
-                    om = b & 0x03
-                    self._remaining = -1 if om == 0 else 1 << (om - 1)  # 1, 2 or 4
-                    self.counters.spi_frames += 1
+                    self._control(b)
                 self._phase = phase + 1
                 i += 1
                 continue
@@ -452,7 +470,16 @@ class W5500Emulator:
                     self._phase = 0  # FDM: the next byte starts a new header
         return
 
-    @_native
+    @micropython.native
+    def _control(self, b):
+        # The header's control byte: block, read/write, operating mode. A frame begins.
+        self._bsb = b >> 3
+        self._rwb = b & 0x04
+        om = b & 0x03
+        self._remaining = -1 if om == 0 else 1 << (om - 1)  # 1, 2 or 4
+        self.counters.spi_frames += 1
+
+    @micropython.native
     def _data(self, wbuf, filler, rbuf, i, count):
         """Move `count` data bytes of the current frame, from host position i."""
         bsb = self._bsb
@@ -500,6 +527,7 @@ class W5500Emulator:
             addr = (addr + 1) & 0xFFFF
 
     @staticmethod
+    @micropython.native
     def _mem_io(mem, base, size, ptr, ext, pos, count, to_mem):
         """Copy between a socket buffer (base, size) at pointer ptr and ext[pos:pos+count].
 
@@ -526,7 +554,7 @@ class W5500Emulator:
 
     # ----- common registers ---------------------------------------------------------------
 
-    @_native
+    @micropython.native
     def _common_read(self, addr):
         c = self._common
         if addr >= _COMMON_SIZE:
@@ -566,7 +594,7 @@ class W5500Emulator:
 
     # ----- socket registers ---------------------------------------------------------------
 
-    @_native
+    @micropython.native
     def _sock_read(self, n, addr):
         if addr >= _SOCK_SIZE:
             return 0
@@ -597,7 +625,7 @@ class W5500Emulator:
             return (_get16(s, _Sn_RX_WR) - _get16(s, _Sn_RX_RD)) & 0xFF
         return s[addr]
 
-    @_native
+    @micropython.native
     def _sock_write(self, n, addr, v):
         s = self._sregs[n]
         if addr == _Sn_CR:
@@ -624,7 +652,7 @@ class W5500Emulator:
         else:
             s[addr] = v
 
-    @_native
+    @micropython.native
     def _accept_command(self, n, cmd):
         if self._cr_cmd[n]:
             pending = self._cr_cmd[n]
@@ -636,7 +664,7 @@ class W5500Emulator:
         else:
             self._command(n, cmd)
 
-    @_native
+    @micropython.native
     def _command(self, n, cmd):
         s = self._sregs[n]
         if cmd == _OPEN:
@@ -666,7 +694,7 @@ class W5500Emulator:
                 self._send_macraw(n)
         # RECV needs nothing (RSR is computed from RX_RD); other commands are ignored.
 
-    @_native
+    @micropython.native
     def _send_macraw(self, n):
         s = self._sregs[n]
         rd = _get16(s, _Sn_TX_RD)
@@ -696,6 +724,7 @@ class W5500Emulator:
         _set16(s, _Sn_TX_RD, wr)
         self._raise_sn_ir(n, _SENDOK)
 
+    @micropython.native
     def _stage_view(self, length):
         view = self._tx_views.get(length)
         if view is None:
@@ -704,6 +733,7 @@ class W5500Emulator:
                 self._tx_views[length] = view
         return view
 
+    @micropython.native
     def _emit(self, frame, extra):
         # Called with the lock released: frame is a view of the staging buffer, extra a
         # list of further frames or None.
@@ -734,7 +764,7 @@ class W5500Emulator:
 
     # ----- reception ----------------------------------------------------------------------
 
-    @_native
+    @micropython.native
     def _store(self, frame):
         """Queue one received frame in socket 0's RX buffer. Called with the lock held."""
         cnt = self.counters
@@ -778,7 +808,7 @@ class W5500Emulator:
         cnt.rx_accepted += 1
         return True
 
-    @_native
+    @micropython.native
     def _filtered_out(self, f, mr):
         """True if Sn_MR's MACRAW filter bits reject frame f (see module docstring)."""
         if (f[0] & f[1] & f[2] & f[3] & f[4] & f[5]) == 0xFF:  # broadcast
@@ -798,7 +828,7 @@ class W5500Emulator:
 
     # ----- interrupts ---------------------------------------------------------------------
 
-    @_native
+    @micropython.native
     def _raise_sn_ir(self, n, bit):
         s = self._sregs[n]
         if self._imr_gates_status and not (s[_Sn_IMR] & bit):
@@ -806,7 +836,7 @@ class W5500Emulator:
         s[_Sn_IR] |= bit
         self._int_dirty = True
 
-    @_native
+    @micropython.native
     def _update_int(self):
         """Recompute INTn; return the edge (EmulatedPin.IRQ_*) or 0. Lock held."""
         self._int_dirty = False
@@ -830,6 +860,7 @@ class W5500Emulator:
             return EmulatedPin.IRQ_FALLING
         return EmulatedPin.IRQ_RISING
 
+    @micropython.native
     def _fire(self, edge):
         # Called with the lock released, so the handler may use the SPI bus.
         pin = self.intn
@@ -882,11 +913,19 @@ try:
         """dst[dst_off:dst_off+n] = src[src_off:src_off+n], without allocating.
 
         Slice assignment would create a temporary view per call; this keeps the SPI and
-        receive paths allocation-free (tests run them with the heap locked).
+        receive paths allocation-free (tests run them with the heap locked). Four bytes
+        at a time: the emulator runs on the host, whose CPU reads unaligned words.
         """
-        d = ptr8(dst)  # noqa: F821 (viper built-in)
+        d = ptr8(dst)  # noqa: F821 (viper built-ins)
         s = ptr8(src)  # noqa: F821
+        words = n >> 2
+        dw = ptr32(int(d) + dst_off)  # noqa: F821
+        sw = ptr32(int(s) + src_off)  # noqa: F821
         i = 0
+        while i < words:
+            dw[i] = sw[i]
+            i += 1
+        i = words << 2
         while i < n:
             d[dst_off + i] = s[src_off + i]
             i += 1
@@ -897,10 +936,12 @@ except ImportError:  # CPython
         dst[dst_off : dst_off + n] = memoryview(src)[src_off : src_off + n]
 
 
+@micropython.native
 def _get16(regs, off):
     return (regs[off] << 8) | regs[off + 1]
 
 
+@micropython.native
 def _set16(regs, off, v):
     regs[off] = (v >> 8) & 0xFF
     regs[off + 1] = v & 0xFF

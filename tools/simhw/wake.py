@@ -57,9 +57,10 @@ class WakePipe:
         if self._r is None:
             return
         self.wakes += 1
+        # One read: more than 64 wake-ups left behind keep the pipe readable, and the next
+        # wait drains again. Reading on until EAGAIN would raise (and allocate) every time.
         try:
-            while self._r.readinto(self._drain):
-                pass
+            self._r.readinto(self._drain)
         except OSError as e:
             if e.args[0] != _EAGAIN:
                 raise
