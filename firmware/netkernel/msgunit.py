@@ -427,8 +427,7 @@ class MsgUnit:
         self._fail_head = 0
         lock = self.lock
         lock.acquire()
-        while self.out_post.pop() >= 0:
-            pass                      # pending outbound messages are void
+        self.out_post.discard()       # pending outbound messages are void
         m = self._init_grant
         self.granted = m
         self.fb = self._init_bytes
@@ -441,16 +440,13 @@ class MsgUnit:
         self.onfree = m
         lock.release()
         for k in range(self.niop):
-            while self.post[k].pop() >= 0:
-                pass
-            while self.ret[k].pop() >= 0:
-                pass
+            self.post[k].discard()
+            self.ret[k].discard()
             self._free_n[k] = 0
             st = self.in_state[k]
             for i in range(self.depth):
                 st[i] = _IN_FREE
-        while self._exec.pop() >= 0:
-            pass
+        self._exec.discard()
         self._cur = _EXEC_NONE
         self._text = None
         self._parts = None

@@ -77,6 +77,11 @@ class SpscRing:
         idx = self.idx
         return (idx[0] - idx[1]) & _WRAP
 
+    def discard(self):
+        """(consumer) Drop every value waiting: the tail moves up to the head."""
+        idx = self.idx
+        idx[1] = idx[0]
+
 
 class MpscRing(SpscRing):
     """Several producers (each push under a lock, held for two stores), one consumer."""

@@ -255,10 +255,7 @@ def test_default_heap_comes_from_boards_sim(root):
 
 
 def test_the_real_board_file_parses():
-    sim = ROOT / "boards" / "sim.py"
-    if not sim.exists():
-        pytest.skip("boards/sim.py not written yet")
-    assert read_board_heap(sim) is not None
+    assert read_board_heap(ROOT / "boards" / "sim.py") is not None
 
 
 # -- project root, entry, MICROPYPATH ---------------------------------------------------
