@@ -95,6 +95,18 @@ class LockedNic:
         finally:
             lock.release()
 
+    @micropython.native
+    def rx_release(self):
+        # Only core 0 receives, so it may ask without the lock whether there is work.
+        nic = self.nic
+        if nic.rx_holding():
+            lock = self.lock
+            lock.acquire()
+            try:
+                nic.rx_release()
+            finally:
+                lock.release()
+
     def call(self, fn, *args):
         """Any other driver call (link state, reopen): rare, not per frame."""
         self.lock.acquire()
@@ -112,6 +124,7 @@ class _Direct:
         self.send = nic.send
         self.recv_into = nic.recv_into
         self.clear_interrupt = nic.clear_interrupt
+        self.rx_release = nic.rx_release
 
     def call(self, fn, *args):
         return fn(*args)
@@ -234,6 +247,7 @@ class Cores:
             t0 = ticks_us()
             self.nic.clear_interrupt()
             more = self.dispatch(now)
+            self.nic.rx_release()      # what the batch read, back to the chip's 16 KB
             self.dispatch_busy.since(t0)
         txq = self.txq
         if txq is not None:

@@ -1288,9 +1288,14 @@ class TcpSocket:
     @micropython.native
     def _rcv_cap(self):
         """This connection's share of the receive budget in whole segments of the size we
-        asked the peer for (its segments to us), at least one; no limit before ESTABLISHED."""
+        asked the peer for (its segments to us), at least one; two in the handshake."""
+        if self.state < ESTABLISHED:
+            # Linux sends segments of at most half the largest window it has seen: two
+            # segments keep them full-sized, and a first flight of two (not a whole ring)
+            # from many connections opening at once still fits in the chip.
+            return 2 * _OUR_MSS if self.tcp.config.tcp_rx_budget > 0 else _MAX_WINDOW
         cap = self.tcp.rcv_share
-        if cap >= _MAX_WINDOW or self.state < ESTABLISHED:
+        if cap >= _MAX_WINDOW:
             return _MAX_WINDOW
         if cap < _OUR_MSS:
             return _OUR_MSS
@@ -1304,8 +1309,7 @@ class TcpSocket:
         and retransmission timeouts), never below one segment (a sender keeps full-size
         segments and never waits on a window smaller than one) and never left of what was
         already advertised (RFC 9293 3.8.6: the window must not shrink). The handshake
-        offers the whole ring: Linux cuts its segments to half the largest window it has
-        seen, so a first window of one segment would halve every segment after it."""
+        offers two segments (see _rcv_cap)."""
         w = self._rcv_space()
         cap = self._rcv_cap()
         if w > cap:
@@ -1719,7 +1723,7 @@ class Tcp:
                 c._poll(now)
                 st = c.state
                 # Established ones only: a flood of SYNs must not shrink real connections'
-                # windows (a handshake is not capped anyway).
+                # windows (a handshake gets two segments, whatever the share).
                 if st >= ESTABLISHED and st <= FIN_WAIT_2:
                     receivers += 1
             i -= 1

@@ -9,9 +9,14 @@
 # SPI transactions per frame are kept few, since the bus is shared by both cores: the driver
 # is the only writer of Sn_RX_RD and Sn_TX_WR, so it keeps them instead of reading them;
 # a counter read (twice, to be stable) is a lower bound until it is spent, so RSR and FSR
-# are read again only when what is known runs out; and the 2-byte length of the next
-# received frame comes with the data of this one. Receive: 4 transactions per frame in a
-# burst (data, RX_RD, RECV, its acceptance) instead of 8; transmit: 6 instead of 9.
+# are read again only when what is known runs out; the 2-byte length of the next received
+# frame comes with the data of this one; received frames are released to the chip (RX_RD,
+# RECV) a few at a time, not one by one; and a command is not waited for after it is
+# written, only before anything that depends on it (the next command, an RSR read, or a
+# TX_WR write while a SEND may still be reading TX_WR). Whether the previous SEND is done
+# is one read of Sn_TX_RD, which the chip moves up to TX_WR when the frame has gone, instead
+# of reading and clearing SENDOK. Receive: 1 transaction per frame in a burst plus 3 per
+# release (was 4 per frame); transmit: 4 per frame (was 6).
 #
 # Nothing here allocates per frame: SPI headers and register values go through preallocated
 # buffers, and frames are read straight into the caller's buffer. machine.SPI transfers whole
@@ -52,6 +57,7 @@ _SN_SR = const(0x03)
 _SN_RXBUF_SIZE = const(0x1E)
 _SN_TXBUF_SIZE = const(0x1F)
 _SN_TX_FSR = const(0x20)
+_SN_TX_RD = const(0x22)
 _SN_TX_WR = const(0x24)
 _SN_RX_RSR = const(0x26)
 _SN_RX_RD = const(0x28)
@@ -63,7 +69,6 @@ _CR_OPEN = const(0x01)
 _CR_CLOSE = const(0x10)
 _CR_SEND = const(0x20)
 _CR_RECV = const(0x40)
-_IR_SENDOK = const(0x10)
 _IR_RECV = const(0x04)
 _SR_CLOSED = const(0x00)
 _SR_MACRAW = const(0x42)
@@ -76,8 +81,9 @@ _MAX_FRAME = const(1514)   # MACRAW MSS: the chip neither receives nor sends lon
 _MIN_FRAME = const(14)     # an Ethernet header
 _MIN_TX = const(60)        # pad to the Ethernet minimum; whether the chip pads is unverified
 _CMD_POLLS = const(1000)   # bound on waiting for Sn_CR to clear / SR to change
-_SENDOK_POLLS = const(2000)
+_SENT_POLLS = const(2000)     # bound on waiting for the previous frame to go
 _VIEW_STEP = const(128)    # granularity of the per-buffer transfer views
+_RX_RELEASE_BYTES = const(4096)  # received bytes held from the chip before RX_RD + RECV
 _COUNTER_MASK = const(0x3FFFFFFF)  # byte counters wrap as small ints (RP2040: < 2**30)
 FRAME_BUFFER_SIZE = const(1536)  # smallest frame buffer: 1514 rounded up to _VIEW_STEP
 
@@ -114,9 +120,13 @@ class W5500:
         self._r1 = regv[0:1]
         self._r2 = regv[0:2]
         self._views = {}          # id(frame buffer) -> its transfer views
-        self._send_pending = False
+        self._send_pending = False  # a SEND whose frame may not have gone yet
+        self._sent_wr = 0         # TX_WR of that SEND: TX_RD reaches it when the frame is out
+        self._cr_pending = False  # a command written and not yet seen accepted
+        self._cr_send = False     # ... and it was SEND (a finished frame proves acceptance)
         self._rx_rd = 0           # Sn_RX_RD: we alone write it (read back at each open)
         self._rx_known = 0        # bytes surely waiting from _rx_rd (RSR less what we took)
+        self._rx_held = 0         # bytes read but not yet released to the chip (RX_RD, RECV)
         self._rx_next = -1        # length header of the frame at _rx_rd, if already read
         self._tx_wr = 0           # Sn_TX_WR: we alone write it
         self._tx_free = 0         # bytes surely free in TX memory (FSR less what we wrote)
@@ -125,7 +135,7 @@ class W5500:
         self.tx_frames = 0
         self.tx_bytes = 0
         self.tx_no_room = 0       # frames refused because TX memory stayed full
-        self.tx_timeouts = 0      # SENDOK never came for the previous frame
+        self.tx_timeouts = 0      # the previous frame never went (TX_RD stayed short of it)
         self.rx_bad_length = 0    # desynchronised RX buffer: socket reopened
         self.io_busy = BusyTime()  # time in recv_into() and send(): the shared bus's load
         self.reopens = 0
@@ -200,12 +210,27 @@ class W5500:
         raise W5500Error("W5500: 16-bit register 0x%02x never settled" % addr)
 
     @micropython.native
-    def _command(self, cmd):
-        self._write8(_SN_CR, _BSB_S0_REG, cmd)
+    def _settle(self):
+        # Wait until the chip has taken the last command (it clears Sn_CR when it has).
         for _ in range(_CMD_POLLS):
             if self._read8(_SN_CR, _BSB_S0_REG) == 0:
+                self._cr_pending = False
                 return
-        raise W5500Error("W5500: command 0x%02x not accepted" % cmd)
+        raise W5500Error("W5500: command not accepted (Sn_CR stays set)")
+
+    @micropython.native
+    def _issue(self, cmd):
+        """Write a command without waiting for it: whatever depends on it waits instead."""
+        if self._cr_pending:
+            self._settle()
+        self._write8(_SN_CR, _BSB_S0_REG, cmd)
+        self._cr_pending = True
+        self._cr_send = cmd == _CR_SEND
+
+    def _command(self, cmd):
+        """A command waited for (bring-up and close: not per frame)."""
+        self._issue(cmd)
+        self._settle()
 
     def _wait_status(self, want):
         for _ in range(_CMD_POLLS):
@@ -250,7 +275,7 @@ class W5500:
             self._write8(_SN_TXBUF_SIZE, bsb, 0)
         self._write8(_SN_RXBUF_SIZE, _BSB_S0_REG, _BUF_KB)
         self._write8(_SN_TXBUF_SIZE, _BSB_S0_REG, _BUF_KB)
-        # INTn follows socket 0's RECV only; SENDOK is polled, never an interrupt.
+        # INTn follows socket 0's RECV only (SENDOK is never used: TX_RD says a frame went).
         self._write8(_IMR, _BSB_COMMON, 0)
         self._write8(_SN_IMR, _BSB_S0_REG, _IR_RECV)
         self._write8(_SIMR, _BSB_COMMON, 0x01)
@@ -259,6 +284,7 @@ class W5500:
     def _open(self):
         self._rx_known = 0        # nothing known until the socket is open again
         self._rx_next = -1
+        self._rx_held = 0         # OPEN empties the buffer: nothing is left to release
         self._tx_free = 0
         self._command(_CR_CLOSE)
         self._wait_status(_SR_CLOSED)
@@ -269,6 +295,7 @@ class W5500:
             raise W5500Error("W5500: socket 0 did not enter MACRAW (SR=0x%02x)"
                              % self._read8(_SN_SR, _BSB_S0_REG))
         self._send_pending = False
+        self._cr_send = False
         self._rx_rd = self._read16(_SN_RX_RD, _BSB_S0_REG)
         self._rx_known = 0
         self._rx_next = -1
@@ -320,6 +347,12 @@ class W5500:
     def _recv_into(self, buf):
         known = self._rx_known
         if known < 2:
+            # RSR counts from the chip's RX_RD: give back what was read, and let the chip
+            # take the RECV, before asking it what is waiting.
+            if self._rx_held:
+                self._release()
+            if self._cr_pending:
+                self._settle()
             known = self._read16_stable(_SN_RX_RSR)
             self._rx_next = -1
             if known < 2:
@@ -340,25 +373,57 @@ class W5500:
         ahead = n + 2 if known >= 2 else n
         self._read_into((rd + 2) & 0xFFFF, _BSB_S0_RX, self.views(buf)[(ahead - 1) // _VIEW_STEP])
         self._rx_next = (buf[n] << 8) | buf[n + 1] if known >= 2 else -1
-        rd = (rd + size) & 0xFFFF
-        self._rx_rd = rd
+        self._rx_rd = (rd + size) & 0xFFFF
         self._rx_known = known
         self.rx_frames += 1
         self.rx_bytes = (self.rx_bytes + n) & _COUNTER_MASK
-        self._write16(_SN_RX_RD, _BSB_S0_REG, rd)
-        self._command(_CR_RECV)
+        held = self._rx_held + size
+        self._rx_held = held
+        if held >= _RX_RELEASE_BYTES:
+            self._release()
         return n
+
+    @micropython.native
+    def _release(self):
+        # The chip may reuse what was read: RX_RD up to our pointer, then RECV.
+        self._write16(_SN_RX_RD, _BSB_S0_REG, self._rx_rd)
+        self._issue(_CR_RECV)
+        self._rx_held = 0
+
+    @micropython.native
+    def rx_release(self):
+        """Give the frames read so far back to the chip's receive memory. The reader calls
+        this when it stops reading for now (recv_into does it itself every few KB, and
+        when it finds nothing more): held frames fill the chip's 16 KB."""
+        if self._rx_held:
+            t0 = ticks_us()
+            self._release()
+            self.io_busy.since(t0)
+
+    @micropython.native
+    def rx_holding(self):
+        """True if frames were read and not yet given back (rx_release has work)."""
+        return self._rx_held != 0
 
     # -- transmit --------------------------------------------------------------------------
 
     @micropython.native
     def _wait_sent(self):
-        # Overlap: the previous frame has been transmitting while we wrote this one.
-        for _ in range(_SENDOK_POLLS):
-            if self._read8(_SN_IR, _BSB_S0_REG) & _IR_SENDOK:
-                self._write8(_SN_IR, _BSB_S0_REG, _IR_SENDOK)
+        # The previous frame is out when the chip has moved TX_RD up to its TX_WR (one read;
+        # a torn read of the two bytes cannot equal TX_WR before the move, see below).
+        # Before that, TX_WR must not change: a SEND not yet started would send both frames
+        # as one. Usually it went long ago, while we built this frame.
+        wr = self._sent_wr
+        for i in range(_SENT_POLLS):
+            # Bytes are read high first: a move between them gives (old high, new low),
+            # which equals wr only if the move had happened by the low byte.
+            if self._read16(_SN_TX_RD, _BSB_S0_REG) == wr:
                 self._send_pending = False
+                if self._cr_send:
+                    self._cr_pending = False   # a SEND that has sent was accepted
                 return True
+            if i == 0 and self._cr_pending:
+                self._settle()
         self.tx_timeouts += 1
         self._send_pending = False
         return False
@@ -401,16 +466,19 @@ class W5500:
         wr = (wr + n) & 0xFFFF
         self._tx_wr = wr
         self._tx_free -= n
-        self._write16(_SN_TX_WR, _BSB_S0_REG, wr)
         if self._send_pending:
             self._wait_sent()
-        self._command(_CR_SEND)
+        self._write16(_SN_TX_WR, _BSB_S0_REG, wr)
+        self._issue(_CR_SEND)
+        self._sent_wr = wr
         self._send_pending = True
         self.tx_frames += 1
         self.tx_bytes = (self.tx_bytes + n) & _COUNTER_MASK
         return True
 
     def flush(self):
-        """Wait for the last frame's SENDOK (bounded)."""
+        """Wait until the last frame has gone (bounded), and give back held received
+        frames."""
         if self._send_pending:
             self._wait_sent()
+        self.rx_release()

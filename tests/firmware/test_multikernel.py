@@ -255,6 +255,14 @@ class FakeNic:
     def clear_interrupt(self):
         pass
 
+    @micropython.native
+    def rx_release(self):
+        pass
+
+    @micropython.native
+    def rx_holding(self):
+        return False
+
 
 def test_dispatch_and_kernels_do_not_allocate_per_frame():
     # TCP data segments on established connections, on both kernels. Left out of the

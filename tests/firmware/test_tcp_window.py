@@ -183,27 +183,43 @@ def _second_connection(st, lsn, port, now):
     return s, p
 
 
-def test_the_handshake_offers_the_whole_ring_then_the_budget_share_applies():
+def test_under_a_budget_the_handshake_offers_two_segments_then_the_share_applies():
     # Budget 2 segments for the kernel: one connection may have both, two get one each.
+    # The SYN-ACK offers two segments, not the whole ring: Linux keeps full-sized segments
+    # when it has seen a window of two, and 16 connections opening at once then send 32
+    # frames, not 48, into the chip's 10.
+    from tcp_harness import SYN, Peer, mss_option
     st, lsn, s, p = server_established(tcp_rx_budget=2 * 1460)
-    s2, p2 = _second_connection(st, lsn, 40001, 1500)
+    q = Peer(st, port=40001)
+    q.send(SYN, now=1500, options=mss_option(1460))
+    assert q.one().wnd == 2 * 1460
+    q.send(ACK, now=1501)
+    s2 = lsn.accept()
+    assert s2 is not None
     st.tcp.poll(1600)
     assert st.tcp.rcv_share == 1460
     p.send(ACK | PSH, bytes(100), now=2000)
     st.tcp.poll(2040)
     a = p.one()
-    # 4096 - 100 bytes are free, but the share is one segment (3996 offered on the SYN-ACK
-    # is not withdrawn: what was offered stays offered)
-    assert a.wnd == 4096 - 100
+    # the share is one segment, but what the SYN-ACK offered stays offered
+    assert a.wnd == 2 * 1460 - 100
     drain(s)
-    p.send(ACK | PSH, bytes(3996), now=2100)
+    p.send(ACK | PSH, bytes(2820), now=2100)
     st.tcp.poll(2140)
-    assert p.take()[-1].wnd == 100     # the ring's free space, below the share
+    assert p.take()[-1].wnd == 4096 - 2820   # the ring's free space, below the share
     drain(s)
-    st.tcp.poll(2141)
-    # opened again to the share, not to the whole ring; announced although it grew by less
-    # than an MSS, since half the share is the receiver's SWS threshold now
-    assert p.one().wnd == 1460
+    p.send(ACK | PSH, bytes(100), now=2200)
+    st.tcp.poll(2240)
+    # the ring is empty again, but the window is the share, not the whole ring
+    assert p.take()[-1].wnd == 1460
+
+
+def test_without_a_budget_the_handshake_offers_the_whole_ring():
+    from tcp_harness import SYN, Peer, mss_option
+    st, lsn, s, p = server_established()
+    q = Peer(st, port=40001)
+    q.send(SYN, now=1500, options=mss_option(1460))
+    assert q.one().wnd == 4096
 
 
 def test_the_share_never_drops_below_one_segment():

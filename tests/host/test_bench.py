@@ -301,3 +301,10 @@ def test_the_ratio_carries_the_serial_bound_of_the_chip_io_measured_on_one_kerne
     plain = bench.scale_figures({1: {"bulk": _bulk(2.0, 1)}, 2: {"bulk": _bulk(2.6, 2)}})
     assert "serial_limit_2k" not in plain["scale.ratio_2k_1k"]
     assert bench.serial_limit({"nic.io_pct": 10, "core0.idle_pct": 100}) == {}
+
+
+def test_the_median_round_is_kept_with_every_round_value():
+    rounds = [_bulk(6.1, 1), _bulk(11.2, 1), _bulk(9.9, 1)]
+    out = bench.median_round(rounds)
+    assert out["value"] == 9.9 and out["rounds"] == [6.1, 11.2, 9.9]
+    assert bench.median_round([_bulk(3.0, 2)])["value"] == 3.0

@@ -9,6 +9,8 @@ What is modelled:
 - the common and socket register blocks with their reset values, MR.RST, the RSTn pin;
 - the 16 KB TX and 16 KB RX buffer memories shared out between the 8 sockets;
 - socket 0 in MACRAW mode: frame reception with the MAC filter, transmission on SEND;
+  RX_RD counts (for RSR and the free space) from the RECV that follows its write, and
+  TX_RD moves up to TX_WR when a frame has gone;
 - Sn_IR / SIR / INTn, with a falling-edge callback like machine.Pin.irq.
 
 What is not modelled (documented choices, not chip facts):
@@ -104,6 +106,7 @@ _OPEN = const(0x01)
 _CLOSE = const(0x10)
 _SEND = const(0x20)
 _SEND_MAC = const(0x21)
+_CMD_RECV = const(0x40)
 
 # Sn_SR values.
 _SOCK_CLOSED = const(0x00)
@@ -302,6 +305,7 @@ class W5500Emulator:
         # Commands accepted but not yet executed (cr_delay), per socket.
         self._cr_cmd = [0] * 8
         self._cr_wait = [0] * 8
+        self._rx_taken = [0] * 8   # RX_RD as of the last RECV (or OPEN)
 
         self._hdr = bytearray(2)  # RX record length header, reused
         self._zeros = bytes(_PAD_TO)
@@ -614,7 +618,7 @@ class W5500Emulator:
                 free = 0
             return (free >> 8) if addr == _Sn_TX_FSR else (free & 0xFF)
         if addr == _Sn_RX_RSR:
-            v = ((_get16(s, _Sn_RX_WR) - _get16(s, _Sn_RX_RD)) & 0xFFFF) >> 8
+            v = ((_get16(s, _Sn_RX_WR) - self._rx_taken[n]) & 0xFFFF) >> 8
             if n == 0 and self._race_frame is not None:
                 # Test hook: a frame lands between the two byte reads (section 5).
                 frame = self._race_frame
@@ -622,7 +626,7 @@ class W5500Emulator:
                 self._store(frame)
             return v
         if addr == _Sn_RX_RSR + 1:
-            return (_get16(s, _Sn_RX_WR) - _get16(s, _Sn_RX_RD)) & 0xFF
+            return (_get16(s, _Sn_RX_WR) - self._rx_taken[n]) & 0xFF
         return s[addr]
 
     @micropython.native
@@ -686,13 +690,18 @@ class W5500Emulator:
                 _set16(s, _Sn_TX_RD, p)
                 _set16(s, _Sn_TX_WR, p)
                 _set16(s, _Sn_RX_RD, p)
+                self._rx_taken[n] = p
                 _set16(s, _Sn_RX_WR, p)
         elif cmd == _CLOSE:
             s[_Sn_SR] = _SOCK_CLOSED
         elif cmd == _SEND or cmd == _SEND_MAC:
             if s[_Sn_SR] == _SOCK_MACRAW:
                 self._send_macraw(n)
-        # RECV needs nothing (RSR is computed from RX_RD); other commands are ignored.
+        elif cmd == _CMD_RECV:
+            # RX_RD counts only from here on: RSR and the free space follow RECV, not the
+            # write to RX_RD (a driver that reads RSR before its RECV is taken is wrong).
+            self._rx_taken[n] = _get16(s, _Sn_RX_RD)
+        # Other commands are ignored.
 
     @micropython.native
     def _send_macraw(self, n):
@@ -786,7 +795,7 @@ class W5500Emulator:
         record = stored + 2
         size = self._rx_size[0]
         wr = _get16(s, _Sn_RX_WR)
-        used = (wr - _get16(s, _Sn_RX_RD)) & 0xFFFF
+        used = (wr - self._rx_taken[0]) & 0xFFFF
         if size - used < record:
             cnt.rx_dropped_overflow += 1
             return False
