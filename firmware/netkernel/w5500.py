@@ -295,7 +295,6 @@ class W5500:
             raise W5500Error("W5500: socket 0 did not enter MACRAW (SR=0x%02x)"
                              % self._read8(_SN_SR, _BSB_S0_REG))
         self._send_pending = False
-        self._cr_send = False
         self._rx_rd = self._read16(_SN_RX_RD, _BSB_S0_REG)
         self._rx_known = 0
         self._rx_next = -1
@@ -409,14 +408,13 @@ class W5500:
 
     @micropython.native
     def _wait_sent(self):
-        # The previous frame is out when the chip has moved TX_RD up to its TX_WR (one read;
-        # a torn read of the two bytes cannot equal TX_WR before the move, see below).
-        # Before that, TX_WR must not change: a SEND not yet started would send both frames
-        # as one. Usually it went long ago, while we built this frame.
+        # The previous frame is out when the chip has moved TX_RD up to its TX_WR. Until
+        # then TX_WR must not change: a SEND not yet started would send both frames as one.
+        # Usually it went long ago, while we built this frame. One read is enough: the bytes
+        # come high first, so a move between them gives (old high, new low), which equals
+        # TX_WR only if the move had happened by the low byte.
         wr = self._sent_wr
         for i in range(_SENT_POLLS):
-            # Bytes are read high first: a move between them gives (old high, new low),
-            # which equals wr only if the move had happened by the low byte.
             if self._read16(_SN_TX_RD, _BSB_S0_REG) == wr:
                 self._send_pending = False
                 if self._cr_send:
