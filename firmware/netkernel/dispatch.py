@@ -461,6 +461,11 @@ def _put_key(key: ptr8, src: ptr8, src_off: int, dst: ptr8, dst_off: int, proto:
     key[12] = proto
 
 
+def default_red_min(ring_capacity):
+    """The ring depth where random early discard starts, unless set otherwise."""
+    return ring_capacity * 3 // 4
+
+
 class Dispatcher:
     def __init__(self, ncores, ip, flow_capacity=256, ring_capacity=32, red_min=None,
                  red_max=None, overload=None, free_low=None, free_min=0, max_rules=16,
@@ -470,7 +475,7 @@ class Dispatcher:
         self.ncores = ncores
         self.ip = bytearray(ip)
         self.ring_capacity = ring_capacity
-        self.red_min = ring_capacity * 3 // 4 if red_min is None else red_min
+        self.red_min = default_red_min(ring_capacity) if red_min is None else red_min
         self.red_max = ring_capacity * 15 // 16 if red_max is None else red_max
         if self.red_max <= self.red_min:
             self.red_max = self.red_min + 1

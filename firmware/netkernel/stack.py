@@ -24,7 +24,9 @@ class StackConfig:
         self.tcp_rx_budget = 0
         self.tcp_max_connections = 24    # established + handshaking, per stack
         self.tcp_preallocated = 0        # connections whose rings are made at boot and kept
-        self.tcp_syn_backlog = 8         # per listener, SYN-RECEIVED + not yet accepted
+        # Per listener, SYN-RECEIVED + not yet accepted. Under a receive budget a SYN-ACK
+        # may wait for credit, so 16 connections opening at once are all embryonic a while.
+        self.tcp_syn_backlog = 16
         self.tcp_nagle = True
         self.tcp_keepalive_ms = 0        # 0 = off (RFC 1122: off by default)
         self.tcp_delayed_ack_ms = 40     # <= 200 ms (RFC 9293)

@@ -56,6 +56,7 @@ import micropython
 from micropython import const
 
 from netkernel.iface import L4_OFF
+from netkernel.rcvcredit import RcvCredit
 from netkernel.tcpbuf import Assembler, RingBuffer
 from netkernel.wire import copy, earliest, equal, fill, get16, put16, seq_add, seq_delta, seq_put
 
@@ -315,6 +316,11 @@ class TcpSocket:
         self.ack_at = 0
         self.unacked_bytes = 0
         self.rcv_adv_rel = 0       # right edge we last advertised, relative to RCV.NXT
+        # Under a receive budget: the right edge the kernel's credit pool allows us, relative
+        # to RCV.NXT (>= rcv_adv_rel); whether we wait in its queue, and since when.
+        self.rcv_allow = 0
+        self.rcv_queued = False
+        self.rcv_wait_since = 0
         self.need_output = False
         self.blocked = False       # the interface refused a segment; retry at retry_at
         self.retry_at = 0
@@ -802,6 +808,14 @@ class TcpSocket:
     def _advance_rcv(self, k):
         seq_add(self.seq, _RCV_NXT, k)
         self.rcv_adv_rel -= k
+        a = self.rcv_allow
+        if a > 0:
+            # What arrived leaves the chip and the rings: its credit is free again.
+            r = k if k < a else a
+            self.rcv_allow = a - r
+            credit = self.tcp.credit
+            if credit is not None:
+                credit.give(r)
         if self.rx_fin_pending:
             self.rx_fin_off -= k
 
@@ -811,11 +825,15 @@ class TcpSocket:
         if n == 0:
             return
         self.unacked_bytes += n
+        self._rcv_ask(now)
         delay = self.tcp.config.tcp_delayed_ack_ms
         # Under a receive budget a connection's window may be one segment: with less than
         # one left the sender can send nothing more, so ACK now rather than after the delay.
+        # A connection waiting for credit is ACKed when it gets it, window and all: an ACK
+        # now would close the window and another open it again.
         if (self.unacked_bytes >= 2 * self.rcv_mss or delay <= 0
-                or (self.rcv_adv_rel < self.rcv_mss and self.tcp.rcv_share < _MAX_WINDOW)):
+                or (self.rcv_adv_rel < self.rcv_mss and self.tcp.rcv_share < _MAX_WINDOW
+                    and not self.rcv_queued)):
             self.ack_now = True
         elif not self.ack_armed:
             self.ack_armed = True
@@ -825,6 +843,7 @@ class TcpSocket:
         self.rx_fin_pending = False
         seq_add(self.seq, _RCV_NXT, 1)
         self.rcv_adv_rel -= 1
+        self._rcv_release()        # nothing follows a FIN
         self.fin_received = True
         self.ack_now = True
         st = self.state
@@ -881,6 +900,12 @@ class TcpSocket:
         self.need_output = True
 
     def _open_active(self, now):
+        credit = self.tcp.credit
+        if credit is not None:
+            # Our SYN offers two segments (see _rcv_cap) and cannot wait for credit: taken
+            # even if the pool is short, as board-opened connections are few.
+            self.rcv_allow = 2 * _OUR_MSS
+            credit.free -= self.rcv_allow
         self._attach_buffers()
         self.tcp._make_isn(self, now)
         copy(self.seq, _SND_UNA, self.seq, _ISS, 4)
@@ -949,6 +974,7 @@ class TcpSocket:
             if self.rx is not None:
                 self.rx.clear()    # a reset connection's data is void (RFC 9293)
         self.state = CLOSED
+        self._rcv_release()
         self.timer = _T_NONE
         self.ack_armed = False
         self.ack_now = False
@@ -1162,6 +1188,13 @@ class TcpSocket:
     def _output_syn(self, now):
         st = self.state
         if self.snd_nxt_off == 0:
+            if st == SYN_RCVD and self.tcp.credit is not None and \
+                    self.rcv_allow < 2 * _OUR_MSS:
+                # The SYN-ACK opens a window of two segments: it waits for their credit
+                # (Tcp.poll sends it when the pool has it).
+                self._rcv_ask(now)
+                if self.rcv_allow < 2 * _OUR_MSS:
+                    return
             flags = _SYN if st == SYN_SENT else _SYN | _ACK
             if self.snd_max_off:
                 self.tcp.retransmits += 1
@@ -1301,6 +1334,63 @@ class TcpSocket:
             return _OUR_MSS
         return cap - cap % _OUR_MSS
 
+    def _rcv_release(self):
+        """Give back the credit of a window that no more data will use."""
+        a = self.rcv_allow
+        if a > 0:
+            self.rcv_allow = 0
+            credit = self.tcp.credit
+            if credit is not None:
+                credit.give(a)
+
+    @micropython.native
+    def _rcv_need(self):
+        """Under a receive budget, the least credit worth taking: up to the next whole
+        segment of window (a rest of an old window would make the sender send a runt);
+        the handshake's two segments."""
+        if self.state == SYN_RCVD:
+            return 2 * _OUR_MSS - self.rcv_allow
+        return _OUR_MSS - self.rcv_allow % _OUR_MSS
+
+    @micropython.native
+    def _rcv_want(self):
+        """Under a receive budget, the most credit this connection can use beyond what it
+        holds: up to its share of the budget and its free ring space (<= 0: none)."""
+        st = self.state
+        if st == SYN_RCVD:
+            return 2 * _OUR_MSS - self.rcv_allow
+        if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2) or \
+                self.fin_received:
+            return 0
+        w = self._rcv_space()
+        cap = self._rcv_cap()
+        if w > cap:
+            w = cap
+        return w - self.rcv_allow
+
+    @micropython.native
+    def _rcv_ask(self, now):
+        """Under a receive budget: take credit for at least one more segment of window if
+        this connection has room for one, or wait in the pool's queue when the pool is
+        short and this connection cannot take a whole segment any more."""
+        credit = self.tcp.credit
+        if credit is None or self.rcv_queued:
+            return
+        need = self._rcv_need()
+        want = self._rcv_want()
+        if want < need:
+            return
+        g = credit.take(need, want)
+        if g:
+            self.rcv_allow += g
+        elif self.rcv_allow < _OUR_MSS or self.state == SYN_RCVD:
+            if credit.queue(self):
+                self.rcv_queued = True
+                self.rcv_wait_since = now
+            else:                       # more waiters than connections: cannot happen
+                self.rcv_allow += need
+                credit.free -= need
+
     @micropython.native
     def _rcv_window(self):
         """The window to advertise: the free receive space, within this connection's share
@@ -1309,9 +1399,13 @@ class TcpSocket:
         and retransmission timeouts), never below one segment (a sender keeps full-size
         segments and never waits on a window smaller than one) and never left of what was
         already advertised (RFC 9293 3.8.6: the window must not shrink). The handshake
-        offers two segments (see _rcv_cap)."""
+        offers two segments (see _rcv_cap). With a budget, the right edge moves only as far
+        as the credit this connection took from the kernel's pool (rcv_allow)."""
         w = self._rcv_space()
-        cap = self._rcv_cap()
+        if self.tcp.credit is not None:
+            cap = self.rcv_allow
+        else:
+            cap = self._rcv_cap()
         if w > cap:
             w = cap
         if w < self.rcv_adv_rel:
@@ -1326,6 +1420,7 @@ class TcpSocket:
         st = self.state
         if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2):
             return
+        self._rcv_ask(self.tcp.now)
         w = self._rcv_window()
         # RFC 1122 receiver SWS avoidance, min(buffer / 2, MSS), where the buffer is what
         # this connection may use: its ring, or its budget share if that is smaller.
@@ -1470,6 +1565,9 @@ class Tcp:
         self.port_ok = None
         self.on_remove = None
         self.rcv_share = _MAX_WINDOW   # per connection, from tcp_rx_budget (set by poll)
+        budget = self.config.tcp_rx_budget
+        self.credit = RcvCredit(budget, _OUR_MSS, self.config.tcp_max_connections + 8) \
+            if budget > 0 else None
         # Ring buffers kept for reuse, the first ones made here at boot: a connection's two
         # rings are large contiguous blocks, which a fragmented heap may no longer have
         # although plenty is free in total (seen: 73 KB free, no 4 KB block).
@@ -1543,6 +1641,11 @@ class Tcp:
         for name in _COUNTER_NAMES:
             d[name] = getattr(self, name)
         d["connections"] = len(self.conns)
+        credit = self.credit
+        if credit is not None:
+            d["rcv_credit_free"] = credit.free
+            d["rcv_credit_waits"] = credit.waits
+            d["rcv_credit_overcommits"] = credit.overcommits
         return d
 
     # ---- segments in -------------------------------------------------------------------
@@ -1716,6 +1819,7 @@ class Tcp:
         self.now = now
         conns = self.conns
         receivers = 0
+        allowed = 0
         i = len(conns) - 1
         while i >= 0:
             if i < len(conns):
@@ -1726,10 +1830,42 @@ class Tcp:
                 # windows (a handshake gets two segments, whatever the share).
                 if st >= ESTABLISHED and st <= FIN_WAIT_2:
                     receivers += 1
+                allowed += c.rcv_allow
             i -= 1
         # The receive budget's share per connection (see _rcv_window), for the next turn.
         budget = self.config.tcp_rx_budget
         self.rcv_share = budget // receivers if budget > 0 and receivers > 0 else _MAX_WINDOW
+        credit = self.credit
+        if credit is not None:
+            credit.free = budget - allowed    # recounted: what went with a closed socket
+            if credit.waiting():
+                self._serve_credit(now)
+
+    @micropython.native
+    def _serve_credit(self, now):
+        """Credit to the connections waiting for it, first come first served; each one
+        served announces its window (or sends its SYN-ACK) at once."""
+        credit = self.credit
+        while credit.waiting():
+            c = credit.head()
+            if c.state == CLOSED or not c.rcv_queued:
+                c.rcv_queued = False
+                credit.pop()
+                continue
+            need = c._rcv_need()
+            want = c._rcv_want()
+            if want < need:
+                c.rcv_queued = False
+                credit.pop()
+                continue
+            g = credit.serve(c, need, want, ticks_diff(now, c.rcv_wait_since))
+            if g == 0:
+                return
+            credit.pop()
+            c.rcv_queued = False
+            c.rcv_allow += g
+            c.ack_now = True
+            c._output(now)
 
     @micropython.native
     def poll_at(self, now):

@@ -83,7 +83,7 @@ _MIN_TX = const(60)        # pad to the Ethernet minimum; whether the chip pads 
 _CMD_POLLS = const(1000)   # bound on waiting for Sn_CR to clear / SR to change
 _SENT_POLLS = const(2000)     # bound on waiting for the previous frame to go
 _VIEW_STEP = const(128)    # granularity of the per-buffer transfer views
-_RX_RELEASE_BYTES = const(4096)  # received bytes held from the chip before RX_RD + RECV
+RX_RELEASE_BYTES = const(4096)   # received bytes held from the chip before RX_RD + RECV
 _COUNTER_MASK = const(0x3FFFFFFF)  # byte counters wrap as small ints (RP2040: < 2**30)
 FRAME_BUFFER_SIZE = const(1536)  # smallest frame buffer: 1514 rounded up to _VIEW_STEP
 
@@ -378,7 +378,7 @@ class W5500:
         self.rx_bytes = (self.rx_bytes + n) & _COUNTER_MASK
         held = self._rx_held + size
         self._rx_held = held
-        if held >= _RX_RELEASE_BYTES:
+        if held >= RX_RELEASE_BYTES:
             self._release()
         return n
 

@@ -157,7 +157,9 @@ def test_data_is_batched_and_credit_closes_the_window():
     assert data == payload[:1000] and msgs <= 2        # only within credit, batched
     tcp = rig.node.kernel.stack.tcp
     board_sock = tcp.conns[0]
-    assert board_sock.recv_available() == 4096          # the window is closed, RX full
+    # The window is closed, RX full: under the board's receive budget a window opens in
+    # whole segments only, so less than one segment of the ring may stay free.
+    assert 4096 - 1460 < board_sock.recv_available() <= 4096
     assert sent < 12000 and rig.node.kernel.ism.credit_waits > 0
     got = bytearray(data)
     for _ in range(120):

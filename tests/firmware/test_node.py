@@ -143,3 +143,14 @@ def test_a_failing_host_request_is_counted_and_the_link_carries_on():
     turns(node, 4)
     assert bytes([lf.KIND_ECHO_REPLY]) + b"again" in link_replies(hw.stream)
     node.stop()
+
+
+def test_the_receive_budget_fits_the_chip_and_stays_below_early_discard():
+    from netkernel.node import rx_budget
+    # One kernel: the chip's 10 frames, less the 3 the driver may hold before it gives
+    # them back, plus the 3 slots of a ring of 4.
+    assert rx_budget(1, 3, 4) == 10 * 1460
+    # Two kernels, rings of 8 (early discard from 6 on): 5 segments each, not half of 22.
+    assert rx_budget(2, 15, 8) == 5 * 1460
+    # Never less than the two segments a handshake offers.
+    assert rx_budget(2, 2, 2) == 2 * 1460
