@@ -55,6 +55,31 @@ class _TickTimer:
         self._running = False
 
 
+_PACE_MIN_SLEEP_US = const(200)   # shorter sleeps cost the host more than they pace
+
+
+class _Pacer:
+    """One simulated core at `percent` of a host core's speed: after each turn the core
+    sleeps as long as the turn would have taken in addition on the slower core (summed
+    until it is worth a sleep). A host core runs MicroPython many times faster than an
+    RP2040 core, and the host's cores also run the emulated chip's PHY thread and the
+    peer's TCP/IP: at host speed those, not the board's cores, set what N kernels can do.
+    The sleep comes after the turn, with no lock held."""
+
+    def __init__(self, percent):
+        self._more = 100 - percent
+        self._percent = percent
+        self._debt = 0
+
+    def turn_took(self, us):
+        debt = self._debt + us * self._more // self._percent
+        if debt >= _PACE_MIN_SLEEP_US:
+            t0 = time.ticks_us()
+            time.sleep_us(debt)
+            debt -= time.ticks_diff(time.ticks_us(), t0)
+        self._debt = debt
+
+
 class Hardware:
     """What the firmware gets from a board: SPI + pins of the W5500, a tick timer, USB data."""
 
@@ -100,6 +125,11 @@ class Hardware:
 
     def usb(self):
         return self._usb
+
+    def pacer(self):
+        """A new pacer for one core (each core keeps its own), or None at host speed."""
+        speed = getattr(sim_config, "CORE_SPEED", 100)
+        return _Pacer(speed) if speed < 100 else None
 
     def counters(self):
         """Counters of the simulated hardware (a real chip has none of these)."""

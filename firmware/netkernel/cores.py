@@ -16,7 +16,7 @@
 # on a lock for longer than one SPI transaction of the other core, no lock is taken twice.
 import _thread
 from array import array
-from time import sleep_us, ticks_ms, ticks_us
+from time import sleep_us, ticks_diff, ticks_ms, ticks_us
 
 import micropython
 from micropython import const
@@ -130,14 +130,18 @@ class _Direct:
         return fn(*args)
 
 
-def _core_loop(kernel, ctl, idle_us):
-    """Kernels 1..N-1: turn after turn; a short sleep when the ring is empty."""
+def _core_loop(kernel, ctl, idle_us, pacer):
+    """Kernels 1..N-1: turn after turn; a short sleep when the ring is empty. ``pacer``
+    (a simulated board's, or None) slows the core down to the board's speed."""
     while ctl[_RUN]:
+        t0 = ticks_us()
         try:
             more = kernel.turn(ticks_ms())
         except Exception:          # count and carry on: the core must keep its flows
             kernel.errors += 1
             more = False
+        if pacer is not None:
+            pacer.turn_took(ticks_diff(ticks_us(), t0))
         if not more:
             kernel.idle_sleeps += 1
             sleep_us(idle_us)
@@ -207,8 +211,9 @@ class Cores:
 
     # -- threads ---------------------------------------------------------------------------
 
-    def start(self):
-        """Start kernels 1..N-1, each in one thread (call after every import is done)."""
+    def start(self, pacer=None):
+        """Start kernels 1..N-1, each in one thread (call after every import is done).
+        ``pacer``: the board's factory of per-core pacers (simulated boards), or None."""
         if self.ncores > 1 and self.thread_stack:
             try:
                 _thread.stack_size(self.thread_stack)
@@ -218,7 +223,8 @@ class Cores:
             ctl = self.ctl[k]
             ctl[_RUN] = 1
             ctl[_STOPPED] = 0
-            _thread.start_new_thread(_core_loop, (self.kernels[k], ctl, self.idle_us))
+            _thread.start_new_thread(_core_loop, (self.kernels[k], ctl, self.idle_us,
+                                                  pacer() if pacer else None))
 
     def stop(self):
         for k in range(1, self.ncores):

@@ -153,6 +153,7 @@ class Node:
         self._busy_at = time.ticks_us()
         self._wake = True
         self.idle = BusyTime()      # core 0 waiting for work
+        self._pacer = None          # a simulated board's core speed (start())
         self._next_link_check = 0
         self.link_up = False
         self.errors = 0
@@ -166,7 +167,9 @@ class Node:
         self.hw.intn.irq(handler=self._on_event, trigger=self.hw.intn.IRQ_FALLING)
         self._timer = self.hw.timer(_TICK_MS, self._on_event)
         self.kernel.stack.announce(time.ticks_ms())
-        self.cores.start()    # every module is imported by now: core 1 may start
+        pacer = getattr(self.hw, "pacer", None)     # a simulated board's core speed
+        self._pacer = pacer() if pacer else None
+        self.cores.start(pacer)    # every module is imported by now: core 1 may start
         _log("up mac=%s ip=%s/%d link=%s kernels=%d tx=%s board=%s" % (
             self.cfg["mac"], self.cfg["ip"], self.cfg["prefix"],
             "up" if self.link_up else "down", self.nkernels, self.cores.tx_mode,
@@ -177,8 +180,13 @@ class Node:
         # Idle: wait for an interrupt or the host's next bytes (where the board can; the
         # simulated one can), at most 1 ms, so the kernels' rings get their turn as before.
         idle = getattr(self.hw, "idle", None) or getattr(self.hw.usb(), "poll", None)
+        pacer = self._pacer
         while True:
-            if not self.turn(time.ticks_ms()):
+            t0 = time.ticks_us()
+            more = self.turn(time.ticks_ms())
+            if pacer is not None:
+                pacer.turn_took(time.ticks_diff(time.ticks_us(), t0))
+            if not more:
                 t0 = time.ticks_us()
                 if idle is not None:
                     idle(1)

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a stack setting of the board (StackConfig in "
                    "firmware/netkernel/stack.py), e.g. --stack tcp_max_connections=64; "
                    "repeatable")
+    p.add_argument("--core-speed", metavar="PCT", type=int, default=100,
+                   help="run each of the board's cores at PCT percent of a host core: "
+                   "a core sleeps after each turn as long as the turn would have taken "
+                   "longer, so the host's cores, which also run the emulated chip and the "
+                   "peer, stop limiting the board's (default: %(default)s)")
     p.add_argument("--heap", metavar="SIZE", default=None,
                    help="MicroPython heap, e.g. 288k, 300000, 1M "
                    f"(default: HEAP_BYTES of boards/sim.py, else {sim.DEFAULT_HEAP})")
@@ -203,7 +208,7 @@ def sim_config_from_args(args: argparse.Namespace):  # -> twinstack.sim.launcher
         root=args.root, name=args.netns, board_ip=args.board_ip, peer_ip=args.peer_ip,
         kernels=args.kernels, heap=args.heap, services=args.services, mac=args.mac,
         log_frames=args.frame_log, entry=args.entry, ready_timeout=args.ready_timeout,
-        stack=args.stack,
+        stack=args.stack, core_speed=args.core_speed,
     )
 
 

@@ -42,3 +42,17 @@ def test_firmware_after_start_fits_the_rp2040_heap_with_room_to_spare():
     firmware = used - sim.EMULATOR_HEAP_BYTES
     assert firmware < sim.FIRMWARE_HEAP_BYTES * 3 // 2 // 2, firmware
     node.stop()
+
+
+def test_a_paced_core_sleeps_what_a_slower_core_would_have_worked_on():
+    import time
+    pacer = sim._Pacer(25)                 # a quarter of a host core: 3 times as long again
+    t0 = time.ticks_us()
+    for _ in range(10):
+        pacer.turn_took(1000)               # ten turns of 1 ms each
+    slept = time.ticks_diff(time.ticks_us(), t0)
+    assert 28000 <= slept < 60000, slept   # 30 ms owed, minus what is still carried
+    fast = sim._Pacer(100)
+    t0 = time.ticks_us()
+    fast.turn_took(1000)
+    assert time.ticks_diff(time.ticks_us(), t0) < 1000

@@ -308,3 +308,22 @@ def test_the_median_round_is_kept_with_every_round_value():
     out = bench.median_round(rounds)
     assert out["value"] == 9.9 and out["rounds"] == [6.1, 11.2, 9.9]
     assert bench.median_round([_bulk(3.0, 2)])["value"] == 3.0
+
+
+def test_paced_scale_figures_come_from_boards_at_the_paced_core_speed(monkeypatch):
+    calls = []
+
+    def fake_run_scale(netns, only=(), core_speed=100):
+        calls.append((tuple(only), core_speed))
+        return {bench.SCALE_RATIO: bench.figure(1.9, "x"),
+                bench.SCALE_BULK_1K: bench.figure(3.0, "MB/s")}, ["scale bulk 2k"]
+
+    monkeypatch.setattr(bench, "run_scale", fake_run_scale)
+    figures, failed = bench.run_scale_paced("ns", ["scale.paced.ratio_2k_1k"])
+    assert calls == [((bench.SCALE_RATIO,), bench.SCALE_PACED_SPEED)]
+    assert figures["scale.paced.ratio_2k_1k"]["value"] == 1.9
+    assert figures["scale.paced.ratio_2k_1k"]["core_speed_pct"] == bench.SCALE_PACED_SPEED
+    assert failed == ["paced scale bulk 2k"]
+    calls.clear()
+    assert bench.run_scale_paced("ns", ["stack.bulk_mbps"]) == ({}, [])
+    assert calls == []

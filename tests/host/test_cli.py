@@ -321,7 +321,7 @@ def test_render_sim_config(root):
         "NETIF": "w5500", "USB_FD": 7, "WAKE_FDS": (8, 9),
         "IP": "10.77.0.2", "PREFIX": 24, "PEER": "10.77.0.1",
         "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 2, "SERVICES": True,
-        "LOG_FRAMES": True, "HEAP": 294912, "NAME": "ts0", "STACK": {},
+        "LOG_FRAMES": True, "HEAP": 294912, "NAME": "ts0", "STACK": {}, "CORE_SPEED": 100,
     }
     assert 'NETIF = "w5500"\n' in text and "USB_FD = 7\n" in text and "SERVICES = True\n" in text
 
@@ -411,3 +411,12 @@ def test_stack_settings_reach_sim_config(root):
         make_config(root=root, name="ab", stack=["oops"])
     with pytest.raises(ValueError, match="integer"):
         make_config(root=root, name="ab", stack=["tcp_rx_buffer=big"])
+
+
+def test_core_speed_reaches_sim_config_and_is_checked(root):
+    assert "CORE_SPEED = 100" in render_sim_config(make_config(root=root, name="ab"), 5)
+    cfg = make_config(root=root, name="ab", core_speed=33)
+    assert "CORE_SPEED = 33" in render_sim_config(cfg, 5)
+    for bad in (0, 101):
+        with pytest.raises(ValueError, match="--core-speed"):
+            make_config(root=root, name="ab", core_speed=bad)

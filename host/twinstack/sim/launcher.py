@@ -237,6 +237,8 @@ class SimConfig:
     entry: Path | None = None  # None: <root>/firmware/main.py
     ready_timeout: float = READY_TIMEOUT_S
     stack: dict[str, int | bool] | None = None  # StackConfig overrides (--stack NAME=VALUE)
+    # Percent of a host core each simulated core runs at (--core-speed); 100: host speed.
+    core_speed: int = 100
     # True: ``heap`` is the board's budget (boards/sim.py HEAP_BYTES) and the firmware's
     # compiled code is added to it when the board starts (see :func:`frozen_code_bytes`).
     heap_is_budget: bool = False
@@ -356,6 +358,7 @@ def make_config(
     entry: str | Path | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
     stack: Sequence[str] = (),
+    core_speed: int = 100,
 ) -> SimConfig:
     """Validate the ``twinstack sim`` options; ``ValueError`` with a user message if bad."""
     validate_name(name)
@@ -392,11 +395,13 @@ def make_config(
     entry_path = Path(entry).expanduser().resolve() if entry else None
     if ready_timeout <= 0:
         raise ValueError("--ready-timeout must be positive")
+    if not 1 <= core_speed <= 100:
+        raise ValueError(f"--core-speed {core_speed}: give a percent of a host core, 1 to 100")
     return SimConfig(
         root=root_path, name=name, board_ip=bip, peer_ip=pip, kernels=kernels,
         heap=heap_bytes, services=services, mac=mac_text, log_frames=log_frames,
         entry=entry_path, ready_timeout=ready_timeout, stack=parse_stack_settings(stack),
-        heap_is_budget=heap is None,
+        heap_is_budget=heap is None, core_speed=core_speed,
     )
 
 
@@ -435,6 +440,7 @@ def render_sim_config(cfg: SimConfig, usb_fd: int,
         ("HEAP", cfg.heap),
         ("NAME", cfg.name),
         ("STACK", cfg.stack or {}),
+        ("CORE_SPEED", cfg.core_speed),
     ]
     lines = [f"# Written by `twinstack sim` for the simulated board {cfg.name}; "
              "read by boards/sim.py. Do not edit."]
