@@ -73,7 +73,7 @@ class RcvCredit:
         self._head = (self._head + 1) % len(q)
         self._count -= 1
 
-    def serve(self, sock, need, want, waited_ms):
+    def serve(self, need, want, waited_ms):
         """Credit for the queue's head: what _grant gives, or ``need`` if it has waited
         long enough; 0 if it must wait on."""
         g = self._grant(need, want)

@@ -1858,7 +1858,7 @@ class Tcp:
                 c.rcv_queued = False
                 credit.pop()
                 continue
-            g = credit.serve(c, need, want, ticks_diff(now, c.rcv_wait_since))
+            g = credit.serve(need, want, ticks_diff(now, c.rcv_wait_since))
             if g == 0:
                 return
             credit.pop()

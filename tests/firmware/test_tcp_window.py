@@ -326,7 +326,7 @@ def test_a_segment_that_fills_a_one_segment_window_is_acked_at_once():
     st.tcp.poll(1500)
     p.send(ACK | PSH, bytes(2636), now=2000)     # within what the handshake offered
     st.tcp.poll(2041)                             # (the delayed ACK)
-    assert p.take()[-1].wnd == 1460               # the share, which the ring still has
+    assert p.take()[-1].wnd == 1460               # the one segment the ring has room for
     p.send(ACK | PSH, bytes(1460), now=2100)
     a = p.one()                                   # at once, not 40 ms later
     assert a.ack == p.seq and a.wnd == 0
