@@ -65,6 +65,11 @@ Steering rules (steer())
 - TCP/UDP: the flow table first (an entry keeps its owner, whatever the hash program or the
   indirection table became since); a new flow's owner is a host rule for its exact key, or
   indirection[hash(key) & (len - 1)]; recorded. TCP entries are pinned (connections).
+- A new TCP connection from the network (a SYN) under balance "flows" (the default): the
+  hash's core, unless that core holds more than its share of the open connections (a
+  core's share is its part of the indirection table: equal in the default table); then
+  the core furthest below its share. Connections that all open at once (a burst of SYNs)
+  are spread by the shares instead of by chance.
 - ICMP and other IP protocols: by hash, not recorded.
 - Overload (seed 004 Fig. 12B): an ICMP echo request or a UDP datagram whose target ring is
   at or above `overload` goes to the least loaded core if that is less loaded. UDP flow
@@ -153,10 +158,15 @@ _C_ALL_CORES = const(8)
 _C_FRAGMENTS = const(9)
 _C_NEW_FLOWS = const(10)
 _C_RULE_HITS = const(11)
-_C_CORE = const(12)
+_C_BALANCED = const(12)
+_C_CORE = const(13)
 _COUNTER_NAMES = ("frames", "malformed", "drop_malformed", "drop_other", "drop_red",
                   "drop_ring_full", "drop_no_buffer", "redirects", "all_cores", "fragments",
-                  "new_flows", "rule_hits")
+                  "new_flows", "rule_hits", "balanced")
+
+BALANCE_HASH = const(0)      # new connections go where the hash points
+BALANCE_FLOWS = const(1)     # ...unless that core holds more than its share of connections
+_BALANCE_NAMES = ("hash", "flows")
 
 # Microsoft's RSS verification key, and the symmetric one (0x6d5a repeated: swapping source
 # and destination, addresses and ports together, gives the same hash).
@@ -469,7 +479,7 @@ def default_red_min(ring_capacity):
 class Dispatcher:
     def __init__(self, ncores, ip, flow_capacity=256, ring_capacity=32, red_min=None,
                  red_max=None, overload=None, free_low=None, free_min=0, max_rules=16,
-                 seed=0xACE1, idle_ms=300000, tcp_idle_ms=7200000):
+                 seed=0xACE1, idle_ms=300000, tcp_idle_ms=7200000, balance="flows"):
         if ncores < 1 or ncores > 255:
             raise ValueError("ncores")
         self.ncores = ncores
@@ -498,7 +508,10 @@ class Dispatcher:
         self._algo = _ALGO_FOLD
         self._mask = bytearray(b"\xff" * KEY_LEN)
         self._tkey = bytes(SYMMETRIC_RSS_KEY)
-        self.indirection = bytearray(i % ncores for i in range(64))
+        self._shares = array.array("H", bytes(2 * ncores))   # indirection entries per core
+        self.set_indirection(bytearray(i % ncores for i in range(64)))
+        self._balance = BALANCE_HASH
+        self.set_balance(balance)
         self.program = default_program()
 
     # -- configuration (allocates; not per frame) -------------------------------------
@@ -526,10 +539,28 @@ class Dispatcher:
         n = len(table)
         if n < 1 or n > 256 or n & (n - 1):
             raise ValueError("indirection length must be a power of two <= 256")
+        shares = array.array("H", bytes(2 * self.ncores))
         for c in table:
             if c < 0 or c >= self.ncores:
                 raise ValueError("core %d" % c)
-        self.indirection = bytearray(table)     # one attribute swap: steer sees old or new
+            shares[c] += 1
+        # The shares go first: a connection placed in between sees new shares and the old
+        # table, both valid. Each is one attribute swap: steer sees old or new.
+        self._shares = shares
+        self.indirection = bytearray(table)
+
+    def set_balance(self, name):
+        """How a new TCP connection from the network (a SYN) finds its core:
+        "hash": indirection[hash(key)], like every other new flow;
+        "flows": the same, unless that core already holds more than its share of the
+        connections (its entries in the indirection table, as a fraction of the table):
+        then the core furthest below its share. Host rules go first either way."""
+        if name not in _BALANCE_NAMES:
+            raise ValueError("balance must be hash or flows")
+        self._balance = _BALANCE_NAMES.index(name)
+
+    def balance(self):
+        return _BALANCE_NAMES[self._balance]
 
     def set_program(self, program):
         program = bytes(program)
@@ -621,6 +652,37 @@ class Dispatcher:
         return self._hash_core(key)
 
     @micropython.native
+    def _place(self, key):
+        """The core for a new connection from the network: _assign() under "hash"; under
+        "flows" the core whose connections are furthest below its share once this one is
+        added, the hash's own core when it is one of those (counted when it is not)."""
+        if self._nrules:
+            r = _find_key(self._rules, self._nrules, key)
+            if r >= 0:
+                _inc(self.counters_, _C_RULE_HITS)
+                return self._rule_cores[r]
+        core = self._hash_core(key)
+        if self._balance == BALANCE_HASH:
+            return core
+        pinned = self.flows_table.pinned
+        shares = self._shares
+        best = core
+        # compare (n + 1) / share across cores without division
+        best_n = pinned[core] + 1
+        best_s = shares[core]
+        k = 0
+        while k < self.ncores:
+            s = shares[k]
+            if s and (pinned[k] + 1) * best_s < best_n * s:
+                best = k
+                best_n = pinned[k] + 1
+                best_s = s
+            k += 1
+        if best != core:
+            _inc(self.counters_, _C_BALANCED)
+        return best
+
+    @micropython.native
     def _chance(self, num, den):
         """True with probability num/den (0 <= num <= den), from the xorshift PRNG."""
         return (_xorshift16(self._rng) - 1) * den < (num << 16)
@@ -671,8 +733,13 @@ class Dispatcher:
             slot = ft.lookup(key, 0)
             if slot < 0:
                 _inc(self.counters_, _C_NEW_FLOWS)
-                slot = ft.insert(key, 0, self._assign(key),
-                                 _F_PINNED if proto == OP_TCP else 0, now)
+                if proto == OP_TCP:
+                    # only a SYN opens a connection here; a SYN-ACK answers one of ours,
+                    # whose port was picked to hash to its core
+                    owner = self._place(key) if op & OP_SYN else self._assign(key)
+                    slot = ft.insert(key, 0, owner, _F_PINNED, now)
+                else:
+                    slot = ft.insert(key, 0, self._assign(key), 0, now)
                 self.flow_new = slot >= 0
             core = ft.owner[slot]
             self.flow = slot
@@ -733,7 +800,7 @@ class Dispatcher:
         if slot < 0:
             ft.insert(self._qkey, 0, core, _F_PINNED if proto == _PROTO_TCP else 0, now)
         else:
-            ft.owner[slot] = core
+            ft.set_owner(slot, core)
 
     @micropython.native
     def flow_closed(self, proto, src, src_off, dst, dst_off, sport, dport):

@@ -10,7 +10,9 @@
 # ptr32 so a byte count past 2**30 never becomes a heap int. Times are ticks_ms values,
 # which wrap at 2**30 on MicroPython, so an age is (now - seen) & _TICKS_MASK.
 #
-# Bounded: when every slot is in use, a new flow evicts the entry idle the longest (counted).
+# Bounded: when every slot is in use, a new flow evicts the entry idle the longest (counted),
+# a connectionless one if there is any: a TCP connection that lost its entry could land on
+# a core without its TCB.
 # Entries idle longer than their timeout are reclaimed a few slots per call of expire_step(),
 # which the dispatcher calls once per steered frame: no separate sweep, no pause.
 import array
@@ -60,6 +62,8 @@ class FlowTable:
         self.nxt = array.array("H", [i + 1 for i in range(capacity)])
         self.nxt[capacity - 1] = NIL
         self.state = array.array("I", bytes(4 * _S_LEN))
+        # Pinned entries (connections) per owner: the dispatcher's load balancing counts on it.
+        self.pinned = array.array("H", bytes(2 * 256))
 
     @micropython.viper
     def _bucket_of(self, key: ptr8, koff: int) -> int:
@@ -93,18 +97,23 @@ class FlowTable:
 
     @micropython.viper
     def _oldest(self, now: int) -> int:
+        """The slot idle the longest, preferring entries that are not pinned."""
         seen = ptr32(self.seen)
         flags = ptr8(self.flags)
         best = -1
         best_age = -1
+        best_pinned = 1
         i = 0
         cap = int(self.capacity)
         while i < cap:
-            if flags[i] & F_USED:
+            f = flags[i]
+            if f & F_USED:
                 age = (now - seen[i]) & _TICKS_MASK
-                if age > best_age:
+                pinned = 1 if f & F_PINNED else 0
+                if pinned < best_pinned or (pinned == best_pinned and age > best_age):
                     best_age = age
                     best = i
+                    best_pinned = pinned
             i += 1
         return best
 
@@ -126,6 +135,8 @@ class FlowTable:
                     nxt[s] = nxt[slot]
                     break
                 s = nxt[s]
+        if flags[slot] & F_PINNED:
+            ptr16(self.pinned)[ptr8(self.owner)[slot]] -= 1
         flags[slot] = 0
         st = ptr32(self.state)
         nxt[slot] = st[_S_FREE]
@@ -157,11 +168,23 @@ class FlowTable:
         ptr16(self.bucket)[slot] = b
         ptr8(self.owner)[slot] = owner
         ptr8(self.flags)[slot] = F_USED | flags
+        if flags & F_PINNED:
+            ptr16(self.pinned)[owner] += 1
         ptr32(self.packets)[slot] = 0
         ptr32(self.nbytes)[slot] = 0
         ptr16(self.last_op)[slot] = 0
         ptr32(self.seen)[slot] = now
         return slot
+
+    @micropython.viper
+    def set_owner(self, slot: int, owner: int):
+        """Give the entry in this slot a new owner (its pinned count moves with it)."""
+        o = ptr8(self.owner)
+        if ptr8(self.flags)[slot] & F_PINNED:
+            pinned = ptr16(self.pinned)
+            pinned[o[slot]] -= 1
+            pinned[owner] += 1
+        o[slot] = owner
 
     @micropython.viper
     def touch(self, slot: int, nbytes: int, op: int, now: int):

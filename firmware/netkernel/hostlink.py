@@ -12,6 +12,7 @@ from netkernel.proto import linkframe as lf
 
 _RX_CHUNK = const(512)
 _WRITE_TRIES = const(64)   # a host that does not read must never stall the board
+_TEXT_PAGES_PER_TURN = const(4)
 
 
 class HostLink:
@@ -38,12 +39,19 @@ class HostLink:
         self._pend = 0            # a frame in _out not fully written yet: its length...
         self._pend_done = 0       # ...and how much of it the host has taken
         self.tx_resumed = 0       # turns that went on with a partly written frame
+        self._page = bytearray(lf.MAX_PAYLOAD)   # the text reply going out: its page,
+        self._text = None         # its parts still to come,
+        self._part = b""          # the part being paged
+        self._part_i = 0          # and how much of it (len + 1: its separator too) is out
+        self.replies_cut = 0      # text replies replaced by a newer request before the end
 
     def poll(self):
-        """Read what the host sent (one chunk) and act on every complete frame in it."""
+        """Read what the host sent (one chunk) and act on every complete frame in it; send
+        more of a text reply in progress."""
         n = self._stream.readinto(self._rx)
         if n:
             self.deframer.feed(self._rx, n)
+        self.pump_text()
         return n
 
     def _on_frame(self, buf, n):
@@ -110,33 +118,66 @@ class HostLink:
         self.send(r, 14)
 
     def send_text(self, kind, parts):
-        """Send text (a str, or a list of str joined by spaces) as frames of kind + more-flag
-        + a piece. Parts are packed as they come, so a long report never needs one big
-        string (on a board whose heap is nearly full that allocation is what fails)."""
-        if isinstance(parts, str):
-            parts = (parts,)
-        r = self._reply
-        r[0] = kind
+        """Send text (a str, or parts joined by spaces, e.g. a generator) as frames of kind +
+        more-flag + a piece. The pages go out over the next turns as the host takes them
+        (pump_text()), so a long report never stalls core 0 and no page of it is dropped;
+        parts are packed as they come, so the report never needs one big string (on a
+        board whose heap is nearly full that allocation is what fails). A new text reply
+        replaces one still going out (counted in replies_cut); the page being written
+        is finished first, so the host never sees a torn frame."""
+        if self._text is not None:
+            self.replies_cut += 1
+        self._text = iter((parts,) if isinstance(parts, str) else parts)
+        self._page[0] = kind
+        self._part = b""
+        self._part_i = 1          # past the end: the next part is fetched first
+        self.pump_text()
+
+    def pump_text(self):
+        """Send more pages of the text reply in progress, as many as the host takes now
+        (at most _TEXT_PAGES_PER_TURN)."""
+        for _ in range(_TEXT_PAGES_PER_TURN):
+            if self._text is None or self.busy():
+                return
+            n, last = self._fill_page()
+            if last:
+                self._text = None
+            self.send_keep(self._page, n)
+
+    def _fill_page(self):
+        """The next page of the text reply: (length, is the last page)."""
+        r = self._page
         cap = lf.MAX_PAYLOAD
         n = 2
-        for part in parts:
-            data = part.encode()
-            i = 0
-            while i <= len(data):
-                if n == cap:
-                    r[1] = 1              # more follows
-                    self.send(r, n)
-                    n = 2
-                if i == len(data):
-                    r[n] = 0x20           # the separator after each part
-                    n += 1
+        last = False
+        while True:
+            data = self._part
+            i = self._part_i
+            if i > len(data):                 # this part and its separator are out
+                try:
+                    data = next(self._text).encode()
+                except StopIteration:
+                    last = True
                     break
+                except Exception:
+                    self._text = None         # a broken report ends here, reported above
+                    raise
+                self._part = data
+                self._part_i = i = 0
+            if n == cap:
+                break                         # full, and more follows
+            if i == len(data):
+                r[n] = 0x20                   # the separator after each part
+                n += 1
+                i += 1
+            else:
                 k = min(len(data) - i, cap - n)
                 r[n:n + k] = data[i:i + k]
                 n += k
                 i += k
-        r[1] = 0
-        self.send(r, n)
+            self._part_i = i
+        r[1] = 0 if last else 1
+        return n, last
 
     def busy(self):
         """Write more of a partly written frame; True while some of it is still left."""

@@ -48,6 +48,9 @@ class Link:
 
     def __init__(self, url: str, *, baudrate: int = 115200) -> None:
         self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.05)
+        # What an earlier session left unread (the rest of a reply its reader gave up on)
+        # must not be taken for an answer to this one.
+        self.port.reset_input_buffer()
         self._frames: deque[tuple[int, bytes]] = deque()
         self._deframer = lf.Deframer(self._on_frame)
         self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
@@ -145,7 +148,8 @@ class Link:
 
     def configure(self, timeout: float = 2.0, **settings: object) -> str:
         """Change the board at run time: the dispatcher (``hash="fold"|"toeplitz"``,
-        ``indirection=[0, 1, ...]`` (or "0,1,..."), ``mask=bytes | hex str`` (13 bytes),
+        ``indirection=[0, 1, ...]`` (or "0,1,..."), ``balance="flows"|"hash"`` (how new
+        TCP connections are placed), ``mask=bytes | hex str`` (13 bytes),
         ``rule=(key bytes | hex str, core)``), the address (``ip="10.0.0.2/24"``,
         ``gateway="10.0.0.1"``, ``mac="02:..."``) and the built-in services
         (``services="on"|"off"``); each kernel applies them on its own core. Returns the

@@ -7,11 +7,14 @@ NAME = "fake"
 
 
 class MemoryStream:
-    """Non-blocking stream: the host side writes into `incoming`, reads from `outgoing`."""
+    """Non-blocking stream: the host side writes into `incoming`, reads from `outgoing`.
+    `room`: how many more bytes the board may write (None: no limit), as a pty or a USB
+    endpoint whose host has not read yet takes only so much."""
 
     def __init__(self):
         self.incoming = bytearray()
         self.outgoing = bytearray()
+        self.room = None
 
     def readinto(self, buf):
         if not self.incoming:
@@ -22,8 +25,12 @@ class MemoryStream:
         return n
 
     def write(self, buf):
-        self.outgoing += buf
-        return len(buf)
+        n = len(buf) if self.room is None else min(len(buf), self.room)
+        if n:
+            self.outgoing += buf[:n]
+        if self.room is not None:
+            self.room -= n
+        return n
 
     def close(self):
         pass

@@ -46,18 +46,84 @@ def flow_spread(d, nflows):
     return per
 
 
-def test_tcp_flows_spread_over_2_and_4_cores():
+def test_tcp_flows_spread_over_2_and_4_cores_by_hash():
     for ncores in (2, 4):
-        d = dp.Dispatcher(ncores, OUR_IP)
+        d = dp.Dispatcher(ncores, OUR_IP, balance="hash")
         per = flow_spread(d, 64)
-        assert min(per) >= 64 // ncores // 2, per
-        assert d.counters()["new_flows"] == 64
+        assert min(per) >= 64 // ncores // 4, per
+        assert d.counters()["new_flows"] == 64 and d.counters()["balanced"] == 0
+
+
+def syn_of(i):
+    return tcp(peer(i), OUR_IP, 30000 + i, 80, SYN)
+
+
+def balanced_spread(d, nflows, first=0):
+    per = [0] * d.ncores
+    for i in range(first, first + nflows):
+        per[steer(d, syn_of(i))] += 1
+    return per
+
+
+def test_a_burst_of_connections_is_spread_by_the_cores_shares_not_by_chance():
+    # 16 connections that the hash alone puts all on core 0
+    by_hash = dp.Dispatcher(2, OUR_IP, balance="hash")
+    on_core_0 = [i for i in range(200) if steer(by_hash, syn_of(i)) == 0][:16]
+    assert len(on_core_0) == 16
+    d = dp.Dispatcher(2, OUR_IP)
+    assert d.balance() == "flows"
+    per = [0, 0]
+    for i in on_core_0:
+        per[steer(d, syn_of(i))] += 1
+    assert per == [8, 8] and d.counters()["balanced"] == 8
+    assert list(d.flows_table.pinned[:2]) == per
+    d4 = dp.Dispatcher(4, OUR_IP)
+    assert balanced_spread(d4, 64) == [16] * 4
+    # a table that gives core 1 three quarters: it takes new connections until it has
+    # three quarters of them (core 0's 8 are its quarter of 32)
+    d.set_indirection([0, 1, 1, 1])
+    assert balanced_spread(d, 16, 300) == [0, 16]
+    assert balanced_spread(d, 8, 400) == [2, 6]
+
+
+def test_balancing_counts_open_connections_and_moves_none_of_them():
+    d = dp.Dispatcher(2, OUR_IP, flow_capacity=64)
+    d.set_indirection([0, 1])
+    first = [steer(d, tcp(peer(i), OUR_IP, 30000 + i, 80, SYN)) for i in range(8)]
+    assert sorted(first) == [0] * 4 + [1] * 4
+    # segments of open connections stay where their connection is, whatever the load
+    for _ in range(3):
+        for i in range(8):
+            assert steer(d, tcp(peer(i), OUR_IP, 30000 + i, 80, ACK | PSH, b"x")) == first[i]
+    # core 1's connections close: the next four new ones all go to core 1
+    for i in range(8):
+        if first[i] == 1:
+            d.flow_closed(6, OUR_IP, 0, peer(i), 0, 80, 30000 + i)
+    assert list(d.flows_table.pinned[:2]) == [4, 0]
+    assert balanced_spread(d, 4, 50) == [0, 4]
+    # a SYN-ACK answers our own active open: its port hashes to the opener, never moved
+    d.set_indirection([0] * 64)
+    for i in range(4):
+        assert steer(d, tcp(peer(60 + i), OUR_IP, 80, 50000 + i, SYN | ACK)) == 0
+    # host rules go first; "hash" turns balancing off
+    d.set_balance("hash")
+    assert balanced_spread(d, 4, 70) == [4, 0]
+    try:
+        d.set_balance("random")
+        raise AssertionError("a bad balance name was accepted")
+    except ValueError:
+        pass
 
 
 def test_indirection_table_decides():
-    d = dp.Dispatcher(4, OUR_IP)
+    d = dp.Dispatcher(4, OUR_IP, balance="hash")
     d.set_indirection([3] * 64)
     assert flow_spread(d, 16) == [0, 0, 0, 16]
+    # balancing keeps to the cores the table names
+    d.set_balance("flows")
+    assert balanced_spread(d, 8, 100) == [0, 0, 0, 8]
+    d.set_indirection([2, 3])
+    assert balanced_spread(d, 8, 200) == [0, 0, 8, 0]
 
 
 def test_every_segment_of_a_connection_stays_on_its_core():

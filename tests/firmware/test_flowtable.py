@@ -60,6 +60,31 @@ def test_full_table_evicts_the_oldest_idle_entry():
     assert st["evictions"] == 1 and st["flows"] == 4, st
 
 
+def test_eviction_spares_connections_while_there_is_a_connectionless_entry():
+    ft = FlowTable(4)
+    ft.insert(key(0), 0, 1, F_PINNED, 1000)        # the oldest, but a connection
+    ft.insert(key(1), 0, 0, 0, 1500)               # a UDP flow
+    ft.insert(key(2), 0, 1, F_PINNED, 1100)
+    ft.insert(key(3), 0, 0, F_PINNED, 1200)
+    assert list(ft.pinned[:2]) == [1, 2]
+    ft.insert(key(4), 0, 0, F_PINNED, 2000)
+    assert ft.lookup(key(1), 0) == -1 and ft.lookup(key(0), 0) >= 0
+    assert list(ft.pinned[:2]) == [2, 2]
+    # only connections left: the one idle the longest goes, and its owner's count with it
+    ft.insert(key(5), 0, 0, 0, 2100)
+    assert ft.lookup(key(0), 0) == -1
+    assert list(ft.pinned[:2]) == [2, 1] and ft.stats()["evictions"] == 2
+    # a new owner takes the count along; removal gives it back
+    s = ft.lookup(key(2), 0)
+    ft.set_owner(s, 0)
+    assert list(ft.pinned[:2]) == [3, 0] and ft.owner[s] == 0
+    ft.set_owner(ft.lookup(key(5), 0), 1)          # not a connection: not counted
+    assert list(ft.pinned[:2]) == [3, 0]
+    ft.remove(s)
+    ft.clear()
+    assert list(ft.pinned[:2]) == [0, 0]
+
+
 def test_counters_and_entries():
     ft = FlowTable(8)
     s = ft.insert(key(1), 0, 1, F_PINNED, 5)

@@ -127,6 +127,50 @@ def test_stats_reach_the_host_whole_even_when_longer_than_a_frame():
     node.stop()
 
 
+def stats_fields(replies):
+    text = b"".join(r[2:] for r in replies).decode()
+    return dict(item.split("=") for item in text.split())
+
+
+def test_stats_to_a_slow_host_come_whole_over_later_turns_and_nothing_is_dropped():
+    node, hw = started()
+    hw.stream.room = 300          # the host reads 300 bytes between two of the board's turns
+    hw.stream.incoming += link_frame(lf.KIND_STATS_REQUEST)
+    for _ in range(400):
+        node.turn(time.ticks_ms())
+        hw.stream.room = 300
+        if node.link._text is None and not node.link.busy():
+            break
+    replies = link_replies(hw.stream)
+    assert len(replies) >= 3 and all(r[0] == lf.KIND_STATS_REPLY for r in replies)
+    assert [r[1] for r in replies] == [1] * (len(replies) - 1) + [0]
+    fields = stats_fields(replies)
+    assert fields["link_tx_dropped"] == "0" and fields["link_replies_cut"] == "0"
+    assert int(fields["heap_free"]) > 0 and "ip.bad_checksum" in fields
+    assert "i2o.posts" in fields and node.link.tx_dropped == 0
+    node.stop()
+
+
+def test_a_new_stats_request_replaces_one_still_going_out_without_tearing_a_frame():
+    node, hw = started()
+    hw.stream.room = 1000
+    hw.stream.incoming += link_frame(lf.KIND_STATS_REQUEST)
+    turns(node, 1)                # a frame and a half went out: the host stops reading
+    assert node.link._text is not None and node.link.busy()
+    hw.stream.incoming += link_frame(lf.KIND_STATS_REQUEST)
+    hw.stream.room = None
+    turns(node, 3)
+    assert node.link.replies_cut == 1 and node.link.tx_dropped == 0
+    replies = link_replies(hw.stream)
+    # The first reply ends with its page that was under way (finished, so every frame
+    # decodes); the second comes whole after it.
+    assert all(r[0] == lf.KIND_STATS_REPLY for r in replies)
+    assert [r[1] for r in replies] == [1] * (len(replies) - 1) + [0]
+    fields = stats_fields(replies[1:])
+    assert fields["link_replies_cut"] == "1" and fields["errors"] == "0"
+    node.stop()
+
+
 def test_a_failing_host_request_is_counted_and_the_link_carries_on():
     node, hw = started()
 

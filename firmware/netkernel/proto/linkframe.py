@@ -43,7 +43,8 @@ KIND_FLOWS_REPLY = const(0x09)   # board -> host: more(1) + text, one flow per l
                                  # pkts=<n> bytes=<n> k0=<frames on kernel 0> k1=... (paged
                                  # like KIND_STATS_REPLY)
 KIND_CONFIG = const(0x0A)        # host -> board: ASCII name=value pairs (hash=fold|toeplitz,
-                                 # indirection=0,1,..., mask=<hex>, rule=<key hex>:<core>)
+                                 # indirection=0,1,..., balance=flows|hash, mask=<hex>,
+                                 # rule=<key hex>:<core>)
 KIND_CONFIG_REPLY = const(0x0B)  # board -> host: status(1) (0 ok, else errno) + ASCII text
 # The I2O messaging unit (netkernel.proto.i2o has the layouts and the rules):
 KIND_I2O_POST = const(0x10)      # host -> board: iop(1) mfa(2) message (inbound post)
