@@ -160,8 +160,8 @@ class HostLink:
                     last = True
                     break
                 except Exception:
-                    self._text = None         # a broken report ends here, reported above
-                    raise
+                    self._text = None         # a broken report ends here; core 0's loop
+                    raise                     # counts the error and goes on
                 self._part = data
                 self._part_i = i = 0
             if n == cap:
