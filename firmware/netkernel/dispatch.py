@@ -642,13 +642,21 @@ class Dispatcher:
         return self._hash_core(key)
 
     @micropython.native
-    def _assign(self, key):
-        """_new_owner() for a frame being steered: a rule hit is counted."""
+    def _rule_hit(self, key):
+        """The core of a host rule for exactly this key (the hit counted), or -1."""
         if self._nrules:
             r = _find_key(self._rules, self._nrules, key)
             if r >= 0:
                 _inc(self.counters_, _C_RULE_HITS)
                 return self._rule_cores[r]
+        return -1
+
+    @micropython.native
+    def _assign(self, key):
+        """_new_owner() for a frame being steered: a rule hit is counted."""
+        core = self._rule_hit(key)
+        if core >= 0:
+            return core
         return self._hash_core(key)
 
     @micropython.native
@@ -656,11 +664,9 @@ class Dispatcher:
         """The core for a new connection from the network: _assign() under "hash"; under
         "flows" the core whose connections are furthest below its share once this one is
         added, the hash's own core when it is one of those (counted when it is not)."""
-        if self._nrules:
-            r = _find_key(self._rules, self._nrules, key)
-            if r >= 0:
-                _inc(self.counters_, _C_RULE_HITS)
-                return self._rule_cores[r]
+        core = self._rule_hit(key)
+        if core >= 0:
+            return core
         core = self._hash_core(key)
         if self._balance == BALANCE_HASH:
             return core

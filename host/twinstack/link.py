@@ -39,6 +39,30 @@ def format_settings(settings: dict[str, object]) -> str:
     return " ".join(items)
 
 
+def parse_counters(text: str) -> dict[str, int]:
+    """The board's counters text ("name=value ...") as a dict; non-numeric items skipped."""
+    out: dict[str, int] = {}
+    for item in text.split():
+        name, _, value = item.partition("=")
+        if value.lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
+
+
+def parse_flows(text: str) -> list[dict[str, int | str]]:
+    """The board's flow-table text, one flow per line, as one dict per flow (numbers as
+    int)."""
+    out: list[dict[str, int | str]] = []
+    for line in text.splitlines():
+        flow: dict[str, int | str] = {}
+        for item in line.split():
+            name, _, value = item.partition("=")
+            flow[name] = int(value) if value.lstrip("-").isdigit() else value
+        if flow:
+            out.append(flow)
+    return out
+
+
 class LinkTimeout(TimeoutError):
     """No frame arrived in time."""
 
@@ -109,13 +133,8 @@ class Link:
 
     def stats(self, timeout: float = 2.0) -> dict[str, int]:
         """The board's counters (every layer of every kernel, heap, link, NIC)."""
-        text = self._paged_text(lf.KIND_STATS_REQUEST, lf.KIND_STATS_REPLY, timeout)
-        out: dict[str, int] = {}
-        for item in text.split():
-            name, _, value = item.partition("=")
-            if value.lstrip("-").isdigit():
-                out[name] = int(value)
-        return out
+        return parse_counters(self._paged_text(lf.KIND_STATS_REQUEST, lf.KIND_STATS_REPLY,
+                                               timeout))
 
     def _paged_text(self, kind: int, reply_kind: int, timeout: float) -> str:
         """A reply sent in pieces (more-flag byte + text), within one overall deadline;
@@ -135,16 +154,8 @@ class Link:
         """The dispatcher's flow table: one dict per flow with ``n``, ``key``
         (``src:sport>dst:dport/proto``), ``owner``, ``pkts``, ``bytes`` and ``k0``, ``k1``, ...
         (frames of the flow each kernel processed)."""
-        out: list[dict[str, int | str]] = []
-        for line in self._paged_text(lf.KIND_FLOWS_REQUEST, lf.KIND_FLOWS_REPLY,
-                                     timeout).splitlines():
-            flow: dict[str, int | str] = {}
-            for item in line.split():
-                name, _, value = item.partition("=")
-                flow[name] = int(value) if value.lstrip("-").isdigit() else value
-            if flow:
-                out.append(flow)
-        return out
+        return parse_flows(self._paged_text(lf.KIND_FLOWS_REQUEST, lf.KIND_FLOWS_REPLY,
+                                            timeout))
 
     def configure(self, timeout: float = 2.0, **settings: object) -> str:
         """Change the board at run time: the dispatcher (``hash="fold"|"toeplitz"``,

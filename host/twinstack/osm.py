@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import VersionMismatch, fail_error, host_errno, oserror, status_error
+from .link import format_settings, parse_counters, parse_flows
 from .proto import i2o
 from .proto import linkframe as lf
 from .transport import Transport
@@ -760,12 +761,7 @@ class Board:
         req = self._request(0, i2o.F_PARAMS_GET, b"", target=i2o.TID_EXEC,
                             timeout=self.timeout if timeout is None else timeout,
                             what="stats")
-        out: dict[str, int] = {}
-        for item in req.payload.rstrip(b"\0").decode(errors="replace").split():
-            name, _, value = item.partition("=")
-            if value.lstrip("-").isdigit():
-                out[name] = int(value)
-        return out
+        return parse_counters(req.payload.rstrip(b"\0").decode(errors="replace"))
 
     def flows(self, timeout: float | None = None) -> list[dict[str, int | str]]:
         """The dispatcher's flow table (PARAMS_GET "flows" to IOP 0): one dict per flow with
@@ -774,22 +770,12 @@ class Board:
         req = self._request(0, i2o.F_PARAMS_GET, b"flows", target=i2o.TID_EXEC,
                             timeout=self.timeout if timeout is None else timeout,
                             what="flows")
-        out: list[dict[str, int | str]] = []
-        for line in req.payload.rstrip(b"\0").decode(errors="replace").splitlines():
-            flow: dict[str, int | str] = {}
-            for item in line.split():
-                name, _, value = item.partition("=")
-                flow[name] = int(value) if value.lstrip("-").isdigit() else value
-            if flow:
-                out.append(flow)
-        return out
+        return parse_flows(req.payload.rstrip(b"\0").decode(errors="replace"))
 
     def configure(self, timeout: float | None = None, **settings: object) -> str:
         """Change the board at run time (PARAMS_SET to IOP 0); the settings of
         :meth:`twinstack.link.Link.configure`. Returns the board's text; raises OSError
         (errno, text) if the board refused a setting."""
-        from .link import format_settings
-
         text = format_settings(settings).encode()
         req = self._request(0, i2o.F_PARAMS_SET, text, target=i2o.TID_EXEC,
                             timeout=self.timeout if timeout is None else timeout,
