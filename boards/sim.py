@@ -165,6 +165,9 @@ def load_config():
         "thread_stack": THREAD_STACK_BYTES,
         # TX_MODE "lock" (default) or "ring"; TWINSTACK_TX_MODE selects it for measurements.
         "tx_mode": os.getenv("TWINSTACK_TX_MODE") or "lock",
+        # Kernels 1..N-1 read frames for the dispatcher when idle (netkernel.cores);
+        # TWINSTACK_DISPATCH_HELP=off leaves all of it to core 0, for measurements.
+        "dispatch_help": os.getenv("TWINSTACK_DISPATCH_HELP", "on") != "off",
     }
     # The I2O messaging unit's pools (msgunit.MsgUnit), when sim_config sets them.
     for key in ("frame_bytes", "inbound_depth", "outbound_max"):

@@ -11,9 +11,18 @@
 #   TX_MODE "ring": kernels 1..N-1 copy frames into their TX slots and post them on an MPSC
 #   ring; core 0 alone talks to the chip, so it needs no lock.
 #
+# Dispatch help (TX_MODE "lock", several kernels): the dispatcher is core 0's, woken by its
+# timer and INTn, but a kernel on another core that finds its ring empty reads a batch for
+# it when INTn is low (or the last batch left frames behind) and nobody else is dispatching.
+# Its state (the pool, the rings' producer ends, the flow table, the chip's receive pointer)
+# is guarded by one dispatch lock, always taken with acquire(0): a core that finds it taken
+# leaves the frames to the holder. Measured why: core 0 reading every frame and running its
+# own kernel was the 2-kernel board's limit while core 1 had time to spare (README, bench).
+#
 # rp2 rules kept here: every module global exists before core 1 starts (this module is
 # imported before any thread), the thread gets its state as arguments, core 0 never blocks
-# on a lock for longer than one SPI transaction of the other core, no lock is taken twice.
+# on a lock for longer than one SPI transaction of the other core (a host setting of the
+# dispatcher, which is rare, waits for a helper's batch), no lock is taken twice.
 import _thread
 from array import array
 from time import sleep_us, ticks_diff, ticks_ms, ticks_us
@@ -97,7 +106,8 @@ class LockedNic:
 
     @micropython.native
     def rx_release(self):
-        # Only core 0 receives, so it may ask without the lock whether there is work.
+        # Only the dispatcher (one core at a time) receives, so it may ask without the lock
+        # whether there is work.
         nic = self.nic
         if nic.rx_holding():
             lock = self.lock
@@ -130,13 +140,18 @@ class _Direct:
         return fn(*args)
 
 
-def _core_loop(kernel, ctl, idle_us, pacer):
-    """Kernels 1..N-1: turn after turn; a short sleep when the ring is empty. ``pacer``
-    (a simulated board's, or None) slows the core down to the board's speed."""
+def _core_loop(kernel, ctl, idle_us, pacer, helper):
+    """Kernels 1..N-1: turn after turn; with an empty ring, a batch read for the dispatcher
+    (``helper``: the Cores, or None) or else a short sleep. ``pacer`` (a simulated board's,
+    or None) slows the core down to the board's speed."""
+    core = kernel.core
     while ctl[_RUN]:
         t0 = ticks_us()
         try:
-            more = kernel.turn(ticks_ms())
+            now = ticks_ms()
+            more = kernel.turn(now)
+            if not more and helper is not None:
+                more = helper.help(core, ticks_ms())
         except Exception:          # count and carry on: the core must keep its flows
             kernel.errors += 1
             more = False
@@ -151,7 +166,10 @@ def _core_loop(kernel, ctl, idle_us, pacer):
 class Cores:
     def __init__(self, nic, ncores, mac, ip, prefix, gateway, stack_config, log,
                  tx_mode=TX_LOCK, pool_slots=0, ring_capacity=16, flow_capacity=256,
-                 handoff_bytes=9216, tx_slots=8, idle_us=100, thread_stack=16384):
+                 handoff_bytes=9216, tx_slots=8, idle_us=100, thread_stack=16384,
+                 intn=None, dispatch_help=True):
+        """``intn``: the W5500's INTn pin (read by helping cores); ``dispatch_help``: let
+        kernels 1..N-1 read frames for the dispatcher when their rings are empty."""
         if ncores < 1:
             raise ValueError("kernels must be >= 1")
         if tx_mode not in (TX_LOCK, TX_RING):
@@ -166,6 +184,13 @@ class Cores:
         locking = tx_mode == TX_LOCK and ncores > 1
         self.nic = LockedNic(nic, self.lock) if locking else _Direct(nic)
         self.ip = bytes(ip)
+        # Other cores help dispatch only where they may touch the chip (not TX_MODE "ring",
+        # where core 0 alone does) and not while frames are logged (printing is core 0's).
+        self.helping = (dispatch_help and ncores > 1 and tx_mode == TX_LOCK and
+                        log == LOG_OFF and intn is not None)
+        self.intn = intn
+        self.disp_lock = _thread.allocate_lock() if self.helping else None
+        self.backlog = False      # the last batch stopped with frames maybe still waiting
         self.disp = Dispatcher(ncores, self.ip, flow_capacity=flow_capacity,
                                ring_capacity=ring_capacity)
         if pool_slots <= 0:
@@ -190,11 +215,15 @@ class Cores:
             self.kernels.append(kern)
         for kern in self.kernels:
             kern.peers = self.kernels
-        self.kernels[0].closes_direct = True
-        # A frame with no free slot is read into kernel 0's transmit buffer and dropped:
-        # the dispatcher runs on core 0 between kernel 0's turns, when that buffer is free.
-        self.drop_buf = self.kernels[0].stack.iface.tx
+        # Kernel 0 tells the dispatcher of closed connections itself, unless another core
+        # may be dispatching meanwhile: then through its event ring, like the others.
+        self.kernels[0].closes_direct = not self.helping
+        # A frame with no free slot is read into the dispatching core's kernel's transmit
+        # buffer and dropped: a core dispatches between its kernel's turns, when that
+        # buffer is free.
+        self.drop_bufs = [k.stack.iface.tx for k in self.kernels]
         self.depths = array("H", bytes(2 * ncores))
+        self.dispatched = array("I", bytes(4 * ncores))  # per core: frames it read
         self.drop_full = array("I", bytes(4 * ncores))   # per kernel: its ring was full
         self.drop_red = array("I", bytes(4 * ncores))    # per kernel: early discard for it
         self.ctl = [array("B", [0, 1]) for _ in range(ncores)]
@@ -224,7 +253,8 @@ class Cores:
             ctl[_RUN] = 1
             ctl[_STOPPED] = 0
             _thread.start_new_thread(_core_loop, (self.kernels[k], ctl, self.idle_us,
-                                                  pacer() if pacer else None))
+                                                  pacer() if pacer else None,
+                                                  self if self.helping else None))
 
     def stop(self):
         for k in range(1, self.ncores):
@@ -244,25 +274,75 @@ class Cores:
 
     @micropython.native
     def turn(self, now, rx):
-        """Core 0's share: returns, interrupt ack + RX batch, other cores' TX, kernel 0,
-        closed flows. True if work is still waiting."""
+        """Core 0's share: returns, closed flows, interrupt ack + RX batch (unless another
+        core is reading one), other cores' TX, kernel 0. True if work is still waiting."""
         self.turns += 1
-        self._collect_returns()
         more = False
-        if rx:
-            t0 = ticks_us()
-            self.nic.clear_interrupt()
-            more = self.dispatch(now)
-            self.nic.rx_release()      # what the batch read, back to the chip's 16 KB
-            self.dispatch_busy.since(t0)
+        lock = self.disp_lock
+        if lock is None or lock.acquire(0):
+            try:
+                self._collect_returns()
+                self._collect_events()
+                if rx:
+                    t0 = ticks_us()
+                    intn = self.intn
+                    if intn is None or intn() == 0:   # a tick with INTn high: no ack
+                        self.nic.clear_interrupt()
+                    more = self.dispatch(now, 0)
+                    self.nic.rx_release()      # what the batch read, back to the chip
+                    self.dispatch_busy.since(t0)
+            finally:
+                if lock is not None:
+                    lock.release()
+        elif rx:
+            more = True    # another core is dispatching: look again next turn
         txq = self.txq
         if txq is not None:
             if txq.drain(self.raw_nic.send, _TX_BATCH) == _TX_BATCH:
                 more = True
         if self.kernels[0].turn(now):
             more = True
-        self._collect_events()
+        if lock is None:
+            self._collect_events()
         return more
+
+    @micropython.native
+    def help(self, core, now):
+        """(Kernel ``core`` >= 1, its ring empty) Read a batch for the dispatcher when INTn
+        is low or the last batch left frames waiting, unless another core is at it. True if
+        it read any frame."""
+        low = self.intn() == 0
+        if not low and not self.backlog:
+            return False
+        lock = self.disp_lock
+        if not lock.acquire(0):
+            return False
+        try:
+            t0 = ticks_us()
+            self._collect_returns()
+            if low:
+                self.nic.clear_interrupt()
+            before = self.dispatched[core]
+            # What it read stays held (at most RX_RELEASE_BYTES, which node.rx_budget
+            # counts) until the driver's own release or core 0's next batch: two SPI
+            # transactions saved per helping batch.
+            self.dispatch(now, core)
+            self.dispatch_busy.since(t0)
+            return self.dispatched[core] != before
+        finally:
+            lock.release()
+
+    def with_dispatcher(self, fn, *args):
+        """Run ``fn(*args)`` (a dispatcher setting from the host, on core 0) while no other
+        core dispatches: waits at most one helper's batch. Not per frame."""
+        lock = self.disp_lock
+        if lock is None:
+            return fn(*args)
+        lock.acquire()
+        try:
+            return fn(*args)
+        finally:
+            lock.release()
 
     @micropython.native
     def _collect_returns(self):
@@ -286,21 +366,32 @@ class Cores:
         print(line)
 
     @micropython.native
-    def dispatch(self, now):
-        """Read up to _RX_BATCH frames from the chip and steer each to a kernel's ring.
-        True if the batch was full (more frames may be waiting)."""
+    def dispatch(self, now, core):
+        """(The dispatch lock's holder, on core ``core``) Read up to _RX_BATCH frames from
+        the chip and steer each to a kernel's ring. True if the batch stopped with frames
+        maybe still waiting."""
+        got = self._read_batch(now, core)
+        self.dispatched[core] += got & 0xFFFF
+        more = got > 0xFFFF
+        self.backlog = more
+        return more
+
+    @micropython.native
+    def _read_batch(self, now, me):
+        # Frames read, plus 0x10000 if it stopped before the chip was empty.
         pool = self.pool
         disp = self.disp
         nic = self.nic
         kernels = self.kernels
         depths = self.depths
         nk = self.ncores
-        ring0 = kernels[0].rx
-        stop = disp.red_min       # kernel 0 runs after this batch: never overfill its ring
+        mine = kernels[me].rx
+        drop_buf = self.drop_bufs[me]
+        stop = disp.red_min       # our kernel runs after this batch: never overfill its ring
         got = 0
         while got < _RX_BATCH:
-            if ring0.depth() >= stop:
-                return True
+            if mine.depth() >= stop:
+                return got + 0x10000
             s = pool.take()
             if s < 0:
                 # Slots other kernels used since this turn began: back first.
@@ -308,8 +399,8 @@ class Cores:
                 s = pool.take()
             if s < 0:
                 # No slot: the frame is read (the chip must move on) and dropped.
-                if nic.recv_into(self.drop_buf) == 0:
-                    return False
+                if nic.recv_into(drop_buf) == 0:
+                    return got
                 self.drop_no_slot += 1
                 got += 1
                 continue
@@ -317,7 +408,7 @@ class Cores:
             n = nic.recv_into(buf)
             if n == 0:
                 pool.release(s)
-                return False
+                return got
             got += 1
             self.rx_frames += 1
             self.rx_bytes += n
@@ -361,7 +452,7 @@ class Cores:
                     if core < nk:
                         self.drop_red[core] += 1
                 pool.release(s)
-        return True
+        return got + 0x10000
 
     @micropython.native
     def _collect_events(self):

@@ -8,7 +8,9 @@
 # Everything the per-frame path touches is preallocated and handled in viper: keys are
 # 13-byte records in one bytearray, counters live in array('I') and are added to through
 # ptr32 so a byte count past 2**30 never becomes a heap int. Times are ticks_ms values,
-# which wrap at 2**30 on MicroPython, so an age is (now - seen) & _TICKS_MASK.
+# which wrap at 2**30 on MicroPython, so an age is (now - seen) & _TICKS_MASK; an age past
+# half the period is a `now` read before the entry's last touch (two cores take turns at
+# dispatching, each with its own clock reading) and counts as 0, never as very old.
 #
 # Bounded: when every slot is in use, a new flow evicts the entry idle the longest (counted),
 # a connectionless one if there is any: a TCP connection that lost its entry could land on
@@ -26,6 +28,7 @@ F_USED = const(0x01)
 F_PINNED = const(0x02)       # a connection (TCP): the owner is binding, never redirected
 
 _TICKS_MASK = const(0x3FFFFFFF)
+_TICKS_HALF = const(0x20000000)
 
 # indices into FlowTable.state (array 'I')
 _S_FREE = const(0)          # first free slot (NIL when full)
@@ -109,6 +112,8 @@ class FlowTable:
             f = flags[i]
             if f & F_USED:
                 age = (now - seen[i]) & _TICKS_MASK
+                if age >= _TICKS_HALF:
+                    age = 0
                 pinned = 1 if f & F_PINNED else 0
                 if pinned < best_pinned or (pinned == best_pinned and age > best_age):
                     best_age = age
@@ -208,7 +213,8 @@ class FlowTable:
             f = flags[c]
             if f & F_USED:
                 limit = tcp_idle if f & F_PINNED else idle
-                if ((now - seen[c]) & _TICKS_MASK) > limit:
+                age = (now - seen[c]) & _TICKS_MASK
+                if age > limit and age < _TICKS_HALF:
                     self.remove(c)
                     st[_S_EXPIRED] += 1
             c += 1

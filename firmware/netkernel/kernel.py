@@ -24,7 +24,7 @@ from netkernel.stack import Stack
 _BATCH = const(16)
 _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
-_EVENTS = const(8)
+_EVENTS = const(32)       # closed connections waiting for the dispatcher
 # Handoff.state: datagram length, 1 = full (set by its producer, cleared by the owner), owner.
 _H_LEN = const(0)
 _H_FULL = const(1)

@@ -8,7 +8,8 @@
 #
 # Config keys (board.load_config()): kernels (1..4; rp2: 2), and optionally tx_mode
 # ("lock" | "ring"), pool_slots, ring_capacity, flow_capacity, handoff_bytes, tx_slots,
-# idle_us, thread_stack, and stack (StackConfig overrides).
+# idle_us, thread_stack, dispatch_help (bool, default on: netkernel.cores), and stack
+# (StackConfig overrides).
 import gc
 import time
 
@@ -140,7 +141,9 @@ class Node:
                            handoff_bytes=cfg.get("handoff_bytes", _HANDOFF_BYTES),
                            tx_slots=cfg.get("tx_slots", 8),
                            idle_us=cfg.get("idle_us", 100),
-                           thread_stack=cfg.get("thread_stack", 16384))
+                           thread_stack=cfg.get("thread_stack", 16384),
+                           intn=self.hw.intn,
+                           dispatch_help=cfg.get("dispatch_help", True))
         self.kernels = self.cores.kernels
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
@@ -323,10 +326,11 @@ class Node:
             yield (
                 "k%d.busy_pct=%d k%d.ring_depth=%d k%d.ring_hwm=%d k%d.flows_owned=%d "
                 "k%d.drop_ring_full=%d k%d.drop_red=%d k%d.idle_sleeps=%d "
-                "k%d.tx_ring_frames=%d k%d.tx_no_slot=%d"
+                "k%d.tx_ring_frames=%d k%d.tx_no_slot=%d k%d.dispatched=%d"
                 % (i, busy, i, k.rx.depth(), i, k.rx.hwm, i, owned, i, c.drop_full[i],
                    i, c.drop_red[i], i, k.idle_sleeps,
-                   i, tx.frames if tx else 0, i, tx.no_slot if tx else 0))
+                   i, tx.frames if tx else 0, i, tx.no_slot if tx else 0,
+                   i, c.dispatched[i]))
             for name, value in k.iter_counters():
                 yield "k%d.%s=%d" % (i, name, value)
         pool = c.pool
@@ -357,7 +361,9 @@ class Node:
                 name, eq, value = item.partition("=")
                 if not eq or not value:
                     raise ValueError("expected name=value: %s" % item)
-                self._configure_one(name, value)
+                # Dispatcher state (hash, table, rules, address) changes while no
+                # other core dispatches.
+                self.cores.with_dispatcher(self._configure_one, name, value)
                 applied.append(name)
         except Exception as e:   # refused with a status, never a crash
             return _EINVAL, "refused %s: %s" % (item, e)

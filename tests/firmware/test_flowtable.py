@@ -131,6 +131,22 @@ def test_ages_survive_the_ticks_wrap():
     assert ft.count() == 0
 
 
+def test_a_clock_reading_older_than_the_last_touch_expires_nothing():
+    # Two cores take turns at dispatching, each with its own ticks_ms() reading: an entry
+    # touched at 5000 by one may be looked at with 4990 by the other. That is age 0, not an
+    # age of almost 2**30 ms (the connection would lose its entry and its core).
+    ft = FlowTable(4, idle_ms=1000, tcp_idle_ms=1000)
+    ft.insert(key(1), 0, 1, F_PINNED, 5000)
+    ft.insert(key(2), 0, 1, 0, 5000)
+    ft.expire_step(4990, 4)
+    assert ft.count() == 2
+    ft.insert(key(3), 0, 0, 0, 4000)
+    ft.insert(key(4), 0, 0, 0, 4500)
+    assert ft.lookup(key(3), 0) == ft._oldest(4990)
+    ft.expire_step(6001, 4)
+    assert ft.count() == 0
+
+
 def test_clear():
     ft = FlowTable(8)
     for i in range(8):

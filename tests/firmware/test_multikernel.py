@@ -277,7 +277,7 @@ def test_dispatch_and_kernels_do_not_allocate_per_frame():
         assert all(s.state == 4 for s in socks)
         rig.capture = []
         data = bytes(200)
-        for rnd in range(2):
+        for rnd in range(3):
             for s in socks:
                 assert s.send(data, 0, 200) == 200
                 rig.peer.poll(time.ticks_ms())
@@ -285,7 +285,7 @@ def test_dispatch_and_kernels_do_not_allocate_per_frame():
                + PEER_MAC + PEER_IP + bytes(6) + BOARD_IP + bytes(18))
         segs = rig.capture
         rig.capture = None
-        assert len(segs) == 16, len(segs)
+        assert len(segs) == 24, len(segs)
         frames = [req] + segs
         node = rig.node
         cores = node.cores
@@ -317,6 +317,120 @@ def test_dispatch_and_kernels_do_not_allocate_per_frame():
         assert node.kernels[1].rx_frames - k1_before >= 2
         assert sum(k.stack.services.discard_bytes for k in node.kernels) == 8 * 500
         assert delta == 0, delta
+
+        # Kernel 1 reading a batch for the dispatcher (run here, its thread stopped, so the
+        # batch is the last eight segments, read by it alone).
+        cores.stop()
+        base = cores.dispatched[1]
+        before = micropython.mem_total()
+        fake.n = 25
+        cores.backlog = True          # as left by a batch that stopped with frames waiting
+        now = time.ticks_ms()
+        assert cores.help(1, now)
+        node.kernels[1].turn(now)
+        node.turn(now)
+        delta = micropython.mem_total() - before
+        assert cores.dispatched[1] - base == 8
+        assert sum(k.stack.services.discard_bytes for k in node.kernels) == 8 * 700
+        assert delta == 0, delta
+    finally:
+        rig.stop()
+
+
+def _frames_from_peer(rig, socks, nbytes):
+    """The peer's next data segments, captured instead of put on the wire."""
+    rig.capture = []
+    for s in socks:
+        assert s.send(b"d" * nbytes, 0, nbytes) == nbytes
+        rig.peer.poll(time.ticks_ms())
+    frames = rig.capture
+    rig.capture = None
+    return frames
+
+
+def _wait(cond, ms=3000):
+    deadline = time.ticks_add(time.ticks_ms(), ms)
+    while not cond():
+        if time.ticks_diff(deadline, time.ticks_ms()) < 0:
+            return False
+        time.sleep_ms(1)
+    return True
+
+
+def test_an_idle_kernel_reads_frames_for_the_dispatcher():
+    # Core 0 is kept away from the chip (no node.turn): kernel 1, its ring empty, sees INTn
+    # low and reads the frames for the dispatcher, steering each to its owner's ring, kernel
+    # 0's included. Core 0's next turns process kernel 0's share; nothing is lost.
+    rig = Rig(peer_nagle=False)
+    try:
+        node = rig.node
+        cores = node.cores
+        assert cores.helping
+        socks = open_connections(rig, 8, 46000, nbytes=100)
+        assert {int(f["owner"]) for f in flows(node) if f["key"].endswith("/6")} == {0, 1}
+        base = [cores.dispatched[0], cores.dispatched[1]]
+        discarded = sum(k.stack.services.discard_bytes for k in node.kernels)
+        frames = _frames_from_peer(rig, socks, 300)
+        assert len(frames) == 8
+        for f in frames:
+            rig.hw.wire.inject(f)
+        assert _wait(lambda: cores.dispatched[1] - base[1] == 8)
+        assert cores.dispatched[0] == base[0]
+        assert node.kernels[0].rx.depth() > 0          # kernel 0's frames wait for core 0
+        rig.run(2000, lambda: sum(k.stack.services.discard_bytes for k in node.kernels)
+                == discarded + 8 * 300)
+        assert sum(k.stack.services.discard_bytes for k in node.kernels) == \
+            discarded + 8 * 300
+        st = dict(kv.split("=") for kv in node.stats().split())
+        assert int(st["k1.dispatched"]) == cores.dispatched[1]
+        assert int(st["disp.rx_frames"]) == cores.dispatched[0] + cores.dispatched[1]
+    finally:
+        rig.stop()
+
+
+def test_without_dispatch_help_only_core_0_reads_the_chip():
+    rig = Rig(peer_nagle=False, dispatch_help=False)
+    try:
+        node = rig.node
+        cores = node.cores
+        assert not cores.helping and node.kernels[0].closes_direct
+        socks = open_connections(rig, 4, 47000, nbytes=100)
+        discarded = sum(k.stack.services.discard_bytes for k in node.kernels)
+        frames = _frames_from_peer(rig, socks, 300)
+        for f in frames:
+            rig.hw.wire.inject(f)
+        time.sleep_ms(100)
+        assert cores.dispatched[1] == 0
+        assert cores.rx_frames == cores.dispatched[0]
+        rig.run(2000, lambda: sum(k.stack.services.discard_bytes for k in node.kernels)
+                == discarded + 4 * 300)
+        assert cores.dispatched[1] == 0
+        assert sum(k.stack.services.discard_bytes for k in node.kernels) == \
+            discarded + 4 * 300
+    finally:
+        rig.stop()
+
+
+def test_dispatcher_settings_wait_for_a_helping_core():
+    # A host setting changes dispatcher state: it is applied under the dispatch lock, so a
+    # core in the middle of a batch finishes it first.
+    rig = Rig()
+    try:
+        cores = rig.node.cores
+        lock = cores.disp_lock
+        assert lock.acquire(0)           # as if kernel 1 were dispatching
+        applied = []
+
+        def release_later():
+            time.sleep_ms(50)
+            applied.append(list(cores.disp.indirection))
+            lock.release()
+
+        import _thread
+        _thread.start_new_thread(release_later, ())
+        assert rig.node.configure("indirection=1")[0] == 0
+        assert applied and applied[0] != [1] * len(applied[0])   # not applied before
+        assert list(cores.disp.indirection) == [1] * len(cores.disp.indirection)
     finally:
         rig.stop()
 
