@@ -1,6 +1,7 @@
 # Two net kernels in one process: kernel 0 on the main thread with the dispatcher, kernel 1
 # in a real parallel thread (the unix port has no GIL, like rp2), the emulated W5500 on a
 # MemoryWire, and a second Stack on the other end of the wire as the peer.
+import _thread
 import time
 
 import boardfake
@@ -426,7 +427,6 @@ def test_dispatcher_settings_wait_for_a_helping_core():
             applied.append(list(cores.disp.indirection))
             lock.release()
 
-        import _thread
         _thread.start_new_thread(release_later, ())
         assert rig.node.configure("indirection=1")[0] == 0
         assert applied and applied[0] != [1] * len(applied[0])   # not applied before
