@@ -304,8 +304,6 @@ class Cores:
                 more = True
         if self.kernels[0].turn(now):
             more = True
-        if lock is None:
-            self._collect_events()
         return more
 
     @micropython.native
@@ -368,19 +366,10 @@ class Cores:
         print(line)
 
     @micropython.native
-    def dispatch(self, now, core):
-        """(The dispatch lock's holder, on core ``core``) Read up to _RX_BATCH frames from
+    def dispatch(self, now, me):
+        """(The dispatch lock's holder, on core ``me``) Read up to _RX_BATCH frames from
         the chip and steer each to a kernel's ring. True if the batch stopped with frames
         maybe still waiting."""
-        got = self._read_batch(now, core)
-        self.dispatched[core] += got & 0xFFFF
-        more = got > 0xFFFF
-        self.backlog = more
-        return more
-
-    @micropython.native
-    def _read_batch(self, now, me):
-        # Frames read, plus 0x10000 if it stopped before the chip was empty.
         pool = self.pool
         disp = self.disp
         nic = self.nic
@@ -390,10 +379,11 @@ class Cores:
         mine = kernels[me].rx
         drop_buf = self.drop_bufs[me]
         stop = disp.red_min       # our kernel runs after this batch: never overfill its ring
+        more = True
         got = 0
         while got < _RX_BATCH:
             if mine.depth() >= stop:
-                return got + 0x10000
+                break
             s = pool.take()
             if s < 0:
                 # Slots other kernels used since this turn began: back first.
@@ -402,7 +392,8 @@ class Cores:
             if s < 0:
                 # No slot: the frame is read (the chip must move on) and dropped.
                 if nic.recv_into(drop_buf) == 0:
-                    return got
+                    more = False
+                    break
                 self.drop_no_slot += 1
                 got += 1
                 continue
@@ -410,7 +401,8 @@ class Cores:
             n = nic.recv_into(buf)
             if n == 0:
                 pool.release(s)
-                return got
+                more = False
+                break
             got += 1
             self.rx_frames += 1
             self.rx_bytes += n
@@ -454,7 +446,9 @@ class Cores:
                     if core < nk:
                         self.drop_red[core] += 1
                 pool.release(s)
-        return got + 0x10000
+        self.dispatched[me] += got
+        self.backlog = more
+        return more
 
     @micropython.native
     def _collect_events(self):
