@@ -23,12 +23,15 @@ CORES = 2
 # (boards/manifest.py): there the code takes no heap. The unix port is 64-bit, so the same
 # data takes more heap here (pointers, object headers): the firmware's share is scaled by
 # 3/2, an estimate to re-check against a real board. On top comes what the emulated
-# hardware itself holds (32 KB packet memory, registers, its code), measured by
-# tests/firmware/test_sim_board.py at about 38 KB. `twinstack sim` adds the heap the
+# hardware itself holds (32 KB packet memory, registers, the PHY's 8 KB transmit FIFO, its
+# code), measured by tests/firmware/test_sim_board.py at about 46 KB. `twinstack sim` adds the heap the
 # firmware's loaded code takes (measured when it starts), since the unix port cannot freeze.
 FIRMWARE_HEAP_BYTES = const(242304)
-EMULATOR_HEAP_BYTES = const(45056)
-HEAP_BYTES = const(408512)   # FIRMWARE_HEAP_BYTES * 3 // 2 + EMULATOR_HEAP_BYTES
+EMULATOR_HEAP_BYTES = const(53248)
+HEAP_BYTES = const(416704)   # FIRMWARE_HEAP_BYTES * 3 // 2 + EMULATOR_HEAP_BYTES
+# The PHY's transmit FIFO (simhw/wire.py): frames the chip was told to SEND, waiting for the
+# PHY thread. A few full-size frames; a sender waits while it is full.
+TX_FIFO_BYTES = const(8192)
 # The unix port's thread stacks are not in the GC heap (core 1's is, on rp2).
 THREAD_STACK_BYTES = const(262144)
 
@@ -56,6 +59,10 @@ class _TickTimer:
 
 
 _PACE_MIN_SLEEP_US = const(200)   # shorter sleeps cost the host more than they pace
+# The calling thread's scheduler statistics: "<run ns> <run-queue wait ns> <slices>". The
+# wait is brought up to date whenever the thread gets a CPU back, so two readings by the
+# thread itself bracket exactly the waits between them.
+_SCHEDSTAT = "/proc/thread-self/schedstat"
 
 
 class _Pacer:
@@ -64,14 +71,52 @@ class _Pacer:
     until it is worth a sleep). A host core runs MicroPython many times faster than an
     RP2040 core, and the host's cores also run the emulated chip's PHY thread and the
     peer's TCP/IP: at host speed those, not the board's cores, set what N kernels can do.
-    The sleep comes after the turn, with no lock held."""
+    The sleep comes after the turn, with no lock held.
+
+    A turn is its wall time less the time the host kept the thread waiting for a CPU
+    (run-queue wait, from the thread's schedstat): a board's core is never preempted by
+    the host's other threads, and multiplying that wait would make the board slower the
+    busier the machine (measured: 4 to 6 % of the wall time in a paced 2-kernel run).
+    Waiting for a lock stays in: the other core holds it on the board too."""
 
     def __init__(self, percent):
         self._more = 100 - percent
         self._percent = percent
         self._debt = 0
+        self._t0 = 0
+        self._wait0 = 0
+        self._stat = None          # opened by the core's own thread, at its first turn
+        self._statbuf = bytearray(64)
+        self.preempted_us = 0      # run-queue wait taken out of this core's turns
+
+    def _run_wait_us(self):
+        f = self._stat
+        if f is None:
+            try:
+                f = self._stat = open(_SCHEDSTAT, "rb")
+            except OSError:        # no schedstat (kernel without CONFIG_SCHED_INFO)
+                f = self._stat = False
+        if not f:
+            return 0
+        f.seek(0)
+        return _second_field(self._statbuf, f.readinto(self._statbuf)) // 1000
+
+    def begin(self):
+        """A turn starts (called by the core's own thread)."""
+        self._wait0 = self._run_wait_us()
+        self._t0 = time.ticks_us()
+
+    def end(self):
+        """The turn began at begin() has ended: sleep off what it owes."""
+        us = time.ticks_diff(time.ticks_us(), self._t0)
+        waited = self._run_wait_us() - self._wait0
+        if 0 < waited <= us:
+            us -= waited
+            self.preempted_us += waited
+        self.turn_took(us)
 
     def turn_took(self, us):
+        """A turn of ``us`` microseconds of this core's own work: sleep off what it owes."""
         debt = self._debt + us * self._more // self._percent
         if debt >= _PACE_MIN_SLEEP_US:
             t0 = time.ticks_us()
@@ -80,11 +125,32 @@ class _Pacer:
         self._debt = debt
 
 
+@micropython.viper
+def _second_field(buf, n: int) -> int:
+    # The second space-separated decimal of buf[:n], without allocating (a 63-bit small int
+    # holds nanoseconds for 292 years).
+    b = ptr8(buf)  # noqa: F821 (viper built-in)
+    i = 0
+    while i < n and b[i] != 32:
+        i += 1
+    i += 1
+    v = 0
+    while i < n and b[i] >= 48 and b[i] <= 57:
+        v = v * 10 + b[i] - 48
+        i += 1
+    return v
+
+
 class Hardware:
     """What the firmware gets from a board: SPI + pins of the W5500, a tick timer, USB data."""
 
     def __init__(self):
-        self.wire = PacketWire(sim_config.NETIF)
+        phy_wake = getattr(sim_config, "PHY_WAKE_FDS", (-1, -1))
+        if phy_wake[0] >= 0:
+            self.wire = PacketWire(sim_config.NETIF, tx_fifo_bytes=TX_FIFO_BYTES,
+                                   tx_wake=WakePipe(*phy_wake))
+        else:
+            self.wire = PacketWire(sim_config.NETIF)
         self._wake = WakePipe(*getattr(sim_config, "WAKE_FDS", (-1, -1)))
         self.chip = W5500Emulator(self.wire, schedule=self._schedule)
         self.wire.attach(self.chip)
@@ -137,6 +203,7 @@ class Hardware:
         c["wire_rx"] = self.wire.rx_frames
         c["wire_tx"] = self.wire.tx_frames
         c["wire_tx_errors"] = self.wire.tx_errors
+        c["wire_tx_fifo_waits"] = self.wire.tx_fifo_waits
         c["wire_rx_errors"] = self.wire.rx_errors
         return c
 

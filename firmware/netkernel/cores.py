@@ -25,7 +25,7 @@
 # dispatcher, which is rare, waits for a helper's batch), no lock is taken twice.
 import _thread
 from array import array
-from time import sleep_us, ticks_diff, ticks_ms, ticks_us
+from time import sleep_us, ticks_ms, ticks_us
 
 import micropython
 from micropython import const
@@ -70,6 +70,20 @@ def default_pool_slots(ncores, ring_capacity):
     return ring_capacity * 3 // 4 + (ncores - 1) * (ring_capacity * 15 // 16 + 1) + 1
 
 
+_LOCK_SPINS = const(64)
+
+
+@micropython.native
+def _take(lock):
+    # The chip lock is held for one SPI transaction (microseconds): try for a while before
+    # blocking. Blocking on the unix port sleeps the thread, and waking it takes longer
+    # than the transaction it waited for; a paced core is charged that wake-up too.
+    for _ in range(_LOCK_SPINS):
+        if lock.acquire(0):
+            return
+    lock.acquire()
+
+
 class LockedNic:
     """The W5500 driver with one lock around every transaction (TX_MODE "lock")."""
 
@@ -80,7 +94,7 @@ class LockedNic:
     @micropython.native
     def send(self, buf, n):
         lock = self.lock
-        lock.acquire()
+        _take(lock)
         try:
             return self.nic.send(buf, n)
         finally:
@@ -89,7 +103,7 @@ class LockedNic:
     @micropython.native
     def recv_into(self, buf):
         lock = self.lock
-        lock.acquire()
+        _take(lock)
         try:
             return self.nic.recv_into(buf)
         finally:
@@ -98,7 +112,7 @@ class LockedNic:
     @micropython.native
     def clear_interrupt(self):
         lock = self.lock
-        lock.acquire()
+        _take(lock)
         try:
             self.nic.clear_interrupt()
         finally:
@@ -111,7 +125,7 @@ class LockedNic:
         nic = self.nic
         if nic.rx_holding():
             lock = self.lock
-            lock.acquire()
+            _take(lock)
             try:
                 nic.rx_release()
             finally:
@@ -147,7 +161,8 @@ def _core_loop(kernel, ctl, idle_us, pacer, helper):
     core = kernel.core
     ring = kernel.rx
     while ctl[_RUN]:
-        t0 = ticks_us()
+        if pacer is not None:
+            pacer.begin()
         try:
             # Reading for the dispatcher first: the frames it puts on our ring are taken in
             # this same turn (the other order cost an extra, empty turn per batch).
@@ -158,7 +173,7 @@ def _core_loop(kernel, ctl, idle_us, pacer, helper):
             kernel.errors += 1
             more = False
         if pacer is not None:
-            pacer.turn_took(ticks_diff(ticks_us(), t0))
+            pacer.end()
         if not more:
             kernel.idle_sleeps += 1
             sleep_us(idle_us)
@@ -285,7 +300,9 @@ class Cores:
             try:
                 self._collect_returns()
                 self._collect_events()
-                if rx:
+                if rx and lock is not None and self.kernels[0].rx.depth() > 0:
+                    more = True
+                elif rx:
                     t0 = ticks_us()
                     intn = self.intn
                     if intn is None or intn() == 0:   # a tick with INTn high: no ack

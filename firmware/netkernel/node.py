@@ -185,10 +185,11 @@ class Node:
         idle = getattr(self.hw, "idle", None) or getattr(self.hw.usb(), "poll", None)
         pacer = self._pacer
         while True:
-            t0 = time.ticks_us()
+            if pacer is not None:
+                pacer.begin()
             more = self.turn(time.ticks_ms())
             if pacer is not None:
-                pacer.turn_took(time.ticks_diff(time.ticks_us(), t0))
+                pacer.end()
             if not more:
                 t0 = time.ticks_us()
                 if idle is not None:

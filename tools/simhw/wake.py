@@ -6,6 +6,9 @@ the PHY thread) writes a byte into a pipe the launcher made, and the idle wait p
 pipe next to the USB input. Without it a frame that lands while core 0 idles waits out the
 rest of the idle period (1 ms), and a TCP sender with a window of a few segments stalls
 that long on each gap.
+
+The PHY thread's transmit FIFO has a second pipe of the same kind: a core that queues a
+frame wakes the PHY thread from its poll (simhw/wire.py PacketWire).
 """
 
 import select
@@ -22,7 +25,8 @@ _EAGAIN = const(11)
 
 
 class WakePipe:
-    """``set()`` from any thread; ``wait(timeout_ms, also_fd)`` on the main thread."""
+    """``set()`` from any thread; the waiting thread polls ``fileno()`` (or the poller of
+    ``poller()``) and calls ``drain()`` when it is readable."""
 
     def __init__(self, rd, wr):
         self._rd = rd
@@ -43,6 +47,10 @@ class WakePipe:
         except OSError as e:
             if e.args[0] != _EAGAIN:
                 raise
+
+    def fileno(self):
+        """The read end (-1 without a pipe), for a poll of one's own."""
+        return self._rd if self._r is not None else -1
 
     def poller(self, usb_fd):
         """A poll object over the USB input and this pipe."""

@@ -422,13 +422,16 @@ def parse_stack_settings(items: Sequence[str]) -> dict[str, int | bool]:
 
 
 def render_sim_config(cfg: SimConfig, usb_fd: int,
-                      wake_fds: tuple[int, int] = (-1, -1)) -> str:
+                      wake_fds: tuple[int, int] = (-1, -1),
+                      phy_wake_fds: tuple[int, int] = (-1, -1)) -> str:
     """The text of ``sim_config.py`` (read by ``boards/sim.py`` inside the board);
-    ``wake_fds``: the (read, write) ends of the interrupt-wake pipe, or -1s for none."""
+    ``wake_fds``: the (read, write) ends of the interrupt-wake pipe, ``phy_wake_fds`` those
+    of the PHY thread's transmit wake-up, or -1s for none."""
     values = [
         ("NETIF", BOARD_IF),
         ("USB_FD", usb_fd),
         ("WAKE_FDS", tuple(wake_fds)),
+        ("PHY_WAKE_FDS", tuple(phy_wake_fds)),
         ("IP", str(cfg.board_ip.ip)),
         ("PREFIX", cfg.board_ip.network.prefixlen),
         ("PEER", str(cfg.peer_ip)),
@@ -511,6 +514,7 @@ class SimBoard:
         self._stop_signal: int | None = None
         self._master = -1
         self._wake: tuple[int, int] = (-1, -1)
+        self._phy_wake: tuple[int, int] = (-1, -1)
         self._slave = -1
         self._pipe = -1
         self._buf = bytearray()
@@ -641,15 +645,18 @@ class SimBoard:
         # The board's interrupt line to its idle wait: the emulated INTn writes a byte, the
         # idle core 0 polls for it next to the USB input (boards/sim.py Hardware.idle).
         self._wake = os.pipe()
-        for fd in self._wake:
+        # The emulated chip's transmit FIFO: a core that queues a frame wakes the PHY
+        # thread, which puts it on the wire (simhw/wire.py PacketWire).
+        self._phy_wake = os.pipe()
+        for fd in (*self._wake, *self._phy_wake):
             os.set_blocking(fd, False)
 
     def _close_pty(self) -> None:
-        for fd in (self._master, self._slave, *self._wake):
+        for fd in (self._master, self._slave, *self._wake, *self._phy_wake):
             if fd >= 0:
                 os.close(fd)
         self._master = self._slave = -1
-        self._wake = (-1, -1)
+        self._wake = self._phy_wake = (-1, -1)
 
     def _make_runtime_dir(self) -> None:
         cfg = self.cfg
@@ -673,7 +680,8 @@ class SimBoard:
             cfg.heap_is_budget = False      # added once (a RESET restarts with the same)
             log.info("heap %d bytes: the board's budget + %d bytes of firmware code "
                      "(frozen into flash on a real board)", cfg.heap, code)
-        (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master, self._wake))
+        (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master, self._wake,
+                                                                self._phy_wake))
         if compiled and cfg.entry is None:
             # MicroPython puts the script's own folder first on sys.path: run main.py from
             # here, or `import netkernel` would find the sources next to firmware/main.py.
@@ -687,7 +695,7 @@ class SimBoard:
         log.info("starting the board: %s", " ".join(cmd))
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            pass_fds=(self._master, *self._wake), start_new_session=True, env=env,
+            pass_fds=(self._master, *self._wake, *self._phy_wake), start_new_session=True, env=env,
             cwd=str(cfg.runtime_dir), preexec_fn=_die_with_parent,
         )
         self._undo.push(f"board process {self.proc.pid}", self._stop_board)
