@@ -145,8 +145,9 @@ class Hardware:
     """What the firmware gets from a board: SPI + pins of the W5500, a tick timer, USB data."""
 
     def __init__(self):
+        # TWINSTACK_PHY_FIFO=off: the cores write to the wire themselves, for measurements.
         phy_wake = getattr(sim_config, "PHY_WAKE_FDS", (-1, -1))
-        if phy_wake[0] >= 0:
+        if phy_wake[0] >= 0 and os.getenv("TWINSTACK_PHY_FIFO", "on") != "off":
             self.wire = PacketWire(sim_config.NETIF, tx_fifo_bytes=TX_FIFO_BYTES,
                                    tx_wake=WakePipe(*phy_wake))
         else:
