@@ -219,6 +219,27 @@ def test_tcp_echo_of_1_mib_is_byte_exact(board):
     assert s["errors"] == 0, s
 
 
+@pytest.mark.timeout(150)
+def test_a_paced_board_sends_through_the_phys_fifo_without_loss(sim_board):
+    # Paced cores hand their frames to the emulated PHY's transmit FIFO (simhw/wire.py):
+    # every frame must still leave, whole and in order, under real traffic both ways.
+    require_netns_privileges()
+    board = sim_board(args=[*BOARD_ARGS, "--core-speed", "50"])
+    out = board.ns_run("ping", "-c", "20", "-i", "0.05", "-W", "2", board.board_ip,
+                       timeout=30).stdout
+    assert "20 packets transmitted, 20 received, 0% packet loss" in out, out
+    result = peer(board, "tcp-echo", board.board_ip, "--nbytes", str(256 << 10),
+                  "--timeout", "100", timeout=120)
+    assert result["ok"] and result.get("eof"), json.dumps(result)
+    assert stats(board)["errors"] == 0
+    board.stop()
+    line = next((x for x in board.log_lines() if x.startswith("netkernel: hw ")), None)
+    assert line is not None, board.log_lines()[-10:]
+    hw = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    assert hw["wire_tx"] > 200 and hw["wire_tx_queued"] == hw["wire_tx"], hw
+    assert hw["wire_tx_errors"] == 0, hw
+
+
 # -- 5. 100 sequential connections ----------------------------------------------------------
 
 
