@@ -24,8 +24,9 @@ CORES = 2
 # data takes more heap here (pointers, object headers): the firmware's share is scaled by
 # 3/2, an estimate to re-check against a real board. On top comes what the emulated
 # hardware itself holds (32 KB packet memory, registers, the PHY's 8 KB transmit FIFO, its
-# code), measured by tests/firmware/test_sim_board.py at about 46 KB. `twinstack sim` adds the heap the
-# firmware's loaded code takes (measured when it starts), since the unix port cannot freeze.
+# code), measured by tests/firmware/test_sim_board.py at about 46 KB. `twinstack sim` adds
+# the heap the firmware's loaded code takes (measured when it starts), since the unix port
+# cannot freeze.
 FIRMWARE_HEAP_BYTES = const(242304)
 EMULATOR_HEAP_BYTES = const(53248)
 HEAP_BYTES = const(416704)   # FIRMWARE_HEAP_BYTES * 3 // 2 + EMULATOR_HEAP_BYTES

@@ -180,11 +180,14 @@ class PacketWire:
                 # Frames queued meanwhile: only look for received ones, then send them.
                 ready = poller.poll(_POLL_MS if waiting else 0)
                 self._phy_waiting = False
-                if not ready:
-                    continue
+                received = False
                 for entry in ready:
                     if entry[0] == wake_fd:
                         wake.drain()
+                    else:
+                        received = True
+                if not received:
+                    continue
                 try:
                     # One datagram per call. (MicroPython's readinto() on a non-blocking
                     # socket keeps reading until the buffer is full, gluing frames
@@ -235,10 +238,11 @@ class PacketWire:
                 wake = queued and self._phy_waiting
                 if wake:
                     self._phy_waiting = False
+                if queued:
+                    self.tx_queued += 1
             finally:
                 lock.release()
             if queued:
-                self.tx_queued += 1
                 if wake:
                     self._tx_wake.set()
                 return
