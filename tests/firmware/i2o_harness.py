@@ -107,10 +107,17 @@ class Rig:
             now = time.ticks_ms()
             self.node._wake = True
             self.node.turn(now)
-            for f in self.hw.wire.sent:
+            # Kernel 1 transmits from its own thread under the chip lock (TX_MODE "lock"):
+            # the wire's list is swapped under that lock, or a frame appended between the
+            # loop and the swap would be lost.
+            lock = self.node.cores.lock
+            lock.acquire()
+            sent = self.hw.wire.sent
+            self.hw.wire.sent = []
+            lock.release()
+            for f in sent:
                 if peer:
                     self.peer.input(f, len(f), now)
-            self.hw.wire.sent = []
             self.peer.poll(now)
             self.read()
             if until is not None and until():
