@@ -289,12 +289,13 @@ class Node:
         del walks
         yield (
             "heap_free=%d heap_alloc=%d nic_rx=%d nic_tx=%d rx_bad_length=%d "
-            "reopens=%d tx_no_room=%d tx_timeouts=%d link_frames=%d link_bad_crc=%d "
+            "reopens=%d tx_no_room=%d tx_timeouts=%d unsettled_reads=%d link_frames=%d "
+            "link_bad_crc=%d "
             "link_bad_cobs=%d link_too_long=%d link_unknown=%d link_bad_request=%d "
             "link_tx_dropped=%d link_replies_cut=%d errors=%d"
             % (heap_free, heap_alloc, n.rx_frames,
                n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
-               d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
+               n.unsettled_reads, d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
                self.link.bad_request, self.link.tx_dropped, self.link.replies_cut, errors))
         for kv in self.msgunit.counters():
             yield "i2o.%s=%d" % kv
