@@ -170,6 +170,7 @@ class Hardware:
         self._timers = []
         self.wire.start()
 
+    @micropython.native
     def _schedule(self, handler, arg):
         # The INTn edge, from the PHY thread: the handler runs on the main thread, as an
         # rp2 Pin IRQ runs on core 0, and the idle wait ends at once.
@@ -178,6 +179,7 @@ class Hardware:
         finally:
             self._wake.set()
 
+    @micropython.native
     def idle(self, timeout_ms):
         """Core 0 has nothing to do: wait for USB input or an interrupt, at most
         timeout_ms (an rp2 board waits for an interrupt the same way)."""

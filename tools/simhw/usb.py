@@ -6,13 +6,7 @@ The host side opens the pty's slave with pyserial as it would open /dev/ttyACM1.
 import select
 import time
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from simhw.compat import const, micropython
 
 _EAGAIN = const(11)
 _EIO = const(5)
@@ -33,6 +27,7 @@ class PtyStream:
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
 
+    @micropython.native
     def readinto(self, buf):
         """Read what is waiting into buf; return the number of bytes (0 if none)."""
         # Core 0 asks on every turn and mostly nothing is there: ask poll first, since a
@@ -49,9 +44,10 @@ class PtyStream:
             # EIO: no process has the slave end open (the host is not connected).
             if e.args[0] in (_EAGAIN, _EIO):
                 return 0
-            raise
+            raise e
         return n or 0
 
+    @micropython.native
     def write(self, buf):
         """Write as much of buf as the pty takes; return that count (0 if it is full)."""
         try:
@@ -59,7 +55,7 @@ class PtyStream:
         except OSError as e:
             if e.args[0] == _EAGAIN:
                 return 0
-            raise
+            raise e
         return n or 0
 
     def poll(self, timeout_ms):

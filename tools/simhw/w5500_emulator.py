@@ -43,22 +43,7 @@ for `sent` when there is no wire.
 import _thread
 
 from simhw.bytecopy import copy_bytes as _copy
-
-try:
-    import micropython
-    from micropython import const
-except ImportError:  # CPython: the compiler decorators do nothing, const() is the value
-
-    class _Compilers:
-        @staticmethod
-        def native(f):
-            return f
-
-    micropython = _Compilers()
-
-    def const(x):
-        return x
-
+from simhw.compat import const, micropython
 
 # Common register block (BSB 0), section 2.
 _MR = const(0x00)

@@ -13,13 +13,7 @@ frame wakes the PHY thread from its poll (simhw/wire.py PacketWire).
 
 import select
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from simhw.compat import const, micropython
 
 _EAGAIN = const(11)
 
@@ -37,6 +31,7 @@ class WakePipe:
         self.sets = 0
         self.wakes = 0
 
+    @micropython.native
     def set(self):
         """Wake the waiter (never blocks: a full pipe already holds a wake-up)."""
         if self._w is None:
@@ -46,7 +41,7 @@ class WakePipe:
             self._w.write(self._byte)
         except OSError as e:
             if e.args[0] != _EAGAIN:
-                raise
+                raise e
 
     def fileno(self):
         """The read end (-1 without a pipe), for a poll of one's own."""
@@ -60,6 +55,7 @@ class WakePipe:
             p.register(self._rd, select.POLLIN)
         return p
 
+    @micropython.native
     def drain(self):
         """Empty the pipe (after a wake-up)."""
         if self._r is None:
@@ -71,4 +67,4 @@ class WakePipe:
             self._r.readinto(self._drain)
         except OSError as e:
             if e.args[0] != _EAGAIN:
-                raise
+                raise e

@@ -17,14 +17,7 @@ import struct
 import time
 
 from simhw.bytecopy import copy_bytes
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from simhw.compat import const, micropython
 
 _AF_PACKET = const(17)
 _ETH_P_ALL_BE = const(0x0300)  # htons(ETH_P_ALL = 0x0003) on a little-endian host
@@ -169,6 +162,10 @@ class PacketWire:
             wake_fd = wake.fileno()
             poller.register(wake_fd, select.POLLIN)
         fifo = self._fifo is not None
+        # MicroPython's ipoll() reuses one tuple for what it yields; poll() makes a list of
+        # new tuples on every call, and every allocation takes the heap's one mutex, which
+        # the board's cores take too.
+        wait = getattr(poller, "ipoll", poller.poll)
         try:
             waiting = True
             while not self._stop:
@@ -178,7 +175,7 @@ class PacketWire:
                     waiting = self._phy_waiting = self._used == 0
                     self._fifo_lock.release()
                 # Frames queued meanwhile: only look for received ones, then send them.
-                ready = poller.poll(_POLL_MS if waiting else 0)
+                ready = wait(_POLL_MS if waiting else 0)
                 self._phy_waiting = False
                 received = False
                 for entry in ready:
@@ -224,6 +221,7 @@ class PacketWire:
         finally:
             self._running = False
 
+    @micropython.native
     def send(self, frame):
         """Transmit one frame (an object of the frame's exact length): queued for the PHY
         thread if there is a FIFO, else written at once."""
@@ -251,6 +249,7 @@ class PacketWire:
             _sleep_us(50)
         self.tx_errors += 1  # the PHY thread stopped taking frames (stopped wire)
 
+    @micropython.native
     def _put(self, frame):
         # (FIFO lock held) One record at the tail; False if there is no room for it. A
         # record is never split: one that does not fit before the end starts again at 0.
@@ -275,6 +274,7 @@ class PacketWire:
         self._used += skip + need
         return True
 
+    @micropython.native
     def _send_queued(self):
         # (PHY thread) Put every queued record on the wire, in order. The record being sent
         # stays counted as used, so no sender overwrites it meanwhile.
@@ -301,6 +301,7 @@ class PacketWire:
             self._used -= _REC_HDR + n
             lock.release()
 
+    @micropython.native
     def _write(self, frame):
         try:
             self._sock.send(frame)
