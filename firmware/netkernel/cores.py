@@ -32,7 +32,7 @@ from micropython import const
 
 from netkernel import wire
 from netkernel.busy import BusyTime
-from netkernel.dispatch import ALL_CORES, KEY_LEN, Dispatcher
+from netkernel.dispatch import ALL_CORES, KEY_LEN, Dispatcher, default_free_low
 from netkernel.kernel import Handoff, NetKernel
 from netkernel.rings import FramePool, TxQueue
 
@@ -62,12 +62,13 @@ _STOPPED = const(1)
 def default_pool_slots(ncores, ring_capacity):
     """Frame slots that every frame the rings can take fits into: kernel 0's ring up to the
     dispatcher's pause (3/4 full), every other ring up to its early-discard ceiling (15/16)
-    plus the frame its kernel is working on. A slot used by a kernel comes back before the
-    dispatcher drops a frame for want of one (dispatch()), so more slots would only hold
-    frames the W5500's own 16 KB buffer holds for free."""
-    if ncores == 1:
-        return ring_capacity * 3 // 4
-    return ring_capacity * 3 // 4 + (ncores - 1) * (ring_capacity * 15 // 16 + 1) + 1
+    plus the frame its kernel is working on, and the slots early discard keeps free
+    (free_low - 1: with fewer, a full ring's last frames were discarded for want of free
+    slots, measured on one kernel with a ring of 8). A slot used by a kernel comes back
+    before the dispatcher drops a frame for want of one (dispatch()), so more slots would
+    only hold frames the W5500's own 16 KB buffer holds for free."""
+    return (ring_capacity * 3 // 4 + (ncores - 1) * (ring_capacity * 15 // 16 + 1)
+            + default_free_low(ring_capacity) - 1)
 
 
 _LOCK_SPINS = const(64)

@@ -476,6 +476,12 @@ def default_red_min(ring_capacity):
     return ring_capacity * 3 // 4
 
 
+def default_free_low(ring_capacity, free_min=0):
+    """The free frame slots below which random early discard starts, unless set
+    otherwise."""
+    return max(free_min + 1, ring_capacity // 4)
+
+
 class Dispatcher:
     def __init__(self, ncores, ip, flow_capacity=256, ring_capacity=32, red_min=None,
                  red_max=None, overload=None, free_low=None, free_min=0, max_rules=16,
@@ -492,7 +498,8 @@ class Dispatcher:
         # redirect before random early discard starts: move load rather than drop it
         self.overload = ring_capacity // 2 if overload is None else overload
         self.free_min = free_min
-        self.free_low = max(free_min + 1, ring_capacity // 4) if free_low is None else free_low
+        self.free_low = default_free_low(ring_capacity, free_min) if free_low is None \
+            else free_low
         self.key = bytearray(KEY_LEN)
         self.flow = -1
         self.flow_new = False

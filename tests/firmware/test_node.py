@@ -192,8 +192,11 @@ def test_a_failing_host_request_is_counted_and_the_link_carries_on():
 def test_the_receive_budget_fits_the_chip_and_stays_below_early_discard():
     from netkernel.node import rx_budget
     # One kernel: the chip's 10 frames, less the 3 the driver may hold before it gives
-    # them back, plus the 3 slots of a ring of 4.
-    assert rx_budget(1, 3, 4) == 10 * 1460
+    # them back, plus the 7 slots of a ring of 8, is 14; but a ring of 8 takes 5 below its
+    # early discard (from 6 on), as with several kernels.
+    assert rx_budget(1, 7, 8) == 5 * 1460
+    # A ring larger than the chip and the slots hold: the chip is the limit.
+    assert rx_budget(1, 2, 32) == 9 * 1460
     # Two kernels, rings of 8 (early discard from 6 on): 5 segments each, not half of 22.
     assert rx_budget(2, 15, 8) == 5 * 1460
     # Never less than the two segments a handshake offers.
