@@ -609,10 +609,15 @@ SCALE_PACED_FIGURES = tuple(SCALE_PACED.values())
 # figures measure CPU scaling, not memory.
 SCALE_BOARD_ARGS = ("--heap", "2M", "--stack", "tcp_max_connections=32")
 HOST_BOARD_ARGS = ("--heap", "2M")
-# Bulk rounds per scale board, the median kept: a run ends with its last connection, and
+# Bulk rounds per kernel count, the median kept: a run ends with its last connection, and
 # one connection whose SYN or first segments were lost waits 1 s or more for its timer
-# (measured: a single run of the same board gave 6.1 to 11.2 MB/s).
-SCALE_ROUNDS = 3
+# (measured: a single run of the same board gave 6.1 to 11.2 MB/s). Each round runs on a
+# board of its own, and the 1- and 2-kernel rounds take turns (1, 2, 2, 1, 1, 2, ...):
+# this machine's speed drifts by 10 to 30 % within a minute, more than the effect
+# measured, and rounds taken in turns see the same drift. The ratio is the median of the
+# pairs' ratios (measured, paced: three 1-kernel rounds followed by three 2-kernel rounds
+# gave ratios of 1.62 to 1.91 from run to run; single pairs still vary by +-10 %, hence 5).
+SCALE_ROUNDS = 5
 
 # What each scale figure needs measured, per number of kernels.
 SCALE_NEEDS: dict[str, dict[int, tuple[str, ...]]] = {
@@ -814,11 +819,6 @@ def median_round(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure_bulk16_rounds(board: Board, kernels: int) -> dict[str, Any]:
-    """measure_bulk16 SCALE_ROUNDS times on the same board: the median round."""
-    return median_round([measure_bulk16(board, kernels) for _ in range(SCALE_ROUNDS)])
-
-
 def measure_conns_parallel(board: Board, kernels: int) -> dict[str, Any]:
     """SCALE_CONN_COUNT echo connections, SCALE_CONN_PARALLEL clients at once: conn/s."""
     ping_once(board)
@@ -878,8 +878,11 @@ def scale_figures(measured: Mapping[int, Mapping[str, dict[str, Any]]],
         out[SCALE_CONNS_2K] = c
     if want(SCALE_RATIO) and "bulk" in one and "bulk" in two and one["bulk"]["value"]:
         a, b = one["bulk"], two["bulk"]
+        pairs = round_pair_ratios(a.get("rounds"), b.get("rounds"))
+        value = statistics.median(pairs) if pairs else b["value"] / a["value"]
         out[SCALE_RATIO] = figure(
-            round(b["value"] / a["value"], 3), "x", target=SCALE_TARGET, limit=2.0,
+            round(value, 3), "x", target=SCALE_TARGET, limit=2.0,
+            pair_ratios=pairs or None, ratio_of_medians=round(b["value"] / a["value"], 3),
             bulk16_mbps_1k=a["value"], bulk16_mbps_2k=b["value"],
             loadgen_cpu_share_1k=a.get("loadgen_cpu_share"),
             loadgen_cpu_share_2k=b.get("loadgen_cpu_share"),
@@ -889,6 +892,16 @@ def scale_figures(measured: Mapping[int, Mapping[str, dict[str, Any]]],
             machine_busy_cores_2k=b.get("machine_busy_cores"),
             **serial_limit(a.get("per_kernel") or {}))
     return out
+
+
+def round_pair_ratios(one: Sequence[float | None] | None,
+                      two: Sequence[float | None] | None) -> list[float]:
+    """The 2-kernel round over the 1-kernel round taken next to it (scale_schedule()), for
+    each pair whose rounds both succeeded; empty unless both lists have one entry per
+    pair."""
+    if not one or not two or len(one) != len(two):
+        return []
+    return [round(b / a, 3) for a, b in zip(one, two, strict=True) if a and b]
 
 
 def serial_limit(one_kernel: Mapping[str, Any]) -> dict[str, Any]:
@@ -903,39 +916,65 @@ def serial_limit(one_kernel: Mapping[str, Any]) -> dict[str, Any]:
             "serial_limit_2k": round(1 / (share + (1 - share) / 2), 3)}
 
 
+def scale_schedule(plan: Mapping[int, set[str]],
+                   rounds: int = SCALE_ROUNDS) -> list[tuple[int, tuple[str, ...]]]:
+    """The boards to start, in order, for a scale plan (scale_plan()): each as (kernels,
+    what to measure on it). Every bulk round gets a board of its own; with both kernel
+    counts the rounds take turns in pairs, 1-2, 2-1, 1-2, so that the i-th rounds of the
+    two are neighbours in time. The connection rate is measured on the last board of its
+    kernel count (a board of its own if that count has no bulk rounds)."""
+    bulk = [k for k, what in plan.items() if "bulk" in what]
+    order: list[int] = []
+    for i in range(rounds):
+        order.extend(bulk if i % 2 == 0 else reversed(bulk))
+    boards: list[list[Any]] = [[k, ["bulk"]] for k in order]
+    for kernels, what in plan.items():
+        if "conns" not in what:
+            continue
+        last = [b for b in boards if b[0] == kernels]
+        if last:
+            last[-1][1].append("conns")
+        else:
+            boards.append([kernels, ["conns"]])
+    return [(k, tuple(kinds)) for k, kinds in boards]
+
+
 def run_scale(netns: str, only: Sequence[str] = (),
               core_speed: int = 100) -> tuple[Figures, list[str]]:
-    """Boards with 1 and then 2 kernels, one after the other, their cores at ``core_speed``
-    percent of a host core: the scale figures (with their details still in them) and the
-    names of what failed."""
+    """Boards with 1 and 2 kernels, their rounds in turns (scale_schedule()), their cores
+    at ``core_speed`` percent of a host core: the scale figures (with their details still
+    in them) and the names of what failed."""
+    bulk_rounds: dict[int, list[dict[str, Any]]] = {}
     measured: dict[int, dict[str, dict[str, Any]]] = {}
     failed: list[str] = []
     speed = ("--core-speed", str(core_speed)) if core_speed < 100 else ()
     tag = "p" if speed else "k"
-    for kernels, what in scale_plan(only).items():
-        board = Board(f"{netns[:8]}{tag}{kernels}",
+    for n, (kernels, what) in enumerate(scale_schedule(scale_plan(only), SCALE_ROUNDS)):
+        board = Board(f"{netns[:6]}{tag}{kernels}{n:x}",   # a netns name: at most 10
                       ["--kernels", str(kernels), *speed, *SCALE_BOARD_ARGS])
-        measured[kernels] = {}
+        status = None
         try:
             board.wait_ready()
             if board.kernels not in (None, kernels):
                 raise RuntimeError(f"asked for {kernels} kernels, the board runs "
                                    f"{board.kernels}")
-            for kind, measure in (("bulk", measure_bulk16_rounds),
-                                  ("conns", measure_conns_parallel)):
-                if kind not in what:
-                    continue
+            for kind in what:
                 log.info("measuring %s on %d kernel(s)", kind, kernels)
                 start = time.monotonic()
                 try:
-                    measured[kernels][kind] = measure(board, kernels)
+                    if kind == "bulk":
+                        bulk_rounds.setdefault(kernels, []).append(None)
+                        got = bulk_rounds[kernels][-1] = measure_bulk16(board, kernels)
+                    else:
+                        got = measure_conns_parallel(board, kernels)
+                        measured.setdefault(kernels, {})[kind] = got
                 except (RuntimeError, OSError, subprocess.SubprocessError, KeyError,
                         ValueError) as e:
                     log.error("%s on %d kernel(s) failed: %s", kind, kernels, e)
                     failed.append(f"scale {kind} {kernels}k")
                     continue
-                log.info("%s on %d kernel(s): %s (%.1f s)", kind, kernels,
-                         measured[kernels][kind], time.monotonic() - start)
+                log.info("%s on %d kernel(s): %s (%.1f s)", kind, kernels, got,
+                         time.monotonic() - start)
         except RuntimeError as e:
             log.error("board with %d kernel(s): %s", kernels, e)
             failed.append(f"scale board {kernels}k")
@@ -951,7 +990,12 @@ def run_scale(netns: str, only: Sequence[str] = (),
             log.error("the %d-kernel board counted internal errors: %s", kernels,
                       board.errors())
             failed.append(f"board errors ({kernels}k)")
-    return scale_figures(measured, only), failed
+    for kernels, rounds in bulk_rounds.items():
+        done = [r for r in rounds if r is not None]
+        if done:
+            bulk = measured.setdefault(kernels, {})["bulk"] = median_round(done)
+            bulk["rounds"] = [r and r["value"] for r in rounds]   # None: the round failed
+    return scale_figures(measured, only), sorted(set(failed), key=failed.index)
 
 
 def run_scale_paced(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:

@@ -310,6 +310,75 @@ def test_the_median_round_is_kept_with_every_round_value():
     assert bench.median_round([_bulk(3.0, 2)])["value"] == 3.0
 
 
+def test_scale_rounds_take_turns_each_on_a_board_of_its_own():
+    plan = bench.scale_plan(())
+    sched = bench.scale_schedule(plan, rounds=3)
+    assert [k for k, _ in sched] == [1, 2, 2, 1, 1, 2]
+    # The connection rate rides on the last 2-kernel board; every board has a bulk round.
+    assert sched[-1] == (2, ("bulk", "conns"))
+    assert all(what[0] == "bulk" for _, what in sched)
+    # The i-th rounds of each kernel count are neighbours in time.
+    for i in range(3):
+        ones = [n for n, (k, _) in enumerate(sched) if k == 1]
+        twos = [n for n, (k, _) in enumerate(sched) if k == 2]
+        assert abs(ones[i] - twos[i]) == 1
+    # One kernel count alone: its rounds; the connection rate alone: one board.
+    assert bench.scale_schedule({1: {"bulk"}}, rounds=2) == [(1, ("bulk",)), (1, ("bulk",))]
+    assert bench.scale_schedule({2: {"conns"}}, rounds=3) == [(2, ("conns",))]
+
+
+def test_the_ratio_is_the_median_of_the_round_pairs_and_skips_failed_rounds():
+    one = dict(_bulk(3.0, 1), rounds=[3.0, 2.0, 4.0, None, 3.0])
+    two = dict(_bulk(6.3, 2), rounds=[6.3, 4.6, 7.2, 6.0, None])
+    ratio = bench.scale_figures({1: {"bulk": one}, 2: {"bulk": two}})["scale.ratio_2k_1k"]
+    # Pairs 2.1, 2.3 and 1.8 (the 4th and 5th have a failed round): median 2.1, where the
+    # medians' ratio would mix rounds taken at different times.
+    assert ratio["pair_ratios"] == [2.1, 2.3, 1.8]
+    assert ratio["value"] == 2.1
+    assert ratio["ratio_of_medians"] == 2.1
+    # Round lists that do not pair up (an older results file): the medians' ratio.
+    assert bench.round_pair_ratios([3.0, 2.0], [6.0]) == []
+    assert bench.round_pair_ratios(None, [6.0]) == []
+
+
+def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch):
+    started: list[tuple[str, list[str]]] = []
+    values = {1: iter([3.0, 2.0, 3.2]), 2: iter([6.0, 6.1])}
+
+    class FakeBoard:
+        def __init__(self, netns, extra):
+            started.append((netns, list(extra)))
+            self.kernels = int(extra[extra.index("--kernels") + 1])
+            self.lines: list[str] = []
+
+        def wait_ready(self):
+            pass
+
+        def stop(self):
+            return 0
+
+        def errors(self):
+            return []
+
+    def fake_bulk(board, kernels):
+        if len(started) == 3:        # the second 2-kernel round (the third board)
+            raise RuntimeError("a round failed")
+        return _bulk(next(values[kernels]), kernels)
+
+    monkeypatch.setattr(bench, "Board", FakeBoard)
+    monkeypatch.setattr(bench, "measure_bulk16", fake_bulk)
+    monkeypatch.setattr(bench, "SCALE_ROUNDS", 3)
+    figures, failed = bench.run_scale("abcdefgh", [bench.SCALE_RATIO], core_speed=33)
+    names = [n for n, _ in started]
+    assert len(set(names)) == 6 and all(len(n) <= 10 for n in names)   # netns names
+    assert all("--core-speed" in extra for _, extra in started)
+    assert failed == ["scale bulk 2k"]
+    ratio = figures[bench.SCALE_RATIO]
+    # Rounds 1k: 3.0, 2.0, 3.2; 2k: 6.0, (failed), 6.1: the pairs 2.0 and 1.906.
+    assert ratio["pair_ratios"] == [2.0, 1.906]
+    assert ratio["value"] == round((2.0 + 1.906) / 2, 3)
+
+
 def test_paced_scale_figures_come_from_boards_at_the_paced_core_speed(monkeypatch):
     calls = []
 
