@@ -63,12 +63,15 @@ def default_pool_slots(ncores, ring_capacity):
     """Frame slots that every frame the rings can take fits into: kernel 0's ring up to the
     dispatcher's pause (3/4 full), every other ring up to its early-discard ceiling (15/16)
     plus the frame its kernel is working on, and the slots early discard keeps free
-    (free_low - 1: with fewer, a full ring's last frames were discarded for want of free
-    slots, measured on one kernel with a ring of 8). A slot used by a kernel comes back
-    before the dispatcher drops a frame for want of one (dispatch()), so more slots would
-    only hold frames the W5500's own 16 KB buffer holds for free."""
-    return (ring_capacity * 3 // 4 + (ncores - 1) * (ring_capacity * 15 // 16 + 1)
-            + default_free_low(ring_capacity) - 1)
+    (free_low - 1, at least one with several kernels: with fewer, a full ring's last
+    frames were discarded for want of free slots, measured on one kernel with a ring of
+    8). A slot used by a kernel comes back before the dispatcher drops a frame for want of
+    one (dispatch()), so more slots would only hold frames the W5500's own 16 KB buffer
+    holds for free."""
+    spare = default_free_low(ring_capacity) - 1
+    if ncores > 1 and spare < 1:
+        spare = 1
+    return ring_capacity * 3 // 4 + (ncores - 1) * (ring_capacity * 15 // 16 + 1) + spare
 
 
 _LOCK_SPINS = const(64)

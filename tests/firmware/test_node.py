@@ -201,3 +201,22 @@ def test_the_receive_budget_fits_the_chip_and_stays_below_early_discard():
     assert rx_budget(2, 15, 8) == 5 * 1460
     # Never less than the two segments a handshake offers.
     assert rx_budget(2, 2, 2) == 2 * 1460
+
+
+def test_one_kernel_gets_the_ring_slots_and_window_of_each_of_several():
+    from netkernel.cores import default_pool_slots
+    assert default_pool_slots(1, 8) == 7        # ring to 6, and early discard's one spare
+    assert default_pool_slots(2, 8) == 15
+    assert default_pool_slots(1, 4) == 3
+    assert default_pool_slots(2, 4) == 8
+    for kernels in (1, 2):
+        boardfake.OVERRIDES.clear()
+        boardfake.OVERRIDES["kernels"] = kernels
+        try:
+            node = Node(boardfake)
+        finally:
+            boardfake.OVERRIDES.clear()
+        k0 = node.kernels[0]
+        assert k0.rx.capacity == 8, (kernels, k0.rx.capacity)
+        assert node.cores.pool.size == (7 if kernels == 1 else 15)
+        assert k0.stack.config.tcp_rx_budget == 5 * 1460

@@ -160,14 +160,15 @@ def test_what_the_cores_call_in_the_simulated_hardware_allocates_nothing():
     assert used == 0, used
     assert wire.tx_queued == 102 and len(wire._sock.frames) == 102
     assert wire._tx_wake.sets == 52       # one wake-up per wait of the PHY thread
-    wake_file.close()
-    usb_file.close()
+    assert wake_file and usb_file         # (kept open until here)
 
 
 def _pipe():
     """A pipe's two ends, as file descriptors (MicroPython's os has no pipe(): a FIFO node,
     opened for reading and writing at once, which never blocks the open). The file object
-    is returned too: it closes the descriptor when collected."""
+    is returned too, to be kept: it closes the descriptor when collected, and the objects
+    made on the same descriptor would then use a closed one. The test process ends with
+    the test."""
     import os
     import time
     path = "/tmp/twinstack-test-fifo-%d" % time.ticks_us()

@@ -378,6 +378,24 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
     assert ratio["pair_ratios"] == [2.0, 1.906]
     assert ratio["value"] == round((2.0 + 1.906) / 2, 3)
 
+    # A board that does not come up keeps its round's place: the first 1-kernel board
+    # fails, and the rounds still pair with their neighbours.
+    started.clear()
+    values = {1: iter([2.0, 3.2]), 2: iter([6.0, 5.0, 6.1])}
+
+    def not_ready(self):
+        if len(started) == 1:
+            raise RuntimeError("the simulated board did not come up")
+
+    monkeypatch.setattr(FakeBoard, "wait_ready", not_ready)
+    monkeypatch.setattr(bench, "measure_bulk16",
+                        lambda board, kernels: _bulk(next(values[kernels]), kernels))
+    figures, failed = bench.run_scale("abcdefgh", [bench.SCALE_RATIO, bench.SCALE_BULK_1K],
+                                      core_speed=33)
+    assert failed == ["scale board 1k"]
+    assert figures[bench.SCALE_BULK_1K]["rounds"] == [None, 2.0, 3.2]
+    assert figures[bench.SCALE_RATIO]["pair_ratios"] == [2.5, 1.906]
+
 
 def test_paced_scale_figures_come_from_boards_at_the_paced_core_speed(monkeypatch):
     calls = []
