@@ -948,7 +948,7 @@ def run_scale(netns: str, only: Sequence[str] = (),
     """Boards with 1 and 2 kernels, their rounds in turns (scale_schedule()), their cores
     at ``core_speed`` percent of a host core: the scale figures (with their details still
     in them) and the names of what failed."""
-    bulk_rounds: dict[int, list[dict[str, Any]]] = {}
+    bulk_rounds: dict[int, list[dict[str, Any] | None]] = {}   # None: not measured
     measured: dict[int, dict[str, dict[str, Any]]] = {}
     failed: list[str] = []
     speed = ("--core-speed", str(core_speed)) if core_speed < 100 else ()
@@ -956,7 +956,6 @@ def run_scale(netns: str, only: Sequence[str] = (),
     for n, (kernels, what) in enumerate(scale_schedule(scale_plan(only), SCALE_ROUNDS)):
         board = Board(f"{netns[:6]}{tag}{kernels}{n:x}",   # a netns name: at most 10
                       ["--kernels", str(kernels), *speed, *SCALE_BOARD_ARGS])
-        status = None
         if "bulk" in what:        # a place for this round, kept empty if it fails
             bulk_rounds.setdefault(kernels, []).append(None)
         try:
@@ -1000,7 +999,7 @@ def run_scale(netns: str, only: Sequence[str] = (),
         if done:
             bulk = measured.setdefault(kernels, {})["bulk"] = median_round(done)
             bulk["rounds"] = [r and r["value"] for r in rounds]   # None: the round failed
-    return scale_figures(measured, only), sorted(set(failed), key=failed.index)
+    return scale_figures(measured, only), list(dict.fromkeys(failed))   # each once
 
 
 def run_scale_paced(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
