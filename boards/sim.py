@@ -60,10 +60,53 @@ class _TickTimer:
 
 
 _PACE_MIN_SLEEP_US = const(200)   # shorter sleeps cost the host more than they pace
+# A paced core pays for a lock it held before it lets go (_Pacer.pay_hold): by spinning,
+# since sleep_us() oversleeps by some 50 us, or for longer debts by sleeping all but this
+# much first and spinning the rest.
+_HOLD_SPIN_US = const(100)
 # The calling thread's scheduler statistics: "<run ns> <run-queue wait ns> <slices>". The
 # wait is brought up to date whenever the thread gets a CPU back, so two readings by the
 # thread itself bracket exactly the waits between them.
 _SCHEDSTAT = "/proc/thread-self/schedstat"
+# The board's SPI clock (boards/w5500_evb_pico.py: 24 MHz, the fastest of the default
+# clk_peri) and how much faster a host core runs MicroPython than the RP2040 does, at
+# least: tests/perf_bench's pystone makes about 1,850 loops/s on a PYBv1.0 (168 MHz
+# Cortex-M4, published with the benchmark) and 190,000 to 270,000 on this machine's unix
+# port, and the RP2040 (125 MHz Cortex-M0+, code from flash through a cache) is taken to
+# be no faster than the PYBv1.0. A paced core runs CORE_SPEED % x that many times faster
+# than the RP2040's, and its bus is sped up by as much, the least of it, so that the bus
+# weighs no less than on a board: at 10 %, 24 MHz x 100 x 10 % = 240 MHz, a full frame in
+# 51 us.
+_BOARD_SPI_HZ = 24_000_000
+_HOST_OVER_RP2040 = const(100)
+_MAX_PACED = const(8)             # paced cores one board may run (kernels 1, 2 or 4)
+
+
+class _PacedCores:
+    """Which paced core runs on the calling thread: the chip's bus and the cores' locks
+    charge their time to it. Each pacer registers at its first turn, on its own thread."""
+
+    def __init__(self):
+        self._idents = [0] * _MAX_PACED
+        self._pacers = [None] * _MAX_PACED
+        self._n = 0
+
+    def add(self, pacer):
+        if self._n == _MAX_PACED:
+            raise RuntimeError("more paced cores than %d" % _MAX_PACED)
+        self._pacers[self._n] = pacer
+        self._idents[self._n] = _thread.get_ident()
+        self._n += 1
+
+    @micropython.native
+    def current(self):
+        """The calling thread's pacer, or None (a thread that is not a paced core)."""
+        ident = _thread.get_ident()
+        idents = self._idents
+        for i in range(self._n):
+            if idents[i] == ident:
+                return self._pacers[i]
+        return None
 
 
 class _Pacer:
@@ -72,23 +115,36 @@ class _Pacer:
     until it is worth a sleep). A host core runs MicroPython many times faster than an
     RP2040 core, and the host's cores also run the emulated chip's PHY thread and the
     peer's TCP/IP: at host speed those, not the board's cores, set what N kernels can do.
-    The sleep comes after the turn, with no lock held.
 
-    A turn is its wall time less the time the host kept the thread waiting for a CPU
-    (run-queue wait, from the thread's schedstat): a board's core is never preempted by
-    the host's other threads, and multiplying that wait would make the board slower the
-    busier the machine (measured: 4 to 6 % of the wall time in a paced 2-kernel run).
-    Waiting for a lock stays in: the other core holds it on the board too."""
+    What the other cores wait for is paced where they wait for it: a lock shared by the
+    cores (_PacedLock: the chip's, the dispatcher's) is held as long as the slower core
+    would hold it, the core paying for its hold before it lets go, and the chip's SPI bus
+    (_BusSPI) runs at the bus's own speed, which does not depend on the core's. So a turn
+    is charged for its wall time less:
+    - the time the host kept the thread waiting for a CPU (run-queue wait, from the
+      thread's schedstat): a board's core is never preempted by the host's other threads,
+      and multiplying that wait would make the board slower the busier the machine
+      (measured: 4 to 6 % of the wall time in a paced 2-kernel run);
+    - the time on the bus, held locks already paid for, and waiting for a lock the other
+      core holds (which that core pays for in full): ``exempt_us`` counts all three."""
 
-    def __init__(self, percent):
+    def __init__(self, percent, cores=None):
         self._more = 100 - percent
         self._percent = percent
         self._debt = 0
         self._t0 = 0
         self._wait0 = 0
+        self._exempt0 = 0
+        self._cores = cores        # registered with at the first turn
         self._stat = None          # opened by the core's own thread, at its first turn
         self._statbuf = bytearray(64)
         self.preempted_us = 0      # run-queue wait taken out of this core's turns
+        self.exempt_us = 0         # bus time, paid holds and lock waits (see above)
+        self.bus_us = 0            # on the chip's bus
+        self.lock_wait_us = 0      # waiting for a lock another core held
+        self.held_us = 0           # the core's own work under a lock, paid before release
+        self.spin_lock = None      # the lock a failed acquire(0) found taken, and when:
+        self.spin_t0 = 0           # waiting for it starts there (_PacedLock)
 
     def _run_wait_us(self):
         f = self._stat
@@ -104,7 +160,12 @@ class _Pacer:
 
     def begin(self):
         """A turn starts (called by the core's own thread)."""
+        cores = self._cores
+        if cores is not None:
+            self._cores = None
+            cores.add(self)
         self._wait0 = self._run_wait_us()
+        self._exempt0 = self.exempt_us
         self._t0 = time.ticks_us()
 
     def end(self):
@@ -114,7 +175,11 @@ class _Pacer:
         if 0 < waited <= us:
             us -= waited
             self.preempted_us += waited
-        self.turn_took(us)
+        # (A run-queue wait during a bus transfer or a lock's hold comes off twice: the
+        # floor keeps such a turn from owing less than nothing.)
+        us -= self.exempt_us - self._exempt0
+        self.spin_lock = None
+        self.turn_took(us if us > 0 else 0)
 
     def turn_took(self, us):
         """A turn of ``us`` microseconds of this core's own work: sleep off what it owes."""
@@ -124,6 +189,157 @@ class _Pacer:
             time.sleep_us(debt)
             debt -= time.ticks_diff(time.ticks_us(), t0)
         self._debt = debt
+
+    @micropython.native
+    def waited(self, us):
+        """The core waited ``us`` for a lock another core held (that core's paced time)."""
+        self.lock_wait_us += us
+        self.exempt_us += us
+
+    @micropython.native
+    def pay_hold(self, lock):
+        """``lock`` (a _PacedLock this core took) is about to be released: wait, still
+        holding it, what the core's work under it would have taken in addition on the
+        slower core. Bus time and nested holds, already paced, are not paid again.
+        Overslept time is credit for the turn's own sleep."""
+        now = time.ticks_us()
+        held = time.ticks_diff(now, lock.t0) - (self.exempt_us - lock.exempt0)
+        if held <= 0:
+            return
+        owed = held * self._more // self._percent
+        if owed > _HOLD_SPIN_US * 2:
+            time.sleep_us(owed - _HOLD_SPIN_US)
+        paid = time.ticks_diff(time.ticks_us(), now)
+        while paid < owed:
+            paid = time.ticks_diff(time.ticks_us(), now)
+        self.held_us += held
+        self.exempt_us += held + paid
+        self._debt -= paid - owed
+        lock.held_us += held
+        lock.paid_us += paid
+
+
+class _PacedLock:
+    """A `_thread` lock for what a paced board's cores share (the chip, the dispatcher): a
+    paced core holds it as long as a core of that speed would (_Pacer.pay_hold), and the
+    time another core waits for it is left out of that core's turn (it is the holder's
+    work, paid by the holder). Threads that are not paced cores use it as a plain lock."""
+
+    def __init__(self, cores):
+        self._lock = _thread.allocate_lock()
+        self._cores = cores
+        self._holder = None        # the holding paced core, and its marks at acquire()
+        self.held_us = 0           # paced cores' own work under it (before pacing)
+        self.paid_us = 0           # and what they waited, holding it, to pay for that
+        self.t0 = 0
+        self.exempt0 = 0
+
+    @micropython.native
+    def acquire(self, blocking=True):
+        pacer = self._cores.current()
+        lock = self._lock
+        if pacer is None:
+            return lock.acquire(blocking)
+        if lock.acquire(0):
+            t = time.ticks_us()
+            if pacer.spin_lock is self:     # a spin of acquire(0)s ends here
+                pacer.waited(time.ticks_diff(t, pacer.spin_t0))
+        elif not blocking:
+            if pacer.spin_lock is not self:
+                pacer.spin_lock = self
+                pacer.spin_t0 = time.ticks_us()
+            return False
+        else:
+            since = pacer.spin_t0 if pacer.spin_lock is self else time.ticks_us()
+            lock.acquire()
+            t = time.ticks_us()
+            pacer.waited(time.ticks_diff(t, since))
+        pacer.spin_lock = None
+        self._holder = pacer
+        self.exempt0 = pacer.exempt_us
+        self.t0 = t
+        return True
+
+    @micropython.native
+    def release(self):
+        pacer = self._holder
+        if pacer is not None:
+            self._holder = None
+            pacer.pay_hold(self)
+        self._lock.release()
+
+    def locked(self):
+        return self._lock.locked()
+
+
+class _BusPin:
+    """A pin of the emulated chip on a paced board (chip select): driving it is the pin's
+    time, not the core's (the emulator's work for an edge is left out of the core's turn)."""
+
+    def __init__(self, pin, cores):
+        self._pin = pin
+        self._cores = cores
+
+    @micropython.native
+    def __call__(self, v=None):
+        t0 = time.ticks_us()
+        pacer = self._cores.current()
+        r = self._pin(v)
+        if pacer is not None:
+            pacer.exempt_us += time.ticks_diff(time.ticks_us(), t0)
+        return r
+
+    value = __call__
+
+    def init(self, *args, **kwargs):
+        self._pin.init(*args, **kwargs)
+
+    def on(self):
+        self(1)
+
+    def off(self):
+        self(0)
+
+
+class _BusSPI:
+    """The emulated chip's SPI as a paced board's bus: a transfer takes at least its bytes'
+    time at ``bus_hz``, and its time is the bus's, not the calling core's (left out of the
+    core's turn). The emulator's own work for a transfer stands in for the bus's time
+    where it takes longer."""
+
+    def __init__(self, spi, bus_hz, cores):
+        self._spi = spi
+        self._ps_per_byte = 8 * 1_000_000_000_000 // bus_hz
+        self._cores = cores
+
+    @micropython.native
+    def write(self, buf):
+        t0 = time.ticks_us()
+        self._spi.write(buf)
+        self._took(t0, len(buf))
+
+    @micropython.native
+    def readinto(self, buf, write=0x00):
+        t0 = time.ticks_us()
+        self._spi.readinto(buf, write)
+        self._took(t0, len(buf))
+
+    @micropython.native
+    def _took(self, t0, n):
+        pacer = self._cores.current()      # (its time is the bus's too: not the core's)
+        bus = n * self._ps_per_byte // 1_000_000
+        us = time.ticks_diff(time.ticks_us(), t0)
+        while us < bus:
+            us = time.ticks_diff(time.ticks_us(), t0)
+        if pacer is not None:
+            pacer.bus_us += us
+            pacer.exempt_us += us
+
+    def init(self, *args, **kwargs):
+        self._spi.init(*args, **kwargs)
+
+    def deinit(self):
+        self._spi.deinit()
 
 
 @micropython.viper
@@ -161,8 +377,19 @@ class Hardware:
         self._wake = WakePipe(*getattr(sim_config, "WAKE_FDS", (-1, -1)))
         self.chip = W5500Emulator(self.wire, schedule=self._schedule)
         self.wire.attach(self.chip)
-        self.spi = self.chip.spi
-        self.cs = self.chip.cs
+        self._speed = getattr(sim_config, "CORE_SPEED", 100)
+        self._paced = _PacedCores() if self._speed < 100 else None
+        self._pacers = []
+        self._locks = []
+        if self._paced is not None:
+            # TWINSTACK_SPI_HZ sets another bus clock, for measurements.
+            bus_hz = int(os.getenv("TWINSTACK_SPI_HZ") or
+                         _BOARD_SPI_HZ * _HOST_OVER_RP2040 * self._speed // 100)
+            self.spi = _BusSPI(self.chip.spi, bus_hz, self._paced)
+            self.cs = _BusPin(self.chip.cs, self._paced)
+        else:
+            self.spi = self.chip.spi
+            self.cs = self.chip.cs
         self.rst = self.chip.rst
         self.intn = self.chip.intn
         self._usb = PtyStream(sim_config.USB_FD)
@@ -203,8 +430,19 @@ class Hardware:
 
     def pacer(self):
         """A new pacer for one core (each core keeps its own), or None at host speed."""
-        speed = getattr(sim_config, "CORE_SPEED", 100)
-        return _Pacer(speed) if speed < 100 else None
+        if self._paced is None:
+            return None
+        pacer = _Pacer(self._speed, self._paced)
+        self._pacers.append(pacer)      # made in core order: core 0's first (node.start)
+        return pacer
+
+    def allocate_lock(self):
+        """A lock for what the board's cores share: held at the cores' own speed."""
+        if self._paced is None:
+            return _thread.allocate_lock()
+        lock = _PacedLock(self._paced)
+        self._locks.append(lock)        # in the order the firmware makes them
+        return lock
 
     def counters(self):
         """Counters of the simulated hardware (a real chip has none of these)."""
@@ -215,6 +453,15 @@ class Hardware:
         c["wire_tx_queued"] = self.wire.tx_queued
         c["wire_tx_fifo_waits"] = self.wire.tx_fifo_waits
         c["wire_rx_errors"] = self.wire.rx_errors
+        for i, p in enumerate(self._pacers):     # what each paced core's turns left out
+            c["pace.c%d.preempted_us" % i] = p.preempted_us
+            c["pace.c%d.exempt_us" % i] = p.exempt_us
+            c["pace.c%d.held_us" % i] = p.held_us
+            c["pace.c%d.bus_us" % i] = p.bus_us
+            c["pace.c%d.lock_wait_us" % i] = p.lock_wait_us
+        for i, lock in enumerate(self._locks):
+            c["pace.lock%d.held_us" % i] = lock.held_us
+            c["pace.lock%d.paid_us" % i] = lock.paid_us
         return c
 
     def close(self):

@@ -43,7 +43,8 @@ The ``stack.*`` figures come from one board started as a user would (the default
 kernels, recorded in each figure's details), the ``e2e.*`` figures from one with a larger
 heap (``HOST_BOARD_ARGS``); the ``scale.*`` figures from a board per round, started with
 ``--kernels 1`` and ``--kernels 2`` in turns (1, 2, 2, 1, ...), and the ``scale.paced.*``
-ones the same with ``--core-speed 33``. For every scale
+ones the same with ``--core-speed 10`` (``SCALE_PACED_SPEED``), their details adding where
+the paced cores' time went (``pacing``: the bus, lock waits, lock holds). For every scale
 measurement the details say how much CPU each party used over the run, as a share of one
 core (``cpu_share``): the load generator (``os.times()`` inside it), the board's process
 (``/proc/PID/stat``, its threads separately: kernels, dispatcher, emulator) and the whole
@@ -93,6 +94,7 @@ HEAP_SAMPLES = 150
 HEAP_ROUNDS = 5
 SCALE_CONNS = 16
 SCALE_BYTES_EACH = 2 * 1024 * 1024
+SCALE_PACED_BYTES_EACH = 1024 * 1024      # paced boards move a tenth as much a second
 SCALE_CONN_COUNT = 400
 SCALE_CONN_PARALLEL = 8
 SCALE_TARGET = 1.85
@@ -598,12 +600,18 @@ SCALE_BULK_2K = "scale.bulk16_mbps_2k"
 SCALE_RATIO = "scale.ratio_2k_1k"
 SCALE_CONNS_2K = "scale.conn_per_s_2k"
 SCALE_FIGURES = (SCALE_BULK_1K, SCALE_BULK_2K, SCALE_RATIO, SCALE_CONNS_2K)
-# The same bulk figures on boards whose cores run at a third of a host core (twinstack sim
+# The same bulk figures on boards whose cores run at a tenth of a host core (twinstack sim
 # --core-speed): at host speed the machine's two cores, which also run the emulated chip's
 # PHY thread and the peer's TCP/IP, limit two kernels before the board's own cores do
 # (measured: 1.2 to 1.5 of 2 cores busy, the PHY thread alone a quarter of one). An RP2040
-# core is slower still than a third of a host core.
-SCALE_PACED_SPEED = 33
+# core is slower still (a hundredth of a host core or less, boards/sim.py). The emulated
+# chip is not paced: what it does for an SPI call (about 5 us of host time for a register
+# access, under the chip's lock) stands in for the bus, which on an RP2040 takes about as
+# long relative to its core as 0.5 us does at a tenth of a host core. The slower the paced
+# core, the less that excess weighs: at a third of a host core it was a quarter of the
+# 1-kernel board's time a frame, and two kernels measured 1.22 times one (one pair); at a
+# tenth it is about a tenth, and they measure about 1.5 (README).
+SCALE_PACED_SPEED = 10
 SCALE_PACED = {SCALE_BULK_1K: "scale.paced.bulk16_mbps_1k",
                SCALE_BULK_2K: "scale.paced.bulk16_mbps_2k",
                SCALE_RATIO: "scale.paced.ratio_2k_1k"}
@@ -791,16 +799,20 @@ def kernel_split(before: Mapping[str, int], after: Mapping[str, int],
     return out
 
 
-def measure_bulk16(board: Board, kernels: int) -> dict[str, Any]:
-    """SCALE_CONNS parallel connections into discard; MB/s over all of them, with the CPU
-    shares of the load generator, the board and the machine."""
+def measure_bulk16(board: Board, kernels: int,
+                   nbytes: int = SCALE_BYTES_EACH) -> dict[str, Any]:
+    """SCALE_CONNS parallel connections into discard, ``nbytes`` each; MB/s over all of
+    them, with the CPU shares of the load generator, the board and the machine, and on a
+    paced board where its cores' time went (pace_split())."""
     ping_once(board)
     before = board_counters(board)
+    start = time.monotonic()
     with OwnerWatch(board, DISCARD_PORT) as watch, CpuMeter(board.pid) as meter:
         r = ns_client(board, "bulkn", board.ip, "--port", str(DISCARD_PORT), "--conns",
-                      str(SCALE_CONNS), "--nbytes", str(SCALE_BYTES_EACH), "--timeout", "240",
+                      str(SCALE_CONNS), "--nbytes", str(nbytes), "--timeout", "240",
                       timeout=300)
     after = board_counters(board)
+    wall = time.monotonic() - start
     if r["finished"] != SCALE_CONNS:
         raise RuntimeError(f"bulk16 on {kernels} kernel(s): {r['finished']} of "
                            f"{SCALE_CONNS} connections finished: {r['errors']}; the board's "
@@ -812,7 +824,34 @@ def measure_bulk16(board: Board, kernels: int) -> dict[str, Any]:
                   conn_seconds_min_max=[r["conn_seconds"][0], r["conn_seconds"][-1]],
                   loadgen_cpu_share=round(r["cpu_seconds"] / r["seconds"], 3), **cpu,
                   per_kernel=kernel_split(before, after, kernels),
-                  flow_owners=watch.best)
+                  flow_owners=watch.best, **pace_split(before, after, wall))
+
+
+def pace_split(before: Mapping[str, int], after: Mapping[str, int],
+               seconds: float) -> dict[str, Any]:
+    """A paced board's shares of ``seconds`` of wall time (from its `hw.pace.*` counters,
+    boards/sim.py): each core's time on the chip's bus and waiting for a lock another core
+    held, and each shared lock's occupancy (its holders' own work, paced: lock 0 the
+    chip's, lock 1 the dispatcher's; the bus time under the chip's lock comes on top).
+    Empty for a board at host speed."""
+    def delta(name: str) -> int:
+        return after.get(name, 0) - before.get(name, 0)
+
+    out: dict[str, Any] = {}
+    us = seconds * 1e6
+    for core in range(8):
+        key = f"hw.pace.c{core}."
+        if key + "bus_us" not in after:
+            break
+        out[f"c{core}.bus_pct"] = round(100 * delta(key + "bus_us") / us, 1)
+        out[f"c{core}.lock_wait_pct"] = round(100 * delta(key + "lock_wait_us") / us, 1)
+    for lock in range(8):
+        key = f"hw.pace.lock{lock}."
+        if key + "held_us" not in after:
+            break
+        out[f"lock{lock}.held_pct"] = round(
+            100 * (delta(key + "held_us") + delta(key + "paid_us")) / us, 1)
+    return {"pacing": out} if out else {}
 
 
 def median_round(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -894,6 +933,7 @@ def scale_figures(measured: Mapping[int, Mapping[str, dict[str, Any]]],
             board_cpu_share_2k=b.get("board_cpu_share"),
             machine_busy_cores_1k=a.get("machine_busy_cores"),
             machine_busy_cores_2k=b.get("machine_busy_cores"),
+            pacing_2k=b.get("pacing"),
             **serial_limit(a.get("per_kernel") or {}))
     return out
 
@@ -968,7 +1008,9 @@ def run_scale(netns: str, only: Sequence[str] = (),
                 start = time.monotonic()
                 try:
                     if kind == "bulk":
-                        got = bulk_rounds[kernels][-1] = measure_bulk16(board, kernels)
+                        got = bulk_rounds[kernels][-1] = measure_bulk16(
+                            board, kernels, SCALE_PACED_BYTES_EACH if speed
+                            else SCALE_BYTES_EACH)
                     else:
                         got = measure_conns_parallel(board, kernels)
                         measured.setdefault(kernels, {})[kind] = got

@@ -188,9 +188,12 @@ class Cores:
     def __init__(self, nic, ncores, mac, ip, prefix, gateway, stack_config, log,
                  tx_mode=TX_LOCK, pool_slots=0, ring_capacity=16, flow_capacity=256,
                  handoff_bytes=9216, tx_slots=8, idle_us=100, thread_stack=16384,
-                 intn=None, dispatch_help=True):
+                 intn=None, dispatch_help=True, allocate_lock=None):
         """``intn``: the W5500's INTn pin (read by helping cores); ``dispatch_help``: let
-        kernels 1..N-1 read frames for the dispatcher when their rings are empty."""
+        kernels 1..N-1 read frames for the dispatcher when their rings are empty;
+        ``allocate_lock``: the board's maker of the locks the cores share (the chip's, the
+        dispatcher's; a simulated board's paced cores hold them at their own speed), else
+        `_thread.allocate_lock`."""
         if ncores < 1:
             raise ValueError("kernels must be >= 1")
         if tx_mode not in (TX_LOCK, TX_RING):
@@ -201,7 +204,9 @@ class Cores:
         self.idle_us = idle_us
         self.thread_stack = thread_stack
         self.raw_nic = nic
-        self.lock = _thread.allocate_lock()
+        if allocate_lock is None:
+            allocate_lock = _thread.allocate_lock
+        self.lock = allocate_lock()
         locking = tx_mode == TX_LOCK and ncores > 1
         self.nic = LockedNic(nic, self.lock) if locking else _Direct(nic)
         self.ip = bytes(ip)
@@ -210,7 +215,7 @@ class Cores:
         self.helping = (dispatch_help and ncores > 1 and tx_mode == TX_LOCK and
                         log == LOG_OFF and intn is not None)
         self.intn = intn
-        self.disp_lock = _thread.allocate_lock() if self.helping else None
+        self.disp_lock = allocate_lock() if self.helping else None
         self.backlog = False      # the last batch stopped with frames maybe still waiting
         self.disp = Dispatcher(ncores, self.ip, flow_capacity=flow_capacity,
                                ring_capacity=ring_capacity)

@@ -154,7 +154,8 @@ class Node:
                            idle_us=cfg.get("idle_us", 100),
                            thread_stack=cfg.get("thread_stack", 16384),
                            intn=self.hw.intn,
-                           dispatch_help=cfg.get("dispatch_help", True))
+                           dispatch_help=cfg.get("dispatch_help", True),
+                           allocate_lock=getattr(self.hw, "allocate_lock", None))
         self.kernels = self.cores.kernels
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
@@ -358,6 +359,10 @@ class Node:
         for name in sorted(dc):
             if isinstance(dc[name], int):
                 yield "disp.%s=%d" % (name, dc[name])
+        hw = getattr(self.hw, "counters", None)    # a simulated board's hardware
+        if hw is not None:
+            for kv in sorted(hw().items()):
+                yield "hw.%s=%d" % kv
         for name in sorted(mine):
             if name not in dc:
                 yield "disp.%s=%d" % (name, mine[name])

@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--core-speed", metavar="PCT", type=int, default=100,
                    help="run each of the board's cores at PCT percent of a host core: "
                    "a core sleeps after each turn as long as the turn would have taken "
-                   "longer, so the host's cores, which also run the emulated chip and the "
+                   "longer, holds the locks the cores share as long as a core that slow "
+                   "would, and the SPI bus runs at the board's 24 MHz scaled to that "
+                   "speed; so the host's cores, which also run the emulated chip and the "
                    "peer, stop limiting the board's (default: %(default)s)")
     p.add_argument("--heap", metavar="SIZE", default=None,
                    help="MicroPython heap, e.g. 288k, 300000, 1M "

@@ -457,8 +457,29 @@ def test_stats_have_sums_per_kernel_keys_and_the_dispatcher():
             assert 0 <= int(f[name]) <= 100, (name, f[name])
         assert "errors" in f and "heap_free" in f and "heap_alloc" in f
         assert f["errors"] == "0"
+        # The board's own hardware counters come last (the emulated chip's, here).
+        assert int(f["hw.spi_frames"]) > 0
     finally:
         rig.stop()
+
+
+def test_the_locks_the_cores_share_come_from_the_board():
+    # A simulated board paces them (boards/sim.py): the chip's and the dispatcher's.
+    made = []
+
+    def allocate_lock(hw):
+        made.append(_thread.allocate_lock())
+        return made[-1]
+
+    boardfake.Hardware.allocate_lock = allocate_lock
+    try:
+        rig = Rig(start=False)
+    finally:
+        del boardfake.Hardware.allocate_lock
+    boardfake.OVERRIDES.clear()
+    cores = rig.node.cores
+    assert made == [cores.lock, cores.disp_lock]
+    assert cores.nic.lock is cores.lock
 
 
 def test_flows_and_config_over_the_link():

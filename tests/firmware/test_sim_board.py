@@ -83,6 +83,141 @@ def test_the_pacer_reads_its_own_threads_run_queue_wait():
     assert sim._second_field(buf, len(buf)) == 4500123
 
 
+def _busy(us):
+    import time
+    t0 = time.ticks_us()
+    while time.ticks_diff(time.ticks_us(), t0) < us:
+        pass
+
+
+def _paced_core(percent, cores):
+    """A pacer registered for the calling thread, with no run-queue wait to read."""
+    pacer = sim._Pacer(percent, cores)
+    pacer._run_wait_us = lambda: 0
+    pacer.begin()
+    return pacer
+
+
+def test_a_paced_core_holds_a_shared_lock_as_long_as_a_core_of_its_speed_would():
+    import time
+    cores = sim._PacedCores()
+    pacer = _paced_core(25, cores)          # a quarter of a host core: 4 times as long
+    lock = sim._PacedLock(cores)
+    t0 = time.ticks_us()
+    assert lock.acquire()
+    _busy(500)                              # 500 us of the core's work under the lock
+    lock.release()
+    held = time.ticks_diff(time.ticks_us(), t0)
+    assert not lock.locked()
+    assert 2000 <= held < 8000, held        # the other 1,500 us paid before letting go
+    assert 500 <= lock.held_us < 1500 and 1500 <= lock.paid_us < 2000, (
+        lock.held_us, lock.paid_us)
+    pacer.end()
+    assert pacer._debt < 100, pacer._debt   # and not charged again at the turn's end
+
+
+def test_a_nested_lock_is_paid_for_once():
+    cores = sim._PacedCores()
+    pacer = _paced_core(50, cores)
+    outer, inner = sim._PacedLock(cores), sim._PacedLock(cores)
+    outer.acquire()
+    _busy(300)
+    inner.acquire()
+    _busy(300)
+    inner.release()                         # pays its 300 us, inside the outer hold
+    outer.release()
+    assert 300 <= inner.held_us < 600 and 300 <= outer.held_us < 600, (
+        inner.held_us, outer.held_us)
+    assert pacer.held_us == inner.held_us + outer.held_us
+
+
+def test_waiting_for_a_lock_the_other_core_holds_is_not_charged_to_the_waiter():
+    import _thread
+    import time
+
+    from netkernel.cores import _take
+    cores = sim._PacedCores()
+    holder = _paced_core(50, cores)
+    lock = sim._PacedLock(cores)
+    lock.acquire()
+    result = []
+
+    def other_core():
+        waiter = _paced_core(50, cores)
+        _take(lock)                         # the firmware's spin, then block
+        lock.release()
+        waiter.end()
+        result.append(waiter)
+
+    _thread.start_new_thread(other_core, ())
+    _busy(1000)                             # 1 ms of work: held 2 ms, paid included
+    lock.release()
+    holder.end()
+    deadline = time.ticks_add(time.ticks_ms(), 2000)
+    while not result and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        time.sleep_ms(1)
+    waiter = result[0]
+    assert waiter.lock_wait_us >= 1500, waiter.lock_wait_us
+    assert waiter._debt < 100, waiter._debt     # its turn was all waiting: nothing owed
+    assert cores.current() is holder
+
+
+def test_the_paced_bus_takes_its_bytes_time_and_that_time_is_not_the_cores():
+    import time
+
+    class Spi:
+        def write(self, buf):
+            pass
+
+        def readinto(self, buf, write=0):
+            pass
+
+    cores = sim._PacedCores()
+    pacer = _paced_core(50, cores)
+    bus = sim._BusSPI(Spi(), 8_000_000, cores)      # a byte a microsecond
+    t0 = time.ticks_us()
+    bus.write(bytearray(1000))
+    bus.readinto(bytearray(500))
+    took = time.ticks_diff(time.ticks_us(), t0)
+    assert 1500 <= took < 6000, took
+    assert pacer.bus_us >= 1500
+    pacer.end()
+    assert pacer._debt < 100, pacer._debt
+
+
+def test_pacing_the_cores_locks_bus_and_pins_allocates_nothing():
+    # Called on the board's cores for every SPI transaction: an allocation would take the
+    # heap's one mutex, which the other core and the PHY thread share.
+    import micropython
+    from simhw.w5500_emulator import W5500Emulator
+    cores = sim._PacedCores()
+    _paced_core(33, cores)
+    chip = W5500Emulator(None)
+    bus = sim._BusSPI(chip.spi, 800_000_000, cores)
+    cs = sim._BusPin(chip.cs, cores)
+    lock = sim._PacedLock(cores)
+    hdr, reg = bytearray(b"\x00\x39\x00"), bytearray(1)     # VERSIONR
+    for _ in range(2):                       # first calls
+        lock.acquire()
+        cs(0)
+        bus.write(hdr)
+        bus.readinto(reg)
+        cs(1)
+        lock.release()
+    before = micropython.mem_total()
+    for _ in range(50):
+        lock.acquire()
+        cs(0)
+        bus.write(hdr)
+        bus.readinto(reg)
+        cs(1)
+        lock.release()
+        lock.acquire(0)
+        lock.release()
+    assert micropython.mem_total() - before == 0
+    assert reg[0] == 0x04                    # the chip answered through it all
+
+
 class _RecordingSocket:
     def __init__(self):
         self.frames = []

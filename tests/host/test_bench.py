@@ -360,7 +360,10 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
         def errors(self):
             return []
 
-    def fake_bulk(board, kernels):
+    sizes = []
+
+    def fake_bulk(board, kernels, nbytes):
+        sizes.append(nbytes)
         if len(started) == 3:        # the second 2-kernel round (the third board)
             raise RuntimeError("a round failed")
         return _bulk(next(values[kernels]), kernels)
@@ -373,6 +376,7 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
     assert len(set(names)) == 6 and all(len(n) <= 10 for n in names)   # netns names
     assert all("--core-speed" in extra for _, extra in started)
     assert failed == ["scale bulk 2k"]
+    assert set(sizes) == {bench.SCALE_PACED_BYTES_EACH}   # paced boards move less
     ratio = figures[bench.SCALE_RATIO]
     # Rounds 1k: 3.0, 2.0, 3.2; 2k: 6.0, (failed), 6.1: the pairs 2.0 and 1.906.
     assert ratio["pair_ratios"] == [2.0, 1.906]
@@ -389,12 +393,27 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
 
     monkeypatch.setattr(FakeBoard, "wait_ready", not_ready)
     monkeypatch.setattr(bench, "measure_bulk16",
-                        lambda board, kernels: _bulk(next(values[kernels]), kernels))
+                        lambda board, kernels, nbytes: _bulk(next(values[kernels]), kernels))
     figures, failed = bench.run_scale("abcdefgh", [bench.SCALE_RATIO, bench.SCALE_BULK_1K],
                                       core_speed=33)
     assert failed == ["scale board 1k"]
     assert figures[bench.SCALE_BULK_1K]["rounds"] == [None, 2.0, 3.2]
     assert figures[bench.SCALE_RATIO]["pair_ratios"] == [2.5, 1.906]
+
+
+def test_a_paced_boards_time_is_split_into_bus_lock_waits_and_lock_holds():
+    before = {"hw.pace.c0.bus_us": 100, "hw.pace.c0.lock_wait_us": 0,
+              "hw.pace.c1.bus_us": 0, "hw.pace.c1.lock_wait_us": 50,
+              "hw.pace.lock0.held_us": 10, "hw.pace.lock0.paid_us": 90,
+              "hw.pace.lock1.held_us": 0, "hw.pace.lock1.paid_us": 0}
+    after = {"hw.pace.c0.bus_us": 200_100, "hw.pace.c0.lock_wait_us": 100_000,
+             "hw.pace.c1.bus_us": 300_000, "hw.pace.c1.lock_wait_us": 50_050,
+             "hw.pace.lock0.held_us": 40_010, "hw.pace.lock0.paid_us": 360_090,
+             "hw.pace.lock1.held_us": 20_000, "hw.pace.lock1.paid_us": 180_000}
+    assert bench.pace_split(before, after, 2.0) == {"pacing": {
+        "c0.bus_pct": 10.0, "c0.lock_wait_pct": 5.0, "c1.bus_pct": 15.0,
+        "c1.lock_wait_pct": 2.5, "lock0.held_pct": 20.0, "lock1.held_pct": 10.0}}
+    assert bench.pace_split({}, {"k0.rx_frames": 5}, 2.0) == {}    # at host speed
 
 
 def test_paced_scale_figures_come_from_boards_at_the_paced_core_speed(monkeypatch):
