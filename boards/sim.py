@@ -10,6 +10,7 @@ import time
 import micropython
 import sim_config
 from micropython import const
+from simhw.spin import spin_acquire
 from simhw.usb import PtyStream
 from simhw.w5500_emulator import W5500Emulator
 from simhw.wake import WakePipe
@@ -64,6 +65,10 @@ _PACE_MIN_SLEEP_US = const(200)   # shorter sleeps cost the host more than they 
 # since sleep_us() oversleeps by some 50 us, or for longer debts by sleeping all but this
 # much first and spinning the rest.
 _HOLD_SPIN_US = const(100)
+# Tries before a lock the cores share blocks (simhw/spin.py): a core holds it for one chip
+# transaction or one dispatch batch, and a blocked thread of the unix port takes longer to
+# wake than that; a paced core would be charged the wake-up too.
+_LOCK_SPINS = const(64)
 # The calling thread's scheduler statistics: "<run ns> <run-queue wait ns> <slices>". The
 # wait is brought up to date whenever the thread gets a CPU back, so two readings by the
 # thread itself bracket exactly the waits between them.
@@ -143,8 +148,6 @@ class _Pacer:
         self.bus_us = 0            # on the chip's bus
         self.lock_wait_us = 0      # waiting for a lock another core held
         self.held_us = 0           # the core's own work under a lock, paid before release
-        self.spin_lock = None      # the lock a failed acquire(0) found taken, and when:
-        self.spin_t0 = 0           # waiting for it starts there (_PacedLock)
 
     def _run_wait_us(self):
         f = self._stat
@@ -178,7 +181,6 @@ class _Pacer:
         # (A run-queue wait during a bus transfer or a lock's hold comes off twice: the
         # floor keeps such a turn from owing less than nothing.)
         us -= self.exempt_us - self._exempt0
-        self.spin_lock = None
         self.turn_took(us if us > 0 else 0)
 
     def turn_took(self, us):
@@ -219,11 +221,32 @@ class _Pacer:
         lock.paid_us += paid
 
 
+class _SpinLock:
+    """A `_thread` lock that spins a while before it blocks (a board at host speed)."""
+
+    def __init__(self):
+        self._lock = _thread.allocate_lock()
+
+    @micropython.native
+    def acquire(self, blocking=True):
+        if not blocking:
+            return self._lock.acquire(0)
+        spin_acquire(self._lock, _LOCK_SPINS)
+        return True
+
+    def release(self):
+        self._lock.release()
+
+    def locked(self):
+        return self._lock.locked()
+
+
 class _PacedLock:
     """A `_thread` lock for what a paced board's cores share (the chip, the dispatcher): a
     paced core holds it as long as a core of that speed would (_Pacer.pay_hold), and the
     time another core waits for it is left out of that core's turn (it is the holder's
-    work, paid by the holder). Threads that are not paced cores use it as a plain lock."""
+    work, paid by the holder). It spins a while before it blocks, as _SpinLock does.
+    Threads that are not paced cores use it as a plain lock."""
 
     def __init__(self, cores):
         self._lock = _thread.allocate_lock()
@@ -236,28 +259,19 @@ class _PacedLock:
 
     @micropython.native
     def acquire(self, blocking=True):
-        pacer = self._cores.current()
         lock = self._lock
-        if pacer is None:
-            return lock.acquire(blocking)
-        if lock.acquire(0):
-            t = time.ticks_us()
-            if pacer.spin_lock is self:     # a spin of acquire(0)s ends here
-                pacer.waited(time.ticks_diff(t, pacer.spin_t0))
-        elif not blocking:
-            if pacer.spin_lock is not self:
-                pacer.spin_lock = self
-                pacer.spin_t0 = time.ticks_us()
-            return False
-        else:
-            since = pacer.spin_t0 if pacer.spin_lock is self else time.ticks_us()
-            lock.acquire()
-            t = time.ticks_us()
-            pacer.waited(time.ticks_diff(t, since))
-        pacer.spin_lock = None
-        self._holder = pacer
-        self.exempt0 = pacer.exempt_us
-        self.t0 = t
+        pacer = self._cores.current()
+        if not lock.acquire(0):
+            if not blocking:
+                return False
+            since = time.ticks_us()
+            spin_acquire(lock, _LOCK_SPINS)
+            if pacer is not None:
+                pacer.waited(time.ticks_diff(time.ticks_us(), since))
+        if pacer is not None:
+            self._holder = pacer
+            self.exempt0 = pacer.exempt_us
+            self.t0 = time.ticks_us()
         return True
 
     @micropython.native
@@ -288,17 +302,6 @@ class _BusPin:
         if pacer is not None:
             pacer.exempt_us += time.ticks_diff(time.ticks_us(), t0)
         return r
-
-    value = __call__
-
-    def init(self, *args, **kwargs):
-        self._pin.init(*args, **kwargs)
-
-    def on(self):
-        self(1)
-
-    def off(self):
-        self(0)
 
 
 class _BusSPI:
@@ -335,12 +338,6 @@ class _BusSPI:
             pacer.bus_us += us
             pacer.exempt_us += us
 
-    def init(self, *args, **kwargs):
-        self._spi.init(*args, **kwargs)
-
-    def deinit(self):
-        self._spi.deinit()
-
 
 @micropython.viper
 def _second_field(buf, n: int) -> int:
@@ -366,9 +363,10 @@ class Hardware:
         # chip's work, not the core's (simhw/wire.py). At host speed a core writes to the
         # wire itself: there the hand-off costs more than it saves (measured: ping p50 0.43
         # against 0.49 ms, bulk 4.3 against 3.4 MB/s). TWINSTACK_PHY_FIFO=on|off overrides.
+        self._speed = getattr(sim_config, "CORE_SPEED", 100)
+        self._paced = _PacedCores() if self._speed < 100 else None
         phy_wake = getattr(sim_config, "PHY_WAKE_FDS", (-1, -1))
-        fifo = os.getenv("TWINSTACK_PHY_FIFO") or (
-            "on" if getattr(sim_config, "CORE_SPEED", 100) < 100 else "off")
+        fifo = os.getenv("TWINSTACK_PHY_FIFO") or ("on" if self._paced else "off")
         if phy_wake[0] >= 0 and fifo != "off":
             self.wire = PacketWire(sim_config.NETIF, tx_fifo_bytes=TX_FIFO_BYTES,
                                    tx_wake=WakePipe(*phy_wake))
@@ -377,8 +375,6 @@ class Hardware:
         self._wake = WakePipe(*getattr(sim_config, "WAKE_FDS", (-1, -1)))
         self.chip = W5500Emulator(self.wire, schedule=self._schedule)
         self.wire.attach(self.chip)
-        self._speed = getattr(sim_config, "CORE_SPEED", 100)
-        self._paced = _PacedCores() if self._speed < 100 else None
         self._pacers = []
         self._locks = []
         if self._paced is not None:
@@ -439,7 +435,7 @@ class Hardware:
     def allocate_lock(self):
         """A lock for what the board's cores share: held at the cores' own speed."""
         if self._paced is None:
-            return _thread.allocate_lock()
+            return _SpinLock()
         lock = _PacedLock(self._paced)
         self._locks.append(lock)        # in the order the firmware makes them
         return lock

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import logging
 import os
@@ -839,13 +840,13 @@ def pace_split(before: Mapping[str, int], after: Mapping[str, int],
 
     out: dict[str, Any] = {}
     us = seconds * 1e6
-    for core in range(8):
+    for core in itertools.count():
         key = f"hw.pace.c{core}."
         if key + "bus_us" not in after:
             break
         out[f"c{core}.bus_pct"] = round(100 * delta(key + "bus_us") / us, 1)
         out[f"c{core}.lock_wait_pct"] = round(100 * delta(key + "lock_wait_us") / us, 1)
-    for lock in range(8):
+    for lock in itertools.count():
         key = f"hw.pace.lock{lock}."
         if key + "held_us" not in after:
             break

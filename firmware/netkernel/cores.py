@@ -74,20 +74,6 @@ def default_pool_slots(ncores, ring_capacity):
     return ring_capacity * 3 // 4 + (ncores - 1) * (ring_capacity * 15 // 16 + 1) + spare
 
 
-_LOCK_SPINS = const(64)
-
-
-@micropython.native
-def _take(lock):
-    # The chip lock is held for one SPI transaction (microseconds): try for a while before
-    # blocking. Blocking on the unix port sleeps the thread, and waking it takes longer
-    # than the transaction it waited for; a paced core is charged that wake-up too.
-    for _ in range(_LOCK_SPINS):
-        if lock.acquire(0):
-            return
-    lock.acquire()
-
-
 class LockedNic:
     """The W5500 driver with one lock around every transaction (TX_MODE "lock")."""
 
@@ -98,7 +84,7 @@ class LockedNic:
     @micropython.native
     def send(self, buf, n):
         lock = self.lock
-        _take(lock)
+        lock.acquire()
         try:
             return self.nic.send(buf, n)
         finally:
@@ -107,7 +93,7 @@ class LockedNic:
     @micropython.native
     def recv_into(self, buf):
         lock = self.lock
-        _take(lock)
+        lock.acquire()
         try:
             return self.nic.recv_into(buf)
         finally:
@@ -116,7 +102,7 @@ class LockedNic:
     @micropython.native
     def clear_interrupt(self):
         lock = self.lock
-        _take(lock)
+        lock.acquire()
         try:
             self.nic.clear_interrupt()
         finally:
@@ -129,7 +115,7 @@ class LockedNic:
         nic = self.nic
         if nic.rx_holding():
             lock = self.lock
-            _take(lock)
+            lock.acquire()
             try:
                 nic.rx_release()
             finally:

@@ -307,8 +307,9 @@ class Node:
             "link_tx_dropped=%d link_replies_cut=%d errors=%d"
             % (heap_free, heap_alloc, n.rx_frames,
                n.tx_frames, n.rx_bad_length, n.reopens, n.tx_no_room, n.tx_timeouts,
-               n.unsettled_reads, d.frames, d.bad_crc, d.bad_cobs, d.too_long, self.link.unknown_kind,
-               self.link.bad_request, self.link.tx_dropped, self.link.replies_cut, errors))
+               n.unsettled_reads, d.frames, d.bad_crc, d.bad_cobs, d.too_long,
+               self.link.unknown_kind, self.link.bad_request, self.link.tx_dropped,
+               self.link.replies_cut, errors))
         for kv in self.msgunit.counters():
             yield "i2o.%s=%d" % kv
         flows = self.disp.flows()
@@ -359,13 +360,13 @@ class Node:
         for name in sorted(dc):
             if isinstance(dc[name], int):
                 yield "disp.%s=%d" % (name, dc[name])
-        hw = getattr(self.hw, "counters", None)    # a simulated board's hardware
-        if hw is not None:
-            for kv in sorted(hw().items()):
-                yield "hw.%s=%d" % kv
         for name in sorted(mine):
             if name not in dc:
                 yield "disp.%s=%d" % (name, mine[name])
+        hw = getattr(self.hw, "counters", None)    # a simulated board's hardware, last
+        if hw is not None:
+            for kv in sorted(hw().items()):
+                yield "hw.%s=%d" % kv
 
     def flows_text(self):
         """The dispatcher's flow table, one flow per line (KIND_FLOWS_REPLY)."""

@@ -137,8 +137,6 @@ def test_a_nested_lock_is_paid_for_once():
 def test_waiting_for_a_lock_the_other_core_holds_is_not_charged_to_the_waiter():
     import _thread
     import time
-
-    from netkernel.cores import _take
     cores = sim._PacedCores()
     holder = _paced_core(50, cores)
     lock = sim._PacedLock(cores)
@@ -148,7 +146,7 @@ def test_waiting_for_a_lock_the_other_core_holds_is_not_charged_to_the_waiter():
     def other_core():
         waiter = _paced_core(50, cores)
         result.append(None)                 # registered: the holder may start its work
-        _take(lock)                         # the firmware's spin, then block
+        lock.acquire()                      # spins, then blocks
         lock.release()
         waiter.end()
         result.append(waiter)
@@ -227,6 +225,10 @@ class _RecordingSocket:
 
     def send(self, frame):
         self.frames.append(bytes(frame))
+
+    def write(self, buf, off, n):
+        self.frames.append(bytes(buf[off:off + n]))
+        return n
 
 
 def _fifo_wire(fifo_bytes):

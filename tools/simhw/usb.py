@@ -4,9 +4,8 @@ The host side opens the pty's slave with pyserial as it would open /dev/ttyACM1.
 """
 
 import select
-import time
 
-from simhw.compat import const, micropython
+from simhw.compat import const, micropython, sleep_ms
 
 _EAGAIN = const(11)
 _EIO = const(5)
@@ -67,7 +66,7 @@ class PtyStream:
         if events:
             # Hang-up only (slave closed): poll() would return at once forever, so wait
             # out the timeout here instead of letting the caller spin.
-            _sleep_ms(timeout_ms)
+            sleep_ms(timeout_ms)
         return False
 
     def close(self):
@@ -75,10 +74,3 @@ class PtyStream:
             self._poller.unregister(self._fd)
             self._f.close()
             self._f = None
-
-
-def _sleep_ms(ms):
-    try:
-        time.sleep_ms(ms)
-    except AttributeError:
-        time.sleep(ms / 1000)

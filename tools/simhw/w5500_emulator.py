@@ -44,6 +44,7 @@ import _thread
 
 from simhw.bytecopy import copy_bytes as _copy
 from simhw.compat import const, micropython
+from simhw.spin import spin_acquire
 
 # Common register block (BSB 0), section 2.
 _MR = const(0x00)
@@ -116,17 +117,7 @@ _VIEW_CACHE = const(64)
 _DATA = const(3)
 
 
-_SPINS = const(200)
-
-
-@micropython.native
-def _acquire(lock):
-    # The lock is held for microseconds (one SPI call, or storing one frame): try for a
-    # while before sleeping, since a sleeping thread takes far longer than that to wake.
-    for _ in range(_SPINS):
-        if lock.acquire(0):
-            return
-    lock.acquire()
+_SPINS = const(200)   # tries before the emulator's lock blocks (simhw/spin.py)
 
 
 class _Counters:
@@ -402,7 +393,7 @@ class W5500Emulator:
     @micropython.native
     def _transfer(self, wbuf, rbuf):
         """Clock bytes through the chip. wbuf is a buffer or the int filler of readinto()."""
-        _acquire(self._lock)
+        spin_acquire(self._lock, _SPINS)
         try:
             self._clock(wbuf, rbuf)
             edge = self._update_int() if self._int_dirty else 0

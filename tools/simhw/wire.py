@@ -14,10 +14,9 @@ import _thread
 import select
 import socket
 import struct
-import time
 
 from simhw.bytecopy import copy_bytes
-from simhw.compat import const, micropython
+from simhw.compat import const, micropython, sleep_ms, sleep_us, ticks_diff, ticks_ms
 
 _AF_PACKET = const(17)
 _ETH_P_ALL_BE = const(0x0300)  # htons(ETH_P_ALL = 0x0003) on a little-endian host
@@ -29,32 +28,6 @@ _CARRIER_EVERY_MS = const(200)
 _RX_BUF = const(2048)
 _REC_HDR = const(2)            # a transmit FIFO record: 2-byte length, then the frame
 _FIFO_TRIES = const(200)       # a sender waits at most this many times 50 us for room
-
-try:
-    _ticks_ms = time.ticks_ms
-    _ticks_diff = time.ticks_diff
-except AttributeError:
-
-    def _ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def _ticks_diff(a, b):
-        return a - b
-
-
-def _sleep_ms(ms):
-    try:
-        time.sleep_ms(ms)
-    except AttributeError:
-        time.sleep(ms / 1000)
-
-
-def _sleep_us(us):
-    try:
-        time.sleep_us(us)
-    except AttributeError:
-        time.sleep(us / 1000000)
-
 
 class MemoryWire:
     """A wire for unit tests: transmitted frames land in self.sent, inject() receives."""
@@ -111,7 +84,6 @@ class PacketWire:
         if tx_fifo_bytes > 0 and tx_wake is None:
             raise ValueError("a transmit FIFO needs a wake-up for the PHY thread")
         self._fifo = bytearray(tx_fifo_bytes) if tx_fifo_bytes > 0 else None
-        self._fifo_mv = memoryview(self._fifo) if self._fifo is not None else None
         self._fifo_lock = _thread.allocate_lock()
         self._head = 0  # the next record to send (PHY thread)
         self._tail = 0  # where the next record goes (senders)
@@ -145,9 +117,9 @@ class PacketWire:
 
     def stop(self):
         self._stop = True
-        t0 = _ticks_ms()
-        while self._running and _ticks_diff(_ticks_ms(), t0) < 1000:
-            _sleep_ms(10)
+        t0 = ticks_ms()
+        while self._running and ticks_diff(ticks_ms(), t0) < 1000:
+            sleep_ms(10)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -167,15 +139,10 @@ class PacketWire:
         # the board's cores take too.
         wait = getattr(poller, "ipoll", poller.poll)
         try:
-            waiting = True
             while not self._stop:
                 if fifo:
-                    self._send_queued()
-                    self._fifo_lock.acquire()
-                    waiting = self._phy_waiting = self._used == 0
-                    self._fifo_lock.release()
-                # Frames queued meanwhile: only look for received ones, then send them.
-                ready = wait(_POLL_MS if waiting else 0)
+                    self._send_queued()    # all of it: a frame queued after wakes us
+                ready = wait(_POLL_MS)
                 self._phy_waiting = False
                 received = False
                 for entry in ready:
@@ -196,7 +163,7 @@ class PacketWire:
                     # wire, as on a real link whose receiver is overrun. Keep listening.
                     self.rx_errors += 1
                     self.last_error = e
-                    _sleep_ms(1)
+                    sleep_ms(1)
                     continue
                 except OSError as e:
                     if e.args[0] != _EAGAIN:
@@ -204,7 +171,7 @@ class PacketWire:
                         # listening, so count it and carry on.
                         self.rx_errors += 1
                         self.last_error = e
-                        _sleep_ms(10)
+                        sleep_ms(10)
                     continue
                 if not frame:
                     continue
@@ -246,7 +213,7 @@ class PacketWire:
                 return
             # Full: the wire is behind. The chip holds the frame until there is room.
             self.tx_fifo_waits += 1
-            _sleep_us(50)
+            sleep_us(50)
         self.tx_errors += 1  # the PHY thread stopped taking frames (stopped wire)
 
     @micropython.native
@@ -285,6 +252,7 @@ class PacketWire:
             lock.acquire()
             head = self._head
             if self._used == 0:
+                self._phy_waiting = True   # a sender from now on wakes the PHY thread
                 lock.release()
                 return
             if size - head < _REC_HDR or (fifo[head] | fifo[head + 1]) == 0:
@@ -295,7 +263,7 @@ class PacketWire:
             n = (fifo[head] << 8) | fifo[head + 1]
             lock.release()
             start = head + _REC_HDR
-            self._write(self._fifo_mv[start:start + n])
+            self._write_from(fifo, start, n)
             lock.acquire()
             self._head = start + n
             self._used -= _REC_HDR + n
@@ -309,11 +277,24 @@ class PacketWire:
         except (OSError, AttributeError):
             self.tx_errors += 1  # interface down, or not started
 
+    @micropython.native
+    def _write_from(self, buf, off, n):
+        # buf[off:off + n] as one frame. The stream write takes an offset, where a slice
+        # would be a new view per frame, and every allocation takes the heap's one mutex,
+        # which the board's cores share with this thread.
+        try:
+            if self._sock.write(buf, off, n) is None:
+                self.tx_errors += 1  # EAGAIN, as send() raises it
+                return
+            self.tx_frames += 1
+        except (OSError, AttributeError):
+            self.tx_errors += 1
+
     @property
     def link_up(self):
         # Read the carrier at most every 200 ms: the emulator asks on every PHYCFGR read.
-        now = _ticks_ms()
-        if self._link_checked is None or _ticks_diff(now, self._link_checked) >= _CARRIER_EVERY_MS:
+        now = ticks_ms()
+        if self._link_checked is None or ticks_diff(now, self._link_checked) >= _CARRIER_EVERY_MS:
             self._link_checked = now
             try:
                 with open(self._carrier_path) as f:
