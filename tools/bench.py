@@ -611,7 +611,7 @@ SCALE_FIGURES = (SCALE_BULK_1K, SCALE_BULK_2K, SCALE_RATIO, SCALE_CONNS_2K)
 # long relative to its core as 0.5 us does at a tenth of a host core. The slower the paced
 # core, the less that excess weighs: at a third of a host core it was a quarter of the
 # 1-kernel board's time a frame, and two kernels measured 1.22 times one (one pair); at a
-# tenth it is about a tenth, and they measure about 1.5 (README).
+# tenth it is about a tenth, and they measure 1.5 to 1.7 (README).
 SCALE_PACED_SPEED = 10
 SCALE_PACED = {SCALE_BULK_1K: "scale.paced.bulk16_mbps_1k",
                SCALE_BULK_2K: "scale.paced.bulk16_mbps_2k",
