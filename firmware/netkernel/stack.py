@@ -60,11 +60,12 @@ class Stack:
 
     @micropython.native
     def poll(self, now):
-        """Timers and pending output of every layer (bounded work)."""
+        """Timers and pending output of every layer (bounded work). The services read and
+        answer first, so their data and reopened windows leave on the ACKs TCP owes."""
         self.iface.poll(now)
-        self.tcp.poll(now)
         if self.services is not None:
             self.services.poll(now)
+        self.tcp.poll(now)
 
     @micropython.native
     def poll_at(self, now):

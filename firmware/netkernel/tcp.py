@@ -829,11 +829,13 @@ class TcpSocket:
         delay = self.tcp.config.tcp_delayed_ack_ms
         # Under a receive budget a connection's window may be one segment: with less than
         # one left the sender can send nothing more, so ACK now rather than after the delay.
-        # A connection waiting for credit is ACKed when it gets it, window and all: an ACK
-        # now would close the window and another open it again.
-        if (self.unacked_bytes >= 2 * self.rcv_mss or delay <= 0
+        # A connection waiting for credit is ACKed when it gets it, window and all, even
+        # after two segments: an ACK now would close the window and another open it again
+        # (the delayed ACK still bounds the wait).
+        queued = self.rcv_queued
+        if ((self.unacked_bytes >= 2 * self.rcv_mss and not queued) or delay <= 0
                 or (self.rcv_adv_rel < self.rcv_mss and self.tcp.rcv_share < _MAX_WINDOW
-                    and not self.rcv_queued)):
+                    and not queued)):
             self.ack_now = True
         elif not self.ack_armed:
             self.ack_armed = True
@@ -1321,7 +1323,11 @@ class TcpSocket:
     @micropython.native
     def _rcv_cap(self):
         """This connection's share of the receive budget in whole segments of the size we
-        asked the peer for (its segments to us), at least one; two in the handshake."""
+        asked the peer for (its segments to us), at least two. With a window of one segment
+        each segment closes it and must be ACKed on its own, the credit that reopens it
+        arriving with the ACK; with two, one ACK covers two segments (RFC 1122's every
+        second segment): measured on 16 connections sharing 5 segments, 0.6 frames sent
+        per frame received instead of 1.0. The credit pool still bounds the sum."""
         if self.state < ESTABLISHED:
             # Linux sends segments of at most half the largest window it has seen: two
             # segments keep them full-sized, and a first flight of two (not a whole ring)
@@ -1330,8 +1336,8 @@ class TcpSocket:
         cap = self.tcp.rcv_share
         if cap >= _MAX_WINDOW:
             return _MAX_WINDOW
-        if cap < _OUR_MSS:
-            return _OUR_MSS
+        if cap < 2 * _OUR_MSS:
+            return 2 * _OUR_MSS
         return cap - cap % _OUR_MSS
 
     def _rcv_release(self):
@@ -1353,16 +1359,17 @@ class TcpSocket:
         return _OUR_MSS - self.rcv_allow % _OUR_MSS
 
     @micropython.native
-    def _rcv_want(self):
+    def _rcv_want(self, read=False):
         """Under a receive budget, the most credit this connection can use beyond what it
-        holds: up to its share of the budget and its free ring space (<= 0: none)."""
+        holds: up to its share of the budget and its free ring space (<= 0: none), or with
+        ``read`` its whole ring, as if the application had read what is waiting."""
         st = self.state
         if st == SYN_RCVD:
             return 2 * _OUR_MSS - self.rcv_allow
         if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2) or \
                 self.fin_received:
             return 0
-        w = self._rcv_space()
+        w = self.rx.size if read and self.rx is not None else self._rcv_space()
         cap = self._rcv_cap()
         if w > cap:
             w = cap
@@ -1379,17 +1386,26 @@ class TcpSocket:
         need = self._rcv_need()
         want = self._rcv_want()
         if want < need:
+            # Short of ring space until the application reads, which the kernel lets it do
+            # before this turn's ACKs leave: wait in the queue (served after the read), or
+            # the ACK would close the window and another one open it again.
+            if self.rcv_allow < _OUR_MSS and self._rcv_want(True) >= need:
+                self._rcv_wait(credit, need, now)
             return
         g = credit.take(need, want)
         if g:
             self.rcv_allow += g
         elif self.rcv_allow < _OUR_MSS or self.state == SYN_RCVD:
-            if credit.queue(self):
-                self.rcv_queued = True
-                self.rcv_wait_since = now
-            else:                       # more waiters than connections: cannot happen
-                self.rcv_allow += need
-                credit.free -= need
+            self._rcv_wait(credit, need, now)
+
+    @micropython.native
+    def _rcv_wait(self, credit, need, now):
+        if credit.queue(self):
+            self.rcv_queued = True
+            self.rcv_wait_since = now
+        else:                       # more waiters than connections: cannot happen
+            self.rcv_allow += need
+            credit.free -= need
 
     @micropython.native
     def _rcv_window(self):
@@ -1855,8 +1871,13 @@ class Tcp:
             need = c._rcv_need()
             want = c._rcv_want()
             if want < need:
+                # It cannot use a segment (its application did not read): the ACK it
+                # held back for the credit goes now, window closed.
                 c.rcv_queued = False
                 credit.pop()
+                if c.unacked_bytes:
+                    c.ack_now = True
+                    c._output(now)
                 continue
             g = credit.serve(need, want, ticks_diff(now, c.rcv_wait_since))
             if g == 0:
