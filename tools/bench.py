@@ -833,8 +833,9 @@ def pace_split(before: Mapping[str, int], after: Mapping[str, int],
     """A paced board's shares of ``seconds`` of wall time (from its `hw.pace.*` counters,
     boards/sim.py): each core's time on the chip's bus and waiting for a lock another core
     held, and each shared lock's occupancy (its holders' own work, paced: lock 0 the
-    chip's, lock 1 the dispatcher's; the bus time under the chip's lock comes on top).
-    Empty for a board at host speed."""
+    chip's, lock 1 the dispatcher's; the bus time under the chip's lock comes on top);
+    and each core's own work in seconds at host speed (``work_host_s``: the same bytes
+    should cost N kernels together what they cost one). Empty for a board at host speed."""
     def delta(name: str) -> int:
         return after.get(name, 0) - before.get(name, 0)
 
@@ -846,6 +847,8 @@ def pace_split(before: Mapping[str, int], after: Mapping[str, int],
             break
         out[f"c{core}.bus_pct"] = round(100 * delta(key + "bus_us") / us, 1)
         out[f"c{core}.lock_wait_pct"] = round(100 * delta(key + "lock_wait_us") / us, 1)
+        out[f"c{core}.work_host_s"] = round(
+            (delta(key + "work_us") + delta(key + "held_us")) / 1e6, 3)
     for lock in itertools.count():
         key = f"hw.pace.lock{lock}."
         if key + "held_us" not in after:

@@ -70,6 +70,7 @@ def test_a_paced_turn_leaves_out_the_time_the_host_kept_the_core_waiting():
         time.ticks_us()                    # busy for 1 ms of wall time, 0.7 ms preempted
     pacer.end()
     assert pacer.preempted_us == 700
+    assert 300 <= pacer.work_us < 400, pacer.work_us    # the core's own work, counted
     # Only the core's own ~300 us count: ~100 us owed, too little to sleep yet, so carried
     # (all 1,000 us would owe 333 us, and that is slept at once).
     assert 80 <= pacer._debt < 200, pacer._debt
@@ -167,7 +168,7 @@ def test_waiting_for_a_lock_the_other_core_holds_is_not_charged_to_the_waiter():
     assert cores.current() is holder
 
 
-def test_the_paced_bus_takes_its_bytes_time_and_that_time_is_not_the_cores():
+def test_a_paced_bus_transaction_takes_its_bytes_time_and_that_time_is_not_the_cores():
     import time
 
     class Spi:
@@ -177,15 +178,26 @@ def test_the_paced_bus_takes_its_bytes_time_and_that_time_is_not_the_cores():
         def readinto(self, buf, write=0):
             pass
 
+    pin = []
     cores = sim._PacedCores()
     pacer = _paced_core(50, cores)
-    bus = sim._BusSPI(Spi(), 8_000_000, cores)      # a byte a microsecond
+    bus = sim._PacedBus(Spi(), pin.append, 8_000_000, cores)      # a byte a microsecond
+    cs = bus.select
     t0 = time.ticks_us()
+    cs(0)
     bus.write(bytearray(1000))
     bus.readinto(bytearray(500))
+    cs(1)
     took = time.ticks_diff(time.ticks_us(), t0)
+    assert pin == [0, 1]
     assert 1500 <= took < 6000, took
-    assert pacer.bus_us >= 1500
+    assert 1500 <= pacer.bus_us <= took, (pacer.bus_us, took)
+    t0 = time.ticks_us()
+    cs(1)                                   # high again: no transaction, no bus time
+    cs(0)
+    cs(1)                                   # no bytes: only the pin's own time
+    assert time.ticks_diff(time.ticks_us(), t0) < 1000
+    assert pacer.bus_us < took + 1000
     pacer.end()
     assert pacer.charged[0] < 300, pacer.charged
 
@@ -198,8 +210,8 @@ def test_pacing_the_cores_locks_bus_and_pins_allocates_nothing():
     cores = sim._PacedCores()
     _paced_core(33, cores)
     chip = W5500Emulator(None)
-    bus = sim._BusSPI(chip.spi, 800_000_000, cores)
-    cs = sim._BusPin(chip.cs, cores)
+    bus = sim._PacedBus(chip.spi, chip.cs, 800_000_000, cores)
+    cs = bus.select
     lock = sim._PacedLock(cores)
     hdr, reg = bytearray(b"\x00\x39\x00"), bytearray(1)     # VERSIONR
     used = 0

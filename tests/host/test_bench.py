@@ -403,16 +403,21 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
 
 def test_a_paced_boards_time_is_split_into_bus_lock_waits_and_lock_holds():
     before = {"hw.pace.c0.bus_us": 100, "hw.pace.c0.lock_wait_us": 0,
+              "hw.pace.c0.work_us": 0, "hw.pace.c0.held_us": 0,
               "hw.pace.c1.bus_us": 0, "hw.pace.c1.lock_wait_us": 50,
+              "hw.pace.c1.work_us": 1000, "hw.pace.c1.held_us": 0,
               "hw.pace.lock0.held_us": 10, "hw.pace.lock0.paid_us": 90,
               "hw.pace.lock1.held_us": 0, "hw.pace.lock1.paid_us": 0}
     after = {"hw.pace.c0.bus_us": 200_100, "hw.pace.c0.lock_wait_us": 100_000,
+             "hw.pace.c0.work_us": 150_000, "hw.pace.c0.held_us": 50_000,
              "hw.pace.c1.bus_us": 300_000, "hw.pace.c1.lock_wait_us": 50_050,
+             "hw.pace.c1.work_us": 101_000, "hw.pace.c1.held_us": 10_000,
              "hw.pace.lock0.held_us": 40_010, "hw.pace.lock0.paid_us": 360_090,
              "hw.pace.lock1.held_us": 20_000, "hw.pace.lock1.paid_us": 180_000}
     assert bench.pace_split(before, after, 2.0) == {"pacing": {
-        "c0.bus_pct": 10.0, "c0.lock_wait_pct": 5.0, "c1.bus_pct": 15.0,
-        "c1.lock_wait_pct": 2.5, "lock0.held_pct": 20.0, "lock1.held_pct": 10.0}}
+        "c0.bus_pct": 10.0, "c0.lock_wait_pct": 5.0, "c0.work_host_s": 0.2,
+        "c1.bus_pct": 15.0, "c1.lock_wait_pct": 2.5, "c1.work_host_s": 0.11,
+        "lock0.held_pct": 20.0, "lock1.held_pct": 10.0}}
     assert bench.pace_split({}, {"k0.rx_frames": 5}, 2.0) == {}    # at host speed
 
 
