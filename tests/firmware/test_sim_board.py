@@ -76,6 +76,26 @@ def test_a_paced_turn_leaves_out_the_time_the_host_kept_the_core_waiting():
     assert 80 <= pacer._debt < 200, pacer._debt
 
 
+def test_a_run_queue_wait_in_exempt_time_is_not_taken_off_the_turn_again():
+    # A turn of 1,000 us: 600 on the bus (exempt), 400 the core's own; the host kept the
+    # thread waiting 500 us in all. Spread over the turn, 200 us of that wait fell in the
+    # core's own 400: it is charged 200 (taking off all 500 again charged it nothing).
+    import time
+    pacer = sim._Pacer(50)
+    waits = [0, 500]
+    pacer._run_wait_us = lambda: waits.pop(0)
+    charged = []
+    pacer.turn_took = charged.append
+    pacer.begin()
+    t0 = time.ticks_us()
+    pacer.exempt_us += 600
+    while time.ticks_diff(time.ticks_us(), t0) < 1000:
+        pass
+    pacer.end()
+    assert 190 <= charged[0] <= 240, charged
+    assert 190 <= pacer.preempted_us <= 220 and pacer.work_us == charged[0]
+
+
 def test_the_pacer_reads_its_own_threads_run_queue_wait():
     pacer = sim._Pacer(50)
     first = pacer._run_wait_us()
