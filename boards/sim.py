@@ -132,7 +132,8 @@ class _Pacer:
       board slower the busier the machine (measured: 4 to 6 % of the wall time in a
       paced 2-kernel run);
     - the time on the bus, held locks already paid for, and waiting for a lock the other
-      core holds (which that core pays for in full): ``exempt_us`` counts all three."""
+      core holds (which that core pays for in full): ``exempt_us`` counts all three, and
+      the paced locks' own Python, which stands in for a `_thread` lock's C call."""
 
     def __init__(self, percent, cores=None):
         self._more = 100 - percent
@@ -208,15 +209,14 @@ class _Pacer:
         self.exempt_us += us
 
     @micropython.native
-    def pay_hold(self, lock):
-        """``lock`` (a _PacedLock this core took) is about to be released: wait, still
-        holding it, what the core's work under it would have taken in addition on the
-        slower core. Bus time and nested holds, already paced, are not paid again.
-        Overslept time is credit for the turn's own sleep."""
-        now = time.ticks_us()
+    def pay_hold(self, lock, now):
+        """``lock`` (a _PacedLock this core took) is about to be released (at ``now``):
+        wait, still holding it, what the core's work under it would have taken in addition
+        on the slower core. Bus time and nested holds, already paced, are not paid again.
+        Overslept time is credit for the turn's own sleep. Returns the time paid."""
         held = time.ticks_diff(now, lock.t0) - (self.exempt_us - lock.exempt0)
         if held <= 0:
-            return
+            return 0
         owed = held * self._more // self._percent
         if owed > _HOLD_SPIN_US * 2:
             time.sleep_us(owed - _HOLD_SPIN_US)
@@ -228,6 +228,7 @@ class _Pacer:
         self._debt -= paid - owed
         lock.held_us += held
         lock.paid_us += paid
+        return paid
 
 
 class _SpinLock:
@@ -268,28 +269,39 @@ class _PacedLock:
 
     @micropython.native
     def acquire(self, blocking=True):
+        since = time.ticks_us()
         lock = self._lock
         pacer = self._cores.current()
+        waited = False
         if not lock.acquire(0):
             if not blocking:
                 return False
-            since = time.ticks_us()
             spin_acquire(lock, _LOCK_SPINS)
-            if pacer is not None:
-                pacer.waited(time.ticks_diff(time.ticks_us(), since))
+            waited = True
         if pacer is not None:
+            # All of it is the lock's time, not the core's: waiting for the other core, or
+            # this Python, which stands in for a `_thread` lock's C call on a board.
             self._holder = pacer
+            t0 = time.ticks_us()
+            if waited:
+                pacer.waited(time.ticks_diff(t0, since))
+            else:
+                pacer.exempt_us += time.ticks_diff(t0, since)
             self.exempt0 = pacer.exempt_us
-            self.t0 = time.ticks_us()
+            self.t0 = t0
         return True
 
     @micropython.native
     def release(self):
         pacer = self._holder
-        if pacer is not None:
-            self._holder = None
-            pacer.pay_hold(self)
+        if pacer is None:
+            self._lock.release()
+            return
+        self._holder = None
+        t0 = time.ticks_us()
+        paid = pacer.pay_hold(self, t0)
         self._lock.release()
+        pacer.exempt_us += time.ticks_diff(time.ticks_us(), t0) - paid
 
     def locked(self):
         return self._lock.locked()
@@ -344,12 +356,12 @@ class _PacedBus:
 
     @micropython.native
     def _ended(self):
+        pacer = self._cores.current()
         t0 = self._t0
         bus = self._bytes * self._ps_per_byte // 1_000_000
         us = time.ticks_diff(time.ticks_us(), t0)
         while us < bus:
             us = time.ticks_diff(time.ticks_us(), t0)
-        pacer = self._cores.current()
         if pacer is not None:
             pacer.bus_us += us
             pacer.exempt_us += us

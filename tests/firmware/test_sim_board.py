@@ -140,6 +140,20 @@ def test_a_paced_core_holds_a_shared_lock_as_long_as_a_core_of_its_speed_would()
     assert pacer.charged[0] < 300, pacer.charged   # and not charged again at the turn's end
 
 
+def test_taking_and_releasing_a_paced_lock_is_the_locks_time_not_the_cores():
+    # The paced lock's own Python stands in for a `_thread` lock's C call: a core taking
+    # and releasing it with nothing in between is charged for little more than its loop.
+    cores = sim._PacedCores()
+    pacer = _paced_core(50, cores)
+    lock = sim._PacedLock(cores)
+    for _ in range(1000):
+        lock.acquire()
+        lock.release()
+    pacer.end()
+    assert pacer.lock_wait_us == 0
+    assert pacer.charged[0] < pacer.exempt_us // 2, (pacer.charged, pacer.exempt_us)
+
+
 def test_a_nested_lock_is_paid_for_once():
     cores = sim._PacedCores()
     pacer = _paced_core(50, cores)
