@@ -606,12 +606,12 @@ SCALE_FIGURES = (SCALE_BULK_1K, SCALE_BULK_2K, SCALE_RATIO, SCALE_CONNS_2K)
 # PHY thread and the peer's TCP/IP, limit two kernels before the board's own cores do
 # (measured: 1.2 to 1.5 of 2 cores busy, the PHY thread alone a quarter of one). An RP2040
 # core is slower still (a hundredth of a host core or less, boards/sim.py). The emulated
-# chip is not paced: what it does for an SPI call (about 5 us of host time for a register
-# access, under the chip's lock) stands in for the bus, which on an RP2040 takes about as
-# long relative to its core as 0.5 us does at a tenth of a host core. The slower the paced
-# core, the less that excess weighs: at a third of a host core it was a quarter of the
-# 1-kernel board's time a frame, and two kernels measured 1.22 times one (one pair); at a
-# tenth it is about a tenth, and they measure 1.5 to 1.7 (README).
+# chip is not paced: what it does for an SPI transaction (about 4 us of host time for a
+# register access, under the chip's lock) stands in for the bus, which on an RP2040 takes
+# about as long relative to its core as 0.5 us does at a tenth of a host core. The slower
+# the paced core, the less that excess weighs: at a third of a host core it was a quarter
+# of the 1-kernel board's time a frame, and two kernels measured 1.22 times one (one pair);
+# at a tenth it is about a tenth, and they measure 1.8 to 2.0 (README).
 SCALE_PACED_SPEED = 10
 SCALE_PACED = {SCALE_BULK_1K: "scale.paced.bulk16_mbps_1k",
                SCALE_BULK_2K: "scale.paced.bulk16_mbps_2k",
