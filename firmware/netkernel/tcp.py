@@ -1400,6 +1400,7 @@ class TcpSocket:
 
     @micropython.native
     def _rcv_wait(self, credit, need, now):
+        """Join the queue for ``need`` of credit (served first come, first served)."""
         if credit.queue(self):
             self.rcv_queued = True
             self.rcv_wait_since = now
