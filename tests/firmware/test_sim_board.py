@@ -269,9 +269,6 @@ class _RecordingSocket:
     def __init__(self):
         self.frames = []
 
-    def send(self, frame):
-        self.frames.append(bytes(frame))
-
     def write(self, buf, off, n):
         self.frames.append(bytes(buf[off:off + n]))
         return n

@@ -401,19 +401,23 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
     assert figures[bench.SCALE_RATIO]["pair_ratios"] == [2.5, 1.906]
 
 
+def _pace_counters(cores, locks):
+    """A paced board's hw.pace.* counters: (bus, lock wait, work, held) us per core, (held,
+    paid) us per lock."""
+    out = {}
+    for i, (bus, wait, work, held) in enumerate(cores):
+        out.update({f"hw.pace.c{i}.bus_us": bus, f"hw.pace.c{i}.lock_wait_us": wait,
+                    f"hw.pace.c{i}.work_us": work, f"hw.pace.c{i}.held_us": held})
+    for i, (held, paid) in enumerate(locks):
+        out.update({f"hw.pace.lock{i}.held_us": held, f"hw.pace.lock{i}.paid_us": paid})
+    return out
+
+
 def test_a_paced_boards_time_is_split_into_bus_lock_waits_and_lock_holds():
-    before = {"hw.pace.c0.bus_us": 100, "hw.pace.c0.lock_wait_us": 0,
-              "hw.pace.c0.work_us": 0, "hw.pace.c0.held_us": 0,
-              "hw.pace.c1.bus_us": 0, "hw.pace.c1.lock_wait_us": 50,
-              "hw.pace.c1.work_us": 1000, "hw.pace.c1.held_us": 0,
-              "hw.pace.lock0.held_us": 10, "hw.pace.lock0.paid_us": 90,
-              "hw.pace.lock1.held_us": 0, "hw.pace.lock1.paid_us": 0}
-    after = {"hw.pace.c0.bus_us": 200_100, "hw.pace.c0.lock_wait_us": 100_000,
-             "hw.pace.c0.work_us": 150_000, "hw.pace.c0.held_us": 50_000,
-             "hw.pace.c1.bus_us": 300_000, "hw.pace.c1.lock_wait_us": 50_050,
-             "hw.pace.c1.work_us": 101_000, "hw.pace.c1.held_us": 10_000,
-             "hw.pace.lock0.held_us": 40_010, "hw.pace.lock0.paid_us": 360_090,
-             "hw.pace.lock1.held_us": 20_000, "hw.pace.lock1.paid_us": 180_000}
+    before = _pace_counters([(100, 0, 0, 0), (0, 50, 1000, 0)], [(10, 90), (0, 0)])
+    after = _pace_counters([(200_100, 100_000, 150_000, 50_000),
+                            (300_000, 50_050, 101_000, 10_000)],
+                           [(40_010, 360_090), (20_000, 180_000)])
     assert bench.pace_split(before, after, 2.0) == {"pacing": {
         "c0.bus_pct": 10.0, "c0.lock_wait_pct": 5.0, "c0.work_host_s": 0.2,
         "c1.bus_pct": 15.0, "c1.lock_wait_pct": 2.5, "c1.work_host_s": 0.11,

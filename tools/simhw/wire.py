@@ -193,7 +193,7 @@ class PacketWire:
         """Transmit one frame (an object of the frame's exact length): queued for the PHY
         thread if there is a FIFO, else written at once."""
         if self._fifo is None:
-            self._write(frame)
+            self._write_from(frame, 0, len(frame))
             return
         lock = self._fifo_lock
         for _ in range(_FIFO_TRIES):
@@ -270,21 +270,14 @@ class PacketWire:
             lock.release()
 
     @micropython.native
-    def _write(self, frame):
-        try:
-            self._sock.send(frame)
-            self.tx_frames += 1
-        except (OSError, AttributeError):
-            self.tx_errors += 1  # interface down, or not started
-
-    @micropython.native
     def _write_from(self, buf, off, n):
-        # buf[off:off + n] as one frame. The stream write takes an offset, where a slice
-        # would be a new view per frame, and every allocation takes the heap's one mutex,
-        # which the board's cores share with this thread.
+        # buf[off:off + n] as one frame, from the FIFO or (no FIFO) straight from the
+        # chip. The stream write takes an offset, where a slice would be a new view per
+        # frame, and every allocation takes the heap's one mutex, which the board's cores
+        # share with this thread.
         try:
             if self._sock.write(buf, off, n) is None:
-                self.tx_errors += 1  # EAGAIN, as send() raises it
+                self.tx_errors += 1  # EAGAIN: the interface's queue is full
                 return
             self.tx_frames += 1
         except (OSError, AttributeError):
