@@ -3,12 +3,15 @@
 # so this board is for the stack and its tests, not yet for the host link.
 from machine import SPI, Pin, Timer, unique_id
 from micropython import const
+from rp2040 import BUDGET as _RP2040
 
 NAME = "esp32_w5500"
 ARCH = "xtensawin"
 CORES = 1
 HEAP_BYTES = const(110000)
-REQUIRES = ()
+REQUIRES = ("rp2040",)
+# A heap of ~110 KB and one core: one kernel with the RP2040's per-kernel pools, no host link.
+BUDGET = dict(_RP2040, kernels=1, i2o_inbound_depth=2, i2o_outbound_max=2)
 
 
 class Hardware:
@@ -53,9 +56,11 @@ def load_config():
     import config
 
     uid = unique_id()
-    return {
+    cfg = dict(BUDGET)
+    cfg.update({
         "ip": config.IP, "prefix": config.PREFIX, "gateway": config.GATEWAY,
         "mac": config.MAC or "02:%02x:%02x:%02x:%02x:%02x" % tuple(uid[-5:]),
         "kernels": config.KERNELS, "services": config.SERVICES,
         "log_frames": config.LOG_FRAMES,
-    }
+    })
+    return cfg

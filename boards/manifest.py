@@ -1,14 +1,15 @@
-# Freeze the firmware into a MicroPython image (RPI_PICO / RPI_PICO2), so its code runs from
-# flash and the whole heap is left for data. On an RP2040 this is required for two kernels
-# and the host link: the compiled firmware is ~175 KB of .mpy, and loaded from the
-# filesystem it would take most of the ~240 KB heap (the simulated board measures the same
-# split: `twinstack sim` adds the code's heap to the board's budget, see
-# host/twinstack/sim/launcher.py frozen_code_bytes).
+# The MicroPython image for the RP2040 boards (RPI_PICO; RPI_PICO2 too): MicroPython's own rp2
+# build with this file as its frozen manifest (FROZEN_MANIFEST=$PWD/boards/manifest.py in the
+# environment of `make -C micropython/ports/rp2 BOARD=RPI_PICO`).
 #
-#   make -C micropython/ports/rp2 BOARD=RPI_PICO FROZEN_MANIFEST=$PWD/boards/manifest.py
+# Frozen, the code runs from flash; the heap only holds what importing it builds (module
+# dicts, classes, functions: about 24 KB for the firmware). Loaded from the filesystem, the
+# firmware's ~110 KB of .mpy would live in the RP2040's ~240 KB heap.
 #
-# then flash the .uf2 and deploy only main.py, boot.py, config.py and board.py
-# (`make deploy` copies the .mpy files too; frozen modules take precedence over /lib only
-# when /lib has none, so remove /lib/netkernel on a board running a frozen image).
+# The package is bytecode only: its machine code (viper) is the module netkernel_native,
+# which `make deploy` copies to /lib. MicroPython v1.28's freezer puts armv6m machine code
+# on 2-byte boundaries and the Cortex-M0+ faults on the word read at its start
+# (docs/frozen-native-alignment.md); loaded from a file, it goes to the heap, aligned.
 include("$(PORT_DIR)/boards/manifest.py")
+require("usb-device-cdc")   # boot.py's second USB serial port, which carries host data
 package("netkernel", base_path="../firmware")

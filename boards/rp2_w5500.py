@@ -56,15 +56,18 @@ def default_mac():
     return "02:%02x:%02x:%02x:%02x:%02x" % (uid[-5], uid[-4], uid[-3], uid[-2], uid[-1])
 
 
-def load_config():
+def load_config(budget):
+    """config.py's settings over the board's memory budget (its BUDGET)."""
     import config
 
-    return {
+    cfg = dict(budget)
+    cfg.update({
         "ip": config.IP,
         "prefix": config.PREFIX,
         "gateway": config.GATEWAY,
         "mac": config.MAC or default_mac(),
-        "kernels": config.KERNELS,
+        "kernels": getattr(config, "KERNELS", budget["kernels"]),
         "services": config.SERVICES,
         "log_frames": config.LOG_FRAMES,
-    }
+    })
+    return cfg

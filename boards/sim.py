@@ -10,6 +10,7 @@ import time
 import micropython
 import sim_config
 from micropython import const
+from rp2040 import BUDGET  # the simulated board stands for an RP2040: its memory budget
 from simhw.spin import spin_acquire
 from simhw.usb import PtyStream
 from simhw.w5500_emulator import W5500Emulator
@@ -501,7 +502,8 @@ def open_hardware():
 
 
 def load_config():
-    cfg = {
+    cfg = dict(BUDGET)
+    cfg.update({
         "ip": sim_config.IP,
         "prefix": sim_config.PREFIX,
         "gateway": sim_config.GATEWAY,
@@ -517,9 +519,7 @@ def load_config():
         # Kernels 1..N-1 read frames for the dispatcher when idle (netkernel.cores);
         # TWINSTACK_DISPATCH_HELP=off leaves all of it to core 0, for measurements.
         "dispatch_help": os.getenv("TWINSTACK_DISPATCH_HELP", "on") != "off",
-    }
-    # The I2O messaging unit's pools (msgunit.MsgUnit), when sim_config sets them.
-    for key in ("frame_bytes", "inbound_depth", "outbound_max"):
-        if hasattr(sim_config, key.upper()):
-            cfg[key] = getattr(sim_config, key.upper())
+    })
+    # Budget entries sim_config sets (the launcher's --budget NAME=VALUE).
+    cfg.update(getattr(sim_config, "BUDGET", {}))
     return cfg

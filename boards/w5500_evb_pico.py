@@ -2,13 +2,18 @@
 # W5500_EVB_PICO build starts its own W5500 driver and lwIP (reference/rp2.md §8).
 import rp2_w5500
 from micropython import const
-from rp2_w5500 import load_config  # noqa: F401 - part of the board interface
+from rp2040 import BUDGET  # noqa: F401 - the RP2040's memory budget, sizes every pool
 
 NAME = "w5500_evb_pico"
 ARCH = "armv6m"
 CORES = 2
 HEAP_BYTES = const(242304)   # gc.mem_free() after boot on RPI_PICO v1.28 (rp2.md §7)
-REQUIRES = ("rp2_w5500",)    # board modules deployed with this one
+REQUIRES = ("rp2_w5500", "rp2040")   # board modules deployed with this one
+FROZEN = ("netkernel",)      # in the image (boards/manifest.py): `make deploy` leaves it out
+
+
+def load_config():
+    return rp2_w5500.load_config(BUDGET)
 
 
 def open_hardware():

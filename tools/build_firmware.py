@@ -8,7 +8,9 @@ Output layout (what `mpremote cp -r build/<board>/. :` puts on the board):
                                   config.py is meant to be edited on the board)
     lib/board.mpy                 the board file
     lib/<module>.mpy              board modules the board file REQUIRES
-    lib/netkernel/**.mpy          the firmware package
+    lib/netkernel_native.mpy      the firmware's machine code (viper), always a file
+    lib/netkernel/**.mpy          the firmware package, unless the board's image has it
+                                  frozen (the board file's FROZEN, boards/manifest.py)
 The architecture comes from the board file's ARCH (armv6m for RP2040, armv7emsp for RP2350,
 xtensawin for ESP32).
 """
@@ -29,12 +31,12 @@ SOURCE_FILES = ("main.py", "boot.py", "config.py")
 
 
 def board_settings(board: str) -> dict:
-    """ARCH and REQUIRES read from boards/<board>.py without running it."""
+    """ARCH, REQUIRES and FROZEN read from boards/<board>.py without running it."""
     path = BOARDS / f"{board}.py"
     if not path.exists():
         known = sorted(p.stem for p in BOARDS.glob("*.py") if _is_board(p))
         raise SystemExit(f"unknown board {board!r}; boards: {', '.join(known)}")
-    found: dict = {"ARCH": None, "REQUIRES": ()}
+    found: dict = {"ARCH": None, "REQUIRES": (), "FROZEN": ()}
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
@@ -75,7 +77,10 @@ def build(board: str, out: Path) -> list[Path]:
         shutil.copy2(FIRMWARE / name, out / name)
         written.append(out / name)
     lib = out / "lib"
-    for src in sorted((FIRMWARE / "netkernel").rglob("*.py")):
+    sources = [FIRMWARE / "netkernel_native.py"]
+    if "netkernel" not in settings["FROZEN"]:
+        sources += sorted((FIRMWARE / "netkernel").rglob("*.py"))
+    for src in sources:
         dst = lib / src.relative_to(FIRMWARE).with_suffix(".mpy")
         compile_file(src, dst, arch)
         written.append(dst)

@@ -11,7 +11,6 @@
 # Packet parsing and emission are the interface's job; this module only keeps the table.
 import time
 
-import micropython
 from micropython import const
 
 from netkernel import wire
@@ -38,7 +37,6 @@ class ArpCache:
         self.evicted = 0       # live entries replaced because the table was full
         self.rate_limited = 0  # requests not sent: one went out less than retry_ms ago
 
-    @micropython.native
     def find(self, ip, off):
         """Index of the (non-free) entry for ip[off:off+4], or -1."""
         state = self._state
@@ -50,7 +48,6 @@ class ArpCache:
             i += 1
         return -1
 
-    @micropython.native
     def lookup(self, ip, off, now):
         """Index of a live VALID entry for ip[off:off+4] (its MAC at macs[6*i]), or -1."""
         i = self.find(ip, off)
@@ -87,7 +84,6 @@ class ArpCache:
         self._used[i] = now
         return True
 
-    @micropython.native
     def refresh(self, ip, ip_off, mac, mac_off, now):
         """ip -> mac seen in IPv4 traffic from an on-link peer (smoltcp fills its cache so).
 
@@ -102,7 +98,6 @@ class ArpCache:
             return True
         return self.update(ip, ip_off, mac, mac_off, now, True)
 
-    @micropython.native
     def request_due(self, ip, off, now):
         """True if a request for ip may go out now; then the next one waits retry_ms.
 
@@ -151,7 +146,6 @@ class ArpCache:
         state[best] = _FREE
         return best
 
-    @micropython.native
     def expire(self, now):
         """Free entries past their deadline (VALID: lifetime over; PENDING: wait over)."""
         state = self._state
@@ -163,7 +157,6 @@ class ArpCache:
                 state[i] = _FREE
             i += 1
 
-    @micropython.native
     def next_deadline(self, now):
         """Milliseconds until the next entry deadline: 0 overdue, -1 none."""
         state = self._state

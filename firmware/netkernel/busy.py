@@ -4,7 +4,6 @@
 # the RP2040) after 18 minutes and then allocate a big int on every add.
 from time import ticks_diff, ticks_us
 
-import micropython
 from micropython import const
 
 _US_PER_S = const(1000000)
@@ -15,7 +14,6 @@ class BusyTime:
         self.s = 0
         self.us = 0
 
-    @micropython.native
     def since(self, t0):
         """Add the time from ``t0`` (a ticks_us() value) to now."""
         us = self.us + ticks_diff(ticks_us(), t0)

@@ -27,7 +27,6 @@ import _thread
 from array import array
 from time import sleep_us, ticks_ms, ticks_us
 
-import micropython
 from micropython import const
 
 from netkernel import wire
@@ -81,7 +80,6 @@ class LockedNic:
         self.nic = nic
         self.lock = lock
 
-    @micropython.native
     def send(self, buf, n):
         lock = self.lock
         lock.acquire()
@@ -90,7 +88,6 @@ class LockedNic:
         finally:
             lock.release()
 
-    @micropython.native
     def recv_into(self, buf):
         lock = self.lock
         lock.acquire()
@@ -99,7 +96,6 @@ class LockedNic:
         finally:
             lock.release()
 
-    @micropython.native
     def clear_interrupt(self):
         lock = self.lock
         lock.acquire()
@@ -108,7 +104,6 @@ class LockedNic:
         finally:
             lock.release()
 
-    @micropython.native
     def rx_release(self):
         # Only the dispatcher (one core at a time) receives, so it may ask without the lock
         # whether there is work.
@@ -284,7 +279,6 @@ class Cores:
 
     # -- core 0 ----------------------------------------------------------------------------
 
-    @micropython.native
     def turn(self, now, rx):
         """Core 0's share: returns, closed flows, interrupt ack + RX batch (unless another
         core is reading one), other cores' TX, kernel 0. True if work is still waiting."""
@@ -321,7 +315,6 @@ class Cores:
             more = True
         return more
 
-    @micropython.native
     def help(self, core, now):
         """(Kernel ``core`` >= 1, its ring empty) Read a batch for the dispatcher when INTn
         is low or the last batch left frames waiting, unless another core is at it. True if
@@ -359,7 +352,6 @@ class Cores:
         finally:
             lock.release()
 
-    @micropython.native
     def _collect_returns(self):
         pool = self.pool
         kernels = self.kernels
@@ -380,7 +372,6 @@ class Cores:
             line += " data=" + bytes(buf[:n]).hex()
         print(line)
 
-    @micropython.native
     def dispatch(self, now, me):
         """(The dispatch lock's holder, on core ``me``) Read up to _RX_BATCH frames from
         the chip and steer each to a kernel's ring. True if the batch stopped with frames
@@ -465,7 +456,6 @@ class Cores:
         self.backlog = more
         return more
 
-    @micropython.native
     def _collect_events(self):
         disp = self.disp
         ip = self.ip

@@ -84,12 +84,16 @@ Steering rules (steer())
 """
 import array
 
-import micropython
 from micropython import const
 
 from netkernel.flowtable import FlowTable
+# The classifier's interpreter, the hashes and the key helpers are machine code (netkernel_native
+# says why), and the instruction codes are defined with the interpreter.
+from netkernel_native import (  # noqa: F401 - the codes are re-exported for assemble()'s users
+    AND, EXTRACT, FAIL, IHL, JA, JCLR, JEQ, JGT, JLE, JNE, JSET, KEY_LEN, KEYSET, KEYZERO, L4,
+    L4LEN, LD8, LD16, NEED, OP_IHL_SHIFT, RET, SETOP, SHL, SHR, SUBX, TAX, find_key, fold_hash,
+    inc32, put_key, run_program, toeplitz_hash, xorshift16)
 
-KEY_LEN = const(13)          # same as flowtable.KEY_LEN (a const must be local to inline)
 _F_PINNED = const(0x02)      # flowtable.F_PINNED
 
 OP_PROTO_MASK = const(0x0F)
@@ -103,36 +107,10 @@ OP_FRAGMENT = const(0x10)
 OP_PAYLOAD = const(0x20)
 OP_SYN = const(0x40)
 OP_BCAST = const(0x80)
-OP_IHL_SHIFT = const(8)
 
 ALL_CORES = const(-1)
 DROP = const(-2)
 
-# classifier instruction codes
-L4 = const(0x80)
-LD8 = const(1)
-LD16 = const(2)
-AND = const(3)
-SHR = const(4)
-SHL = const(5)
-TAX = const(6)
-SUBX = const(7)
-L4LEN = const(8)
-JEQ = const(9)
-JNE = const(10)
-JGT = const(11)
-JLE = const(12)
-JSET = const(13)
-JCLR = const(14)
-JA = const(15)
-EXTRACT = const(16)
-KEYSET = const(17)
-KEYZERO = const(18)
-SETOP = const(19)
-IHL = const(20)
-NEED = const(21)
-RET = const(22)
-FAIL = const(23)
 MAX_PROGRAM = const(512)
 
 _PROTO_ICMP = const(1)
@@ -140,7 +118,6 @@ _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
 _ICMP_ECHO_REQUEST = const(8)
 _ETH_HLEN = const(14)
-_FAR = const(0x10000)       # L4 base before IHL: every L4-relative access is out of bounds
 
 _ALGO_FOLD = const(0)
 _ALGO_TOEPLITZ = const(1)
@@ -271,206 +248,6 @@ def validate_program(program):
             raise ValueError("setop bits at %d" % i)
 
 
-@micropython.viper
-def run_program(prog: ptr8, plen: int, buf: ptr8, n: int, key: ptr8) -> int:
-    """Run a validated program over buf[0:n]; the op code, or -1 for a malformed frame."""
-    i = 0
-    while i < KEY_LEN:
-        key[i] = 0
-        i += 1
-    pc = 0
-    op = 0
-    a = 0
-    x = 0
-    l4 = _FAR
-    l4len = 0
-    while pc < plen:
-        code = prog[pc]
-        arg = prog[pc + 1]
-        b = prog[pc + 2]
-        c = prog[pc + 3]
-        imm = (b << 8) | c
-        pc += 4
-        o = arg
-        if code & L4:
-            code &= 0x7F
-            o = l4 + arg
-        if code == LD8:
-            if o >= n:
-                return -1
-            a = buf[o] & imm
-        elif code == LD16:
-            if o + 2 > n:
-                return -1
-            a = ((buf[o] << 8) | buf[o + 1]) & imm
-        elif code == AND:
-            a &= imm
-        elif code == SHR:
-            a >>= arg
-        elif code == SHL:
-            a = (a << arg) & 0xFFFF
-        elif code == TAX:
-            x = a
-        elif code == SUBX:
-            a = x - a
-        elif code == L4LEN:
-            if l4 == _FAR:
-                return -1
-            a = l4len
-        elif code >= JEQ and code <= JA:
-            if code == JA:
-                take = True
-            elif code == JEQ:
-                take = a == imm
-            elif code == JNE:
-                take = a != imm
-            elif code == JGT:
-                take = a > imm
-            elif code == JLE:
-                take = a <= imm
-            elif code == JSET:
-                take = (a & imm) != 0
-            else:
-                take = (a & imm) == 0
-            if take:
-                pc += arg << 2
-        elif code == EXTRACT:
-            if o + b > n:
-                return -1
-            i = 0
-            while i < b:
-                key[c + i] = buf[o + i]
-                i += 1
-        elif code == KEYSET:
-            key[arg] = c
-        elif code == KEYZERO:
-            i = 0
-            while i < b:
-                key[arg + i] = 0
-                i += 1
-        elif code == SETOP:
-            op |= imm
-        elif code == IHL:
-            if n < _ETH_HLEN + 20:
-                return -1
-            ihl = buf[_ETH_HLEN] & 0x0F
-            hl = ihl << 2
-            total = (buf[_ETH_HLEN + 2] << 8) | buf[_ETH_HLEN + 3]
-            # a frame may be longer than the datagram (Ethernet padding), never shorter
-            if ihl < 5 or _ETH_HLEN + hl > n or total < hl or _ETH_HLEN + total > n:
-                return -1
-            l4 = _ETH_HLEN + hl
-            l4len = total - hl
-            op |= ihl << OP_IHL_SHIFT
-        elif code == NEED:
-            if o > n:
-                return -1
-        elif code == RET:
-            return op
-        else:
-            return -1           # FAIL (and anything a validated program cannot contain)
-    return op
-
-
-# ---------------------------------------------------------------------------------------
-# hashes (viper, results reduced below 2**30 so they are small ints on the RP2040)
-
-@micropython.viper
-def fold_hash(key: ptr8, mask: ptr8) -> int:
-    """XOR fold of the masked key: symmetric (src/dst and ports swapped give the same value).
-
-    The address fold is mixed before the ports join it, so address and port bits that vary
-    together (10.1.0.i:30000+i) cannot cancel; a final mix spreads the low bits that index
-    the indirection table. Bits 8..23 of a product are exact even where a 32-bit viper int
-    overflows."""
-    s = 0
-    i = 0
-    while i < 4:                        # src ^ dst, as two 16-bit words folded together
-        s ^= ((key[i] & mask[i]) ^ (key[i + 4] & mask[i + 4])) << (8 - ((i & 1) << 3))
-        i += 1
-    s = ((s * 40503) >> 8) & 0xFFFF
-    s ^= ((key[8] & mask[8]) ^ (key[10] & mask[10])) << 8        # sport ^ dport
-    s ^= (key[9] & mask[9]) ^ (key[11] & mask[11])
-    s ^= key[12] & mask[12]
-    return ((s * 40503) >> 8) & 0xFFFF
-
-
-@micropython.viper
-def toeplitz_hash(data: ptr8, mask: ptr8, tkey: ptr8, out: ptr8) -> int:
-    """RSS Toeplitz hash of the first 12 masked bytes of the key (addresses and ports);
-    the 32-bit result goes to out[0:4] big-endian, the low 30 bits are returned."""
-    hi = (tkey[0] << 8) | tkey[1]        # the 32-bit key window as two 16-bit halves
-    lo = (tkey[2] << 8) | tkey[3]
-    rh = 0
-    rl = 0
-    kbit = 32
-    i = 0
-    while i < 12:
-        byte = data[i] & mask[i]
-        bit = 7
-        while bit >= 0:
-            if (byte >> bit) & 1:
-                rh ^= hi
-                rl ^= lo
-            nb = (tkey[kbit >> 3] >> (7 - (kbit & 7))) & 1
-            hi = ((hi << 1) | (lo >> 15)) & 0xFFFF
-            lo = ((lo << 1) | nb) & 0xFFFF
-            kbit += 1
-            bit -= 1
-        i += 1
-    out[0] = rh >> 8
-    out[1] = rh & 0xFF
-    out[2] = rl >> 8
-    out[3] = rl & 0xFF
-    return ((rh & 0x3FFF) << 16) | rl
-
-
-@micropython.viper
-def _find_key(table: ptr8, count: int, key: ptr8) -> int:
-    r = 0
-    while r < count:
-        k = r * KEY_LEN
-        i = 0
-        while i < KEY_LEN:
-            if table[k + i] != key[i]:
-                break
-            i += 1
-        if i == KEY_LEN:
-            return r
-        r += 1
-    return -1
-
-
-@micropython.viper
-def _inc(counters: ptr32, index: int):
-    counters[index] += 1
-
-
-@micropython.viper
-def _xorshift16(state: ptr16) -> int:
-    x = state[0]
-    x ^= (x << 7) & 0xFFFF
-    x ^= x >> 9
-    x ^= (x << 8) & 0xFFFF
-    state[0] = x
-    return x
-
-
-@micropython.viper
-def _put_key(key: ptr8, src: ptr8, src_off: int, dst: ptr8, dst_off: int, proto: int,
-             sport: int, dport: int):
-    i = 0
-    while i < 4:
-        key[i] = src[src_off + i]
-        key[4 + i] = dst[dst_off + i]
-        i += 1
-    key[8] = sport >> 8
-    key[9] = sport & 0xFF
-    key[10] = dport >> 8
-    key[11] = dport & 0xFF
-    key[12] = proto
-
-
 def default_red_min(ring_capacity):
     """The ring depth where random early discard starts, unless set otherwise."""
     return ring_capacity * 3 // 4
@@ -577,7 +354,7 @@ class Dispatcher:
     def add_rule(self, key_bytes, core):
         if len(key_bytes) != KEY_LEN or core < 0 or core >= self.ncores:
             raise ValueError("rule")
-        r = _find_key(self._rules, self._nrules, key_bytes)
+        r = find_key(self._rules, self._nrules, key_bytes)
         if r < 0:
             if self._nrules * KEY_LEN >= len(self._rules):
                 raise ValueError("rule table full")
@@ -587,7 +364,7 @@ class Dispatcher:
         self._rule_cores[r] = core
 
     def remove_rule(self, key_bytes):
-        r = _find_key(self._rules, self._nrules, key_bytes)
+        r = find_key(self._rules, self._nrules, key_bytes)
         if r < 0:
             return False
         last = self._nrules - 1
@@ -613,52 +390,46 @@ class Dispatcher:
 
     # -- per frame (no allocation) ------------------------------------------------------
 
-    @micropython.native
     def classify(self, buf, n):
         """Run the classifier program; fills self.key; returns the op code."""
-        _inc(self.counters_, _C_FRAMES)
+        inc32(self.counters_, _C_FRAMES)
         program = self.program
         op = run_program(program, len(program), buf, n, self.key)
         if op < 0:
             self._bad = 1
-            _inc(self.counters_, _C_MALFORMED)
+            inc32(self.counters_, _C_MALFORMED)
             return OP_OTHER
         self._bad = 0
         return op
 
-    @micropython.viper
-    def _hash_core(self, key: ptr8) -> int:
+    def _hash_core(self, key):
         """indirection[hash(key) & (len - 1)] under the current hash settings."""
-        if int(self._algo) == _ALGO_TOEPLITZ:
-            h = int(toeplitz_hash(key, self._mask, self._tkey, self._hout))
+        if self._algo == _ALGO_TOEPLITZ:
+            h = toeplitz_hash(key, self._mask, self._tkey, self._hout)
         else:
-            h = int(fold_hash(key, self._mask))
+            h = fold_hash(key, self._mask)
         table = self.indirection
-        n = int(len(table))
-        return ptr8(table)[h & (n - 1)]
+        return table[h & (len(table) - 1)]
 
-    @micropython.native
     def _new_owner(self, key):
         """A host rule for exactly this key, else the hash through the indirection table.
         Counts nothing and writes only _hout, so a kernel may call it for a query (with its
         own scratch key) from either core."""
         if self._nrules:
-            r = _find_key(self._rules, self._nrules, key)
+            r = find_key(self._rules, self._nrules, key)
             if r >= 0:
                 return self._rule_cores[r]
         return self._hash_core(key)
 
-    @micropython.native
     def _rule_hit(self, key):
         """The core of a host rule for exactly this key (the hit counted), or -1."""
         if self._nrules:
-            r = _find_key(self._rules, self._nrules, key)
+            r = find_key(self._rules, self._nrules, key)
             if r >= 0:
-                _inc(self.counters_, _C_RULE_HITS)
+                inc32(self.counters_, _C_RULE_HITS)
                 return self._rule_cores[r]
         return -1
 
-    @micropython.native
     def _assign(self, key):
         """_new_owner() for a frame being steered: a rule hit is counted."""
         core = self._rule_hit(key)
@@ -666,7 +437,6 @@ class Dispatcher:
             return core
         return self._hash_core(key)
 
-    @micropython.native
     def _place(self, key):
         """The core for a new connection from the network: _assign() under "hash"; under
         "flows" the core whose connections are furthest below its share once this one is
@@ -692,15 +462,13 @@ class Dispatcher:
                 best_s = s
             k += 1
         if best != core:
-            _inc(self.counters_, _C_BALANCED)
+            inc32(self.counters_, _C_BALANCED)
         return best
 
-    @micropython.native
     def _chance(self, num, den):
         """True with probability num/den (0 <= num <= den), from the xorshift PRNG."""
-        return (_xorshift16(self._rng) - 1) * den < (num << 16)
+        return (xorshift16(self._rng) - 1) * den < (num << 16)
 
-    @micropython.native
     def _least_loaded(self, depths):
         best = 0
         k = 1
@@ -710,12 +478,10 @@ class Dispatcher:
             k += 1
         return best
 
-    @micropython.native
     def _drop(self, reason):
-        _inc(self.counters_, reason)
+        inc32(self.counters_, reason)
         return DROP
 
-    @micropython.native
     def steer(self, buf, n, op, now, depths, free_slots):
         """The core for this frame, ALL_CORES or DROP (counted by reason)."""
         self.flow = -1
@@ -734,18 +500,18 @@ class Dispatcher:
                                                        self.free_low - self.free_min):
             return self._drop(_C_DROP_RED)
         if proto == OP_ARP:
-            _inc(self.counters_, _C_ALL_CORES)
+            inc32(self.counters_, _C_ALL_CORES)
             return ALL_CORES
         key = self.key
         slot = -1
         movable = False
         if op & OP_FRAGMENT:
-            _inc(self.counters_, _C_FRAGMENTS)
+            inc32(self.counters_, _C_FRAGMENTS)
             core = self._hash_core(key)
         elif proto == OP_TCP or proto == OP_UDP:
             slot = ft.lookup(key, 0)
             if slot < 0:
-                _inc(self.counters_, _C_NEW_FLOWS)
+                inc32(self.counters_, _C_NEW_FLOWS)
                 if proto == OP_TCP:
                     # only a SYN opens a connection here; a SYN-ACK answers one of ours,
                     # whose port was picked to hash to its core
@@ -768,7 +534,7 @@ class Dispatcher:
             if depths[k] < depth:
                 core = k
                 depth = depths[k]
-                _inc(self.counters_, _C_REDIRECTS)
+                inc32(self.counters_, _C_REDIRECTS)
         if depth >= self.ring_capacity:
             return self._drop(_C_DROP_RING_FULL)
         if depth >= self.red_min and self._chance(depth - self.red_min,
@@ -776,29 +542,26 @@ class Dispatcher:
             return self._drop(_C_DROP_RED)
         if slot >= 0:
             ft.touch(slot, n, op, now)
-        _inc(self.counters_, _C_CORE + core)
+        inc32(self.counters_, _C_CORE + core)
         return core
 
-    @micropython.native
     def owner_of(self, src, src_off, dst, dst_off, proto, sport, dport):
         """The flow table's owner of this 5-tuple (wire direction), or -1."""
-        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
         slot = self.flows_table.lookup(self._qkey, 0)
         if slot < 0:
             return -1
         return self.flows_table.owner[slot]
 
-    @micropython.native
     def core_for(self, src, src_off, dst, dst_off, proto, sport, dport):
         """The core this 5-tuple (wire direction: src = remote) goes to: its owner if it has
         one, else where steer() would put it as a new flow now."""
-        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
         return self.core_for_key(self._qkey)
 
-    @micropython.native
     def core_for_key(self, key):
         """core_for() of a 13-byte key the caller built (e.g. with its own scratch buffer and
-        _put_key, so core 1 can ask without touching the dispatcher's scratch key)."""
+        put_key, so core 1 can ask without touching the dispatcher's scratch key)."""
         slot = self.flows_table.lookup(key, 0)
         if slot >= 0:
             return self.flows_table.owner[slot]
@@ -807,7 +570,7 @@ class Dispatcher:
     def flow_opened(self, proto, src, src_off, dst, dst_off, sport, dport, core, now):
         """Optional: a kernel claims a flow it opened (wire direction of the return flow),
         so its owner is fixed before the first reply even if the hash changes meanwhile."""
-        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
         ft = self.flows_table
         slot = ft.lookup(self._qkey, 0)
         if slot < 0:
@@ -815,14 +578,13 @@ class Dispatcher:
         else:
             ft.set_owner(slot, core)
 
-    @micropython.native
     def flow_closed(self, proto, src, src_off, dst, dst_off, sport, dport):
         """A kernel finished with this flow: forget it (either direction is accepted)."""
         ft = self.flows_table
-        _put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
+        put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
         slot = ft.lookup(self._qkey, 0)
         if slot < 0:
-            _put_key(self._qkey, dst, dst_off, src, src_off, proto, dport, sport)
+            put_key(self._qkey, dst, dst_off, src, src_off, proto, dport, sport)
             slot = ft.lookup(self._qkey, 0)
         if slot >= 0:
             ft.remove(slot)

@@ -19,24 +19,11 @@
 # which the dispatcher calls once per steered frame: no separate sweep, no pause.
 import array
 
-import micropython
-from micropython import const
-
-KEY_LEN = const(13)
-NIL = const(0xFFFF)
-F_USED = const(0x01)
-F_PINNED = const(0x02)       # a connection (TCP): the owner is binding, never redirected
-
-_TICKS_MASK = const(0x3FFFFFFF)
-_TICKS_HALF = const(0x20000000)
-
-# indices into FlowTable.state (array 'I')
-_S_FREE = const(0)          # first free slot (NIL when full)
-_S_COUNT = const(1)
-_S_EVICTIONS = const(2)
-_S_EXPIRED = const(3)
-_S_CURSOR = const(4)        # next slot expire_step() looks at
-_S_LEN = const(5)
+# The table's layout is defined with the machine code that walks it.
+from netkernel_native import (  # noqa: F401 - F_USED, F_PINNED, NIL, KEY_LEN: public
+    F_PINNED, F_USED, KEY_LEN, NIL, S_COUNT, S_EVICTIONS, S_EXPIRED, S_LEN,
+    flow_bucket_of, flow_expire_step, flow_insert, flow_lookup, flow_oldest, flow_remove,
+    flow_set_owner, flow_touch)
 
 
 class FlowTable:
@@ -64,176 +51,32 @@ class FlowTable:
         self.bucket = array.array("H", bytes(2 * capacity))
         self.nxt = array.array("H", [i + 1 for i in range(capacity)])
         self.nxt[capacity - 1] = NIL
-        self.state = array.array("I", bytes(4 * _S_LEN))
+        self.state = array.array("I", bytes(4 * S_LEN))
         # Pinned entries (connections) per owner: the dispatcher's load balancing counts on it.
         self.pinned = array.array("H", bytes(2 * 256))
 
-    @micropython.viper
-    def _bucket_of(self, key: ptr8, koff: int) -> int:
-        h = 0x1505
-        i = 0
-        while i < KEY_LEN:
-            h = ((h * 33) ^ key[koff + i]) & 0xFFFFFF
-            i += 1
-        h ^= h >> 11
-        return h & int(self.bucket_mask)
-
-    @micropython.viper
-    def lookup(self, key: ptr8, koff: int) -> int:
-        """The flow number of key[koff:koff+13], or -1."""
-        b = int(self._bucket_of(key, koff))
-        head = ptr16(self.head)
-        nxt = ptr16(self.nxt)
-        keys = ptr8(self.keys)
-        s = head[b]
-        while s != NIL:
-            k = s * KEY_LEN
-            i = 0
-            while i < KEY_LEN:
-                if keys[k + i] != key[koff + i]:
-                    break
-                i += 1
-            if i == KEY_LEN:
-                return s
-            s = nxt[s]
-        return -1
-
-    @micropython.viper
-    def _oldest(self, now: int) -> int:
-        """The slot idle the longest, preferring entries that are not pinned."""
-        seen = ptr32(self.seen)
-        flags = ptr8(self.flags)
-        best = -1
-        best_age = -1
-        best_pinned = 1
-        i = 0
-        cap = int(self.capacity)
-        while i < cap:
-            f = flags[i]
-            if f & F_USED:
-                age = (now - seen[i]) & _TICKS_MASK
-                if age >= _TICKS_HALF:
-                    age = 0
-                pinned = 1 if f & F_PINNED else 0
-                if pinned < best_pinned or (pinned == best_pinned and age > best_age):
-                    best_age = age
-                    best = i
-                    best_pinned = pinned
-            i += 1
-        return best
-
-    @micropython.viper
-    def remove(self, slot: int):
-        """Forget the entry in this slot (unlink it from its bucket, free the slot)."""
-        flags = ptr8(self.flags)
-        if slot < 0 or slot >= int(self.capacity) or not (flags[slot] & F_USED):
-            return
-        head = ptr16(self.head)
-        nxt = ptr16(self.nxt)
-        b = ptr16(self.bucket)[slot]
-        if head[b] == slot:
-            head[b] = nxt[slot]
-        else:
-            s = head[b]
-            while s != NIL:
-                if nxt[s] == slot:
-                    nxt[s] = nxt[slot]
-                    break
-                s = nxt[s]
-        if flags[slot] & F_PINNED:
-            ptr16(self.pinned)[ptr8(self.owner)[slot]] -= 1
-        flags[slot] = 0
-        st = ptr32(self.state)
-        nxt[slot] = st[_S_FREE]
-        st[_S_FREE] = slot
-        st[_S_COUNT] -= 1
-
-    @micropython.viper
-    def insert(self, key: ptr8, koff: int, owner: int, flags: int, now: int) -> int:
-        """Add key (not present) with this owner; returns its flow number. Evicts the
-        entry idle the longest when the table is full."""
-        st = ptr32(self.state)
-        if st[_S_FREE] == NIL:
-            self.remove(int(self._oldest(now)))
-            st[_S_EVICTIONS] += 1
-        nxt = ptr16(self.nxt)
-        slot = int(st[_S_FREE])
-        st[_S_FREE] = nxt[slot]
-        st[_S_COUNT] += 1
-        keys = ptr8(self.keys)
-        k = slot * KEY_LEN
-        i = 0
-        while i < KEY_LEN:
-            keys[k + i] = key[koff + i]
-            i += 1
-        b = int(self._bucket_of(key, koff))
-        head = ptr16(self.head)
-        nxt[slot] = head[b]
-        head[b] = slot
-        ptr16(self.bucket)[slot] = b
-        ptr8(self.owner)[slot] = owner
-        ptr8(self.flags)[slot] = F_USED | flags
-        if flags & F_PINNED:
-            ptr16(self.pinned)[owner] += 1
-        ptr32(self.packets)[slot] = 0
-        ptr32(self.nbytes)[slot] = 0
-        ptr16(self.last_op)[slot] = 0
-        ptr32(self.seen)[slot] = now
-        return slot
-
-    @micropython.viper
-    def set_owner(self, slot: int, owner: int):
-        """Give the entry in this slot a new owner (its pinned count moves with it)."""
-        o = ptr8(self.owner)
-        if ptr8(self.flags)[slot] & F_PINNED:
-            pinned = ptr16(self.pinned)
-            pinned[o[slot]] -= 1
-            pinned[owner] += 1
-        o[slot] = owner
-
-    @micropython.viper
-    def touch(self, slot: int, nbytes: int, op: int, now: int):
-        """Count one frame of this flow (wrapping 32-bit counters, no heap ints)."""
-        ptr32(self.packets)[slot] += 1
-        ptr32(self.nbytes)[slot] += nbytes
-        ptr16(self.last_op)[slot] = op
-        ptr32(self.seen)[slot] = now
-
-    @micropython.viper
-    def expire_step(self, now: int, count: int):
-        """Look at the next `count` slots and drop those idle past their timeout."""
-        st = ptr32(self.state)
-        flags = ptr8(self.flags)
-        seen = ptr32(self.seen)
-        cap = int(self.capacity)
-        idle = int(self.idle_ms)
-        tcp_idle = int(self.tcp_idle_ms)
-        c = int(st[_S_CURSOR])
-        while count > 0:
-            f = flags[c]
-            if f & F_USED:
-                limit = tcp_idle if f & F_PINNED else idle
-                age = (now - seen[c]) & _TICKS_MASK
-                if age > limit and age < _TICKS_HALF:
-                    self.remove(c)
-                    st[_S_EXPIRED] += 1
-            c += 1
-            if c >= cap:
-                c = 0
-            count -= 1
-        st[_S_CURSOR] = c
+    # The per-frame probes are machine code (netkernel_native): a viper function binds
+    # `self` as a method does.
+    _bucket_of = flow_bucket_of
+    lookup = flow_lookup                # flow number of key[koff:koff+13], or -1
+    _oldest = flow_oldest               # the slot idle the longest, unpinned ones first
+    remove = flow_remove                # forget a slot's entry
+    insert = flow_insert                # add a key: its flow number (evicts when full)
+    set_owner = flow_set_owner          # a new owner (its pinned count moves with it)
+    touch = flow_touch                  # count one frame (wrapping 32-bit counters)
+    expire_step = flow_expire_step      # drop entries idle past their timeout, a few a call
 
     def clear(self):
         for s in range(self.capacity):
             self.remove(s)
 
     def count(self):
-        return self.state[_S_COUNT]
+        return self.state[S_COUNT]
 
     def stats(self):
         st = self.state
-        return {"flows": st[_S_COUNT], "flow_capacity": self.capacity,
-                "evictions": st[_S_EVICTIONS], "expired": st[_S_EXPIRED]}
+        return {"flows": st[S_COUNT], "flow_capacity": self.capacity,
+                "evictions": st[S_EVICTIONS], "expired": st[S_EXPIRED]}
 
     def key_text(self, slot):
         k = self.keys

@@ -18,7 +18,6 @@
 #   request (at most one per address per arp_retry_ms) and returns False; the caller retries.
 import time
 
-import micropython
 from micropython import const
 
 from netkernel import wire
@@ -192,7 +191,6 @@ class Interface:
 
     # == Ethernet ============================================================================
 
-    @micropython.native
     def input(self, buf, n, now):
         """One received Ethernet frame (buf[0:n], no FCS), through every layer to completion."""
         self.eth_rx += 1
@@ -223,7 +221,6 @@ class Interface:
         else:
             self.eth_unknown_type += 1
 
-    @micropython.native
     def _transmit(self, n):
         if self._send(self.tx, n):
             self.eth_tx += 1
@@ -231,7 +228,6 @@ class Interface:
         self.eth_tx_failed += 1
         return False
 
-    @micropython.native
     def _eth_header(self, dst, dst_off, ethertype):
         t = self.tx
         wire.copy(t, 0, dst, dst_off, 6)
@@ -241,7 +237,6 @@ class Interface:
 
     # == ARP =================================================================================
 
-    @micropython.native
     def _arp_input(self, buf, n, now):
         self.arp_rx += 1
         if n < 14 + 28:
@@ -311,7 +306,6 @@ class Interface:
 
     # == IPv4 input ==========================================================================
 
-    @micropython.native
     def _ipv4_input(self, buf, n, l2_bcast, now):
         self.ip_rx += 1
         avail = n - _IP
@@ -386,7 +380,6 @@ class Interface:
         bcast = self._dst_kind(buf, ip_off + 16) == _BROADCAST
         self._deliver(buf, ip_off, ihl, total, bcast, now)
 
-    @micropython.native
     def _deliver(self, buf, ip_off, ihl, total, bcast, now):
         """A whole datagram for us (a frame, or the reassembly pool) to its transport."""
         self.ip_delivered += 1
@@ -400,11 +393,9 @@ class Interface:
         else:
             self._icmp_input(buf, ip_off, l4, n, now)
 
-    @micropython.native
     def _l4_sum(self, buf, ip_off, proto, off, n):
         return _sum(buf, off, n, wire.pseudo_header_sum(buf, ip_off, proto, n))
 
-    @micropython.native
     def _tcp_input(self, buf, ip_off, l4, n, now):
         if n < 20:
             self.ip_tcp_too_short += 1
@@ -414,7 +405,6 @@ class Interface:
             return
         self.stack.tcp.input(buf, ip_off, l4, n, now)
 
-    @micropython.native
     def _udp_input(self, buf, ip_off, l4, n, bcast, now):
         if n >= 8:
             ulen = wire.get16(buf, l4 + 4)
@@ -429,7 +419,6 @@ class Interface:
         if not bcast:
             self._icmp_error(buf, ip_off, _ICMP_UNREACH, _UNREACH_PORT, now)
 
-    @micropython.native
     def _dst_kind(self, buf, off):
         if self._have_ip and wire.equal(buf, off, self.ip, 0, 4):
             return _UNICAST
@@ -439,7 +428,6 @@ class Interface:
             return _BROADCAST
         return _NOT_OURS
 
-    @micropython.native
     def _is_unicast(self, buf, off):
         """Could this address be one host? Not 0/8, loopback, multicast, class E, broadcast."""
         b0 = buf[off]
@@ -447,7 +435,6 @@ class Interface:
             return False
         return not (self._subnet_bcast and wire.equal(buf, off, self._bcast, 0, 4))
 
-    @micropython.native
     def _on_link(self, buf, off):
         ip = self.ip
         mask = self.netmask
@@ -460,7 +447,6 @@ class Interface:
 
     # == ICMP ================================================================================
 
-    @micropython.native
     def _icmp_input(self, buf, ip_off, l4, n, now):
         self.icmp_rx += 1
         if n < 8:
@@ -482,7 +468,6 @@ class Interface:
         else:
             self.icmp_rx_other += 1
 
-    @micropython.native
     def _echo_reply(self, buf, ip_off, l4, n, now):
         """Same identifier, sequence and data back to the sender (fragmented if need be)."""
         t = self.tx
@@ -554,7 +539,6 @@ class Interface:
 
     # == IPv4 output =========================================================================
 
-    @micropython.native
     def send_ipv4(self, proto, dst, dst_off, hdr, hdr_off, hdr_len, data, data_off, data_len,
                   now, df=False):
         """Send transport header hdr[hdr_off:+hdr_len] + payload data[data_off:+data_len].
@@ -616,7 +600,6 @@ class Interface:
             pos += n
         return True
 
-    @micropython.native
     def _ip_header(self, proto, d):
         """The fields every frame of this datagram shares; _emit fills length/flags/sum."""
         t = self.tx
@@ -629,7 +612,6 @@ class Interface:
         wire.copy(t, 26, self.ip, 0, 4)
         wire.copy(t, 30, d, 0, 4)
 
-    @micropython.native
     def _emit(self, payload_len, frag):
         t = self.tx
         wire.put16(t, 16, 20 + payload_len)
@@ -639,7 +621,6 @@ class Interface:
         wire.put16(t, 24, ~wire.checksum(t, _IP, 20, 0) & 0xFFFF)
         return self._transmit(L4_OFF + payload_len)
 
-    @micropython.native
     def _l4_checksum(self, proto, hdr_len, data, data_off, data_len):
         """Transport checksum over the header in tx and the payload wherever it is."""
         if proto == _PROTO_TCP:
@@ -669,7 +650,6 @@ class Interface:
             v = 0xFFFF                             # 0 would mean "no checksum"
         wire.put16(t, field, v)
 
-    @micropython.native
     def _link_dst(self, d, now):
         """Ethernet header for IPv4 destination d in tx; False if there is none yet."""
         kind = self._route(d)
@@ -699,7 +679,6 @@ class Interface:
             self._eth_header(self.arp.macs, 6 * i, _ETHERTYPE_IPV4)
         return True
 
-    @micropython.native
     def _route(self, d):
         """Where d is reached: _BROADCAST, _MULTICAST, _UNICAST (via _nexthop) or _NO_ROUTE."""
         b0 = d[0]
@@ -724,7 +703,6 @@ class Interface:
 
     # == Timers ==============================================================================
 
-    @micropython.native
     def poll(self, now):
         """ARP entry expiry; reassembly timeouts (ICMP time exceeded if fragment 0 came)."""
         self.arp.expire(now)
@@ -737,7 +715,6 @@ class Interface:
             r.time_out(s)
             s = r.expired(now)
 
-    @micropython.native
     def poll_at(self, now):
         """Milliseconds until poll() has work: 0 now, -1 nothing pending."""
         return wire.earliest(self.arp.next_deadline(now), self.reasm.next_deadline(now))

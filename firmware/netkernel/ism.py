@@ -17,10 +17,9 @@
 # - Events (EV_*) are replies too: FLAG_REPLY, status word (success) at w4, w3 = 0, payload
 #   from w5 (i2o.EV_PAYLOAD), w2 = the OSM context they concern.
 # Steady state (SEND, EV_DATA, CONSUMED) allocates nothing: preallocated tables and buffers,
-# native methods, no slices.
+# no slices.
 from array import array
 
-import micropython
 from micropython import const
 
 from netkernel import msgunit as mu_mod
@@ -52,18 +51,15 @@ _ENOMEM = const(12)
 _SCRATCH = const(512)
 
 
-@micropython.native
 def _p16(b, o, v):
     b[o] = v & 0xFF
     b[o + 1] = (v >> 8) & 0xFF
 
 
-@micropython.native
 def _g16(b, o):
     return b[o] | (b[o + 1] << 8)
 
 
-@micropython.native
 def _g32(b, o):
     """A little-endian count, clamped so it stays a small int."""
     hi = b[o + 2] | (b[o + 3] << 8)
@@ -131,7 +127,6 @@ class SocketIsm:
 
     # -- the turn -------------------------------------------------------------------------
 
-    @micropython.native
     def turn(self, now):
         mu = self.mu
         box = mu.ctl[self.iop]
@@ -164,11 +159,9 @@ class SocketIsm:
             done += 1
         self._service(now)
 
-    @micropython.native
     def _give(self, m):
         self.retring.push(m)   # cannot be full: it holds every MFA of this IOP
 
-    @micropython.native
     def _handle(self, m, now):
         """One inbound message; False if it must wait for an outbound frame."""
         b = self.bufs[m]
@@ -225,7 +218,6 @@ class SocketIsm:
 
     # -- replies --------------------------------------------------------------------------
 
-    @micropython.native
     def _reply(self, o, req, rs, detail, paylen):
         """Reply header for request req in outbound frame o; returns the staging buffer."""
         r = self.mu.out_bufs[o]
@@ -245,7 +237,6 @@ class SocketIsm:
         r[_OUT + 19] = rs
         return r
 
-    @micropython.native
     def _event(self, o, s, fn, paylen):
         """An unsolicited message about slot s: w2 = its OSM context, w3 = 0."""
         r = self.mu.out_bufs[o]
@@ -262,14 +253,12 @@ class SocketIsm:
             r[i] = 0                   # w3 = 0, status = success
         return r
 
-    @micropython.native
     def _post(self, o, paylen, m):
         """Send frame o (a reply of paylen payload bytes); give inbound MFA m back (m >= 0)."""
         self.mu.post_out(o, _RP + paylen)
         if m >= 0:
             self._give(m)
 
-    @micropython.native
     def _error(self, m, b, detail):
         """Refuse request m with RS_ERROR_NO_DATA / detail; False if no frame yet."""
         o = self.mu.take_out()
@@ -277,7 +266,6 @@ class SocketIsm:
             return False
         return self._refuse(o, b, m, detail)
 
-    @micropython.native
     def _refuse(self, o, b, m, detail):
         """Answer request m (in b) in outbound frame o with RS_ERROR_NO_DATA / detail and
         give its MFA back; True (the request is done)."""
@@ -285,21 +273,18 @@ class SocketIsm:
         self._post(o, 0, m)
         return True
 
-    @micropython.native
     def _bad_handle(self, m, b):
         if self._error(m, b, i2o.DS_BAD_HANDLE):
             self.bad_handle += 1
             return True
         return False
 
-    @micropython.native
     def _short(self, m, b):
         if self._error(m, b, i2o.DS_BAD_LENGTH):
             self.bad_length += 1
             return True
         return False
 
-    @micropython.native
     def _slot(self, h, kind):
         """The slot of handle h if it is live and of that kind, else -1."""
         s = h & 0xFF
@@ -307,7 +292,6 @@ class SocketIsm:
             return -1
         return s
 
-    @micropython.native
     def _handle_of(self, s):
         return s | (self.gen[s] << 8)
 
@@ -317,7 +301,6 @@ class SocketIsm:
                 return s
         return -1
 
-    @micropython.native
     def _free_slot(self, s):
         self.kind[s] = _K_FREE
         self.flags[s] = 0
@@ -391,7 +374,6 @@ class SocketIsm:
         self._give(m)
         return True
 
-    @micropython.native
     def _send(self, m, b, size):
         if size < i2o.PAYLOAD + 4:
             return self._short(m, b)
@@ -419,7 +401,6 @@ class SocketIsm:
         self._push_sends(s)
         return True
 
-    @micropython.native
     def _push_sends(self, s):
         """Move held SEND data into the TX ring; reply and give back each finished MFA."""
         sock = self.obj[s]
@@ -455,7 +436,6 @@ class SocketIsm:
         if self.flags[s] & _F_WR or self.kind[s] == _K_CLOSING:
             sock.close()        # the FIN goes after everything the host sent
 
-    @micropython.native
     def _fail_sends(self, s, err):
         """The connection is gone: answer each held SEND with an error (as frames allow)."""
         m = self.head[s]
@@ -473,7 +453,6 @@ class SocketIsm:
             m = nx
         return True
 
-    @micropython.native
     def _consumed(self, m, b, size):
         if size < i2o.PAYLOAD + 8:
             return self._short(m, b)
@@ -582,7 +561,6 @@ class SocketIsm:
         self._post(o, 4, m)
         return True
 
-    @micropython.native
     def _sendto(self, m, b, size, now):
         if size < i2o.PAYLOAD + 12:
             return self._short(m, b)
@@ -600,7 +578,6 @@ class SocketIsm:
         self._give(m)
         return True
 
-    @micropython.native
     def _on_datagram(self, buf, off, n, src, src_off, src_port, dst_port, now):
         s = 0
         ns = self.nslots
@@ -634,7 +611,6 @@ class SocketIsm:
 
     # -- what the stack has for the host ----------------------------------------------------
 
-    @micropython.native
     def _service(self, now):
         s = 0
         ns = self.nslots
@@ -648,7 +624,6 @@ class SocketIsm:
                 self._serve_closing(s)
             s += 1
 
-    @micropython.native
     def _serve_listener(self, s):
         lsn = self.obj[s]
         while lsn.pending() > 0:
@@ -679,7 +654,6 @@ class SocketIsm:
             self.mu.post_out(o, _RP + 12)
             self.accepted += 1
 
-    @micropython.native
     def _serve_conn(self, s):
         sock = self.obj[s]
         f = self.flags[s]
@@ -734,7 +708,6 @@ class SocketIsm:
         r[_OUT + 7] = i2o.F_SOCK_CONNECT
         copy(r, _OUT + 8, self.ctx, 8 * s, 8)
 
-    @micropython.native
     def _deliver(self, s, sock):
         """EV_DATA: as much as is waiting, within the frame and the host's credit."""
         avail = sock.recv_available()
@@ -773,13 +746,11 @@ class SocketIsm:
         if fin:
             self.flags[s] |= _F_FIN
 
-    @micropython.native
     def _discard(self, sock):
         buf = self.scratch
         while sock.recv_into(buf, 0, _SCRATCH) > 0:
             pass
 
-    @micropython.native
     def _closed_event(self, s, err):
         o = self.mu.take_out()
         if o < 0:
@@ -795,7 +766,6 @@ class SocketIsm:
         self.closed_events += 1
         self._free_slot(s)
 
-    @micropython.native
     def _serve_closing(self, s):
         sock = self.obj[s]
         if self.head[s] >= 0:

@@ -12,12 +12,11 @@ import _thread
 from array import array
 from time import ticks_us
 
-import micropython
 from micropython import const
 
 from netkernel import wire
 from netkernel.busy import BusyTime
-from netkernel.dispatch import KEY_LEN, _put_key
+from netkernel.dispatch import KEY_LEN, put_key
 from netkernel.rings import EventRing, Mailbox, SpscRing, pow2_at_least
 from netkernel.stack import Stack
 
@@ -91,7 +90,6 @@ class NetKernel:
             self.stack.tcp.port_ok = self._port_ok
         self.stack.tcp.on_remove = self._on_remove
 
-    @micropython.native
     def turn(self, now):
         """One turn; True if frames are still waiting on this kernel's ring."""
         t0 = ticks_us()
@@ -161,7 +159,6 @@ class NetKernel:
 
     # -- inter-core handoff of reassembled datagrams --------------------------------------
 
-    @micropython.native
     def _handoff(self, buf, ip_off, total, now):
         """iface hook: True if the datagram went to (or was dropped for) its owner core."""
         proto = buf[ip_off + 9]
@@ -195,7 +192,6 @@ class NetKernel:
         self.handoffs_out += 1
         return True
 
-    @micropython.native
     def _take_handoff(self, now):
         try:
             self.stack.iface.deliver_handoff(self.hand.buf, 0, self.hand_state[_H_LEN], now)
@@ -206,12 +202,11 @@ class NetKernel:
 
     # -- hooks for active open and closed connections -------------------------------------
 
-    @micropython.native
     def _core_for(self, src, src_off, dst, dst_off, proto, sport, dport):
         # Dispatcher.core_for with this kernel's own scratch key: the dispatcher's belongs
         # to core 0. Only reads the dispatcher's state (flow table, rules, indirection).
         key = self.qkey
-        _put_key(key, src, src_off, dst, dst_off, proto, sport, dport)
+        put_key(key, src, src_off, dst, dst_off, proto, sport, dport)
         disp = self.disp
         ft = disp.flows_table
         slot = ft.lookup(key, 0)
@@ -223,7 +218,6 @@ class NetKernel:
         return self._core_for(rip, 0, self.stack.iface.ip, 0, _PROTO_TCP,
                               rport, lport) == self.core
 
-    @micropython.native
     def _on_remove(self, s):
         if self.closes_direct:
             # A method call, not a stored bound method: those allocate beyond 4 arguments.

@@ -21,7 +21,6 @@ import os
 import struct
 from array import array
 
-import micropython
 from micropython import const
 
 from netkernel.proto import i2o
@@ -129,7 +128,6 @@ class MsgUnit:
 
     # -- the ISMs' side (any core) -----------------------------------------------------------
 
-    @micropython.native
     def take_out(self):
         """An outbound MFA to write a message into, or -1 (none free, or no INIT yet)."""
         lock = self.lock
@@ -144,7 +142,6 @@ class MsgUnit:
         lock.release()
         return m
 
-    @micropython.native
     def post_out(self, m, nbytes):
         """Send the message of nbytes at OUT_OFF of out_bufs[m] (the pump does it). It goes
         out as whole words, as its MessageSize says: the pad bytes are zeroed."""
@@ -158,7 +155,6 @@ class MsgUnit:
         self.out_post.push(m)     # cannot be full: it holds every outbound frame
         lock.release()
 
-    @micropython.native
     def untake_out(self, m):
         """Give back an MFA taken but not used."""
         lock = self.lock
@@ -180,7 +176,6 @@ class MsgUnit:
 
     # -- link frames from the host (core 0) --------------------------------------------------
 
-    @micropython.native
     def on_post(self, buf, n):
         """KIND_I2O_POST: buf[0] kind, [1] iop, [2:4] mfa, message from 4."""
         if n < 4:
@@ -360,7 +355,6 @@ class MsgUnit:
             self._serve_exec()
         self._send_posted()
 
-    @micropython.native
     def _collect_returns(self):
         for k in range(self.niop):
             ret = self.ret[k]
@@ -370,14 +364,12 @@ class MsgUnit:
                     break
                 self._return_in(k, m)
 
-    @micropython.native
     def _return_in(self, k, m):
         fb = self._free_buf[k]
         c = self._free_n[k]
         i2o.put16(fb, 3 + 2 * c, m)
         self._free_n[k] = c + 1
 
-    @micropython.native
     def _send_frees(self):
         link = self.link
         for k in range(self.niop):
@@ -398,7 +390,6 @@ class MsgUnit:
             self.frees += 1
         return True
 
-    @micropython.native
     def _send_posted(self):
         link = self.link
         post = self.out_post

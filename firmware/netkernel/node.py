@@ -6,14 +6,15 @@
 # service the host link; check the link state now and then; sleep briefly. INTn edges can
 # be missed (w5500.md §7), which is why the tick exists.
 #
-# Config keys (board.load_config()): kernels (1..4; rp2: 2), and optionally tx_mode
-# ("lock" | "ring"), pool_slots, ring_capacity, flow_capacity, handoff_bytes, tx_slots,
-# idle_us, thread_stack, dispatch_help (bool, default on: netkernel.cores), and stack
-# (StackConfig overrides).
+# Config keys (board.load_config()): the board's memory budget (boards/rp2040.py names every
+# key: kernels, thread_stack, ring_capacity, tcp_connections, tcp_rx_pool, tcp_tx_pool,
+# reasm_bytes, handoff_bytes, i2o_frame_bytes, i2o_inbound_depth, i2o_outbound_max), every
+# pool made from it here at boot; the addresses and settings of config.py; and optionally
+# tx_mode ("lock" | "ring"), pool_slots, flow_capacity, tx_slots, idle_us, dispatch_help
+# (bool, default on: netkernel.cores), and stack (StackConfig overrides).
 import gc
 import time
 
-import micropython
 from micropython import const
 
 from netkernel.busy import BusyTime
@@ -31,24 +32,9 @@ _LINK_CHECK_MS = const(500)
 _MAX_KERNELS = const(4)
 _EINVAL = const(22)
 _SETTING_WAIT_MS = const(200)   # how long a setting waits for a kernel to apply the last one
-# Per-kernel memory (RP2040 budget, see boards/sim.py): every kernel has its own reassembly
-# pool, so its default drops from StackConfig's 16 KB to what one 8,000-byte UDP datagram
-# needs (8,028 bytes); the handoff buffer (one, shared by the kernels) takes one such
-# datagram from another core.
-_REASM_BYTES = const(8192)
-_HANDOFF_BYTES = const(8192)
-# The I2O pools (RP2040 budget): per IOP 8 inbound frames, 8 outbound frames shared, 1 KB
-# each: 24 KB with two kernels. A board with more heap may raise them in its config.
-_I2O_FRAME_BYTES = const(1024)
-_I2O_INBOUND_DEPTH = const(8)
-_I2O_OUTBOUND_MAX = const(8)
-# Connections per kernel whose TCP rings are made at boot (and reused): they fit however
-# fragmented the heap becomes later.
-_PREALLOCATED_CONNS = const(4)
 _CHIP_RX_BYTES = const(16384)  # the W5500's receive memory, all of it socket 0's
 _MAX_FRAME = const(1514)
 _MSS = const(1460)
-_RING_CAPACITY = const(8)      # frame slots of each kernel's receive ring
 TX_MODE = TX_LOCK      # the default transmit path with several kernels (measured: README)
 
 
@@ -127,9 +113,11 @@ class Node:
         # whatever their number: a 1-kernel board is the yardstick of the scale figures,
         # and it had a ring of 4 and twice the window of each of two kernels (no faster for
         # it, measured paced with rounds in turns: 2.7 to 3.4 MB/s against 3.2 to 3.4).
-        ring = cfg.get("ring_capacity", _RING_CAPACITY)
+        ring = cfg["ring_capacity"]
         pool_slots = cfg.get("pool_slots", 0) or default_pool_slots(nk, ring)
-        stack = {"reasm_max_bytes": _REASM_BYTES, "tcp_preallocated": _PREALLOCATED_CONNS,
+        stack = {"reasm_max_bytes": cfg["reasm_bytes"],
+                 "tcp_max_connections": cfg["tcp_connections"],
+                 "tcp_rx_pool": cfg["tcp_rx_pool"], "tcp_tx_pool": cfg["tcp_tx_pool"],
                  "tcp_rx_budget": rx_budget(nk, pool_slots, ring)}
         stack.update(cfg.get("stack", {}))
         stack_config = StackConfig(services=cfg["services"], **stack)
@@ -138,9 +126,9 @@ class Node:
         # The I2O messaging unit (core 0; one socket ISM per kernel is added below, all
         # before any thread starts). Its frame pools are made first, while the heap still
         # has large free blocks.
-        self.msgunit = MsgUnit(self, nk, frame_bytes=cfg.get("frame_bytes", _I2O_FRAME_BYTES),
-                               inbound_depth=cfg.get("inbound_depth", _I2O_INBOUND_DEPTH),
-                               outbound_max=cfg.get("outbound_max", _I2O_OUTBOUND_MAX))
+        self.msgunit = MsgUnit(self, nk, frame_bytes=cfg["i2o_frame_bytes"],
+                               inbound_depth=cfg["i2o_inbound_depth"],
+                               outbound_max=cfg["i2o_outbound_max"])
         # Flow entries: every connection the kernels may hold, and some UDP flows.
         flows = 16 if nk == 1 else nk * stack_config.tcp_max_connections + 16
         self.cores = Cores(self.nic, nk, self.mac, self.ip, cfg["prefix"],
@@ -149,10 +137,10 @@ class Node:
                            pool_slots=pool_slots,
                            ring_capacity=ring,
                            flow_capacity=cfg.get("flow_capacity", flows),
-                           handoff_bytes=cfg.get("handoff_bytes", _HANDOFF_BYTES),
+                           handoff_bytes=cfg["handoff_bytes"],
                            tx_slots=cfg.get("tx_slots", 8),
                            idle_us=cfg.get("idle_us", 100),
-                           thread_stack=cfg.get("thread_stack", 16384),
+                           thread_stack=cfg["thread_stack"],
                            intn=self.hw.intn,
                            dispatch_help=cfg.get("dispatch_help", True),
                            allocate_lock=getattr(self.hw, "allocate_lock", None))
@@ -210,7 +198,6 @@ class Node:
                     time.sleep_ms(1)
                 self.idle.since(t0)
 
-    @micropython.native
     def turn(self, now):
         """One bounded turn of core 0's loop; returns True if work is still waiting."""
         rx = self._wake

@@ -32,7 +32,6 @@
 import time
 from array import array
 
-import micropython
 from micropython import const
 
 from netkernel import wire
@@ -298,7 +297,6 @@ class Reassembler:
 
     # -- timers --------------------------------------------------------------------------
 
-    @micropython.native
     def expired(self, now):
         """A slot whose time is up (the caller reports and releases it), or -1."""
         s = 0
@@ -329,7 +327,6 @@ class Reassembler:
             self._set_header(s, _HDR + n, _MF)
         return n
 
-    @micropython.native
     def next_deadline(self, now):
         best = -1
         s = 0

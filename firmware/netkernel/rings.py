@@ -5,8 +5,8 @@
 # SpscRing: exactly one producer and one consumer, no lock. head is written only by the
 # producer, tail only by the consumer, each a single word store into an array('I'); the
 # producer stores the item before it publishes the new head, the consumer reads the item
-# before it publishes the new tail. (Cortex-M0+ and x86 keep stores in program order; the
-# native emitter makes each store a separate C call.)
+# before it publishes the new tail. (Cortex-M0+ and x86 keep stores in program order, and
+# the VM makes each store a separate C call.)
 #
 # MpscRing: several producers, one consumer: producers take a `_thread` lock for the two
 # stores of one push (never held across anything else); the consumer needs none.
@@ -18,7 +18,6 @@
 import _thread
 from array import array
 
-import micropython
 from micropython import const
 
 from netkernel import wire
@@ -47,7 +46,6 @@ class SpscRing:
         self.capacity = capacity
         self.hwm = 0                         # highest depth seen (written by the producer)
 
-    @micropython.native
     def push(self, v):
         """Append v; False (nothing stored) when the ring is full."""
         idx = self.idx
@@ -61,7 +59,6 @@ class SpscRing:
             self.hwm = d + 1
         return True
 
-    @micropython.native
     def pop(self):
         """The oldest value, or -1 when the ring is empty."""
         idx = self.idx
@@ -72,7 +69,6 @@ class SpscRing:
         idx[1] = (t + 1) & _WRAP             # release the place after reading it
         return v
 
-    @micropython.native
     def depth(self):
         idx = self.idx
         return (idx[0] - idx[1]) & _WRAP
@@ -90,7 +86,6 @@ class MpscRing(SpscRing):
         super().__init__(capacity)
         self.lock = _thread.allocate_lock()
 
-    @micropython.native
     def push(self, v):
         lock = self.lock
         lock.acquire()
@@ -147,7 +142,6 @@ class EventRing:
         self.data = bytearray(_EVENT * capacity)
         self.dropped = 0
 
-    @micropython.native
     def push(self, ip, ip_off, rport, lport):
         r = self.ring
         i = r.idx[0] & r.mask
@@ -162,7 +156,6 @@ class EventRing:
         r.push(i)
         return True
 
-    @micropython.native
     def pop(self):
         """Offset of the oldest record in ``data`` (valid until the next pop), or -1."""
         i = self.ring.pop()
@@ -188,7 +181,6 @@ class FramePool:
         self.nfree = nslots
         self.low = nslots                    # fewest free slots seen
 
-    @micropython.native
     def take(self):
         """A free slot (refs 1), or -1 when none is free. Core 0 only."""
         n = self.nfree
@@ -202,7 +194,6 @@ class FramePool:
         self.refs[s] = 1
         return s
 
-    @micropython.native
     def release(self, s):
         """Drop one reference; the slot is free again when none is left. Core 0 only."""
         r = self.refs[s]
@@ -225,7 +216,6 @@ class TxPort:
         self.frames = 0
         self.no_slot = 0
 
-    @micropython.native
     def send(self, buf, n):
         s = self.free.pop()
         if s < 0:
@@ -266,7 +256,6 @@ class TxQueue:
         self.sent = 0
         self.failed = 0
 
-    @micropython.native
     def drain(self, send, limit):
         """Send up to ``limit`` posted frames with ``send(buf, n)`` (core 0); count sent."""
         post = self.post

@@ -5,7 +5,6 @@
 # reading closes the board's window instead of filling its memory.
 import time
 
-import micropython
 from micropython import const
 
 _ECHO_PORT = const(7)
@@ -42,14 +41,12 @@ class Services:
             sock.abort()
         self._conns = []
 
-    @micropython.native
     def _udp_echo(self, buf, off, n, src, src_off, src_port, dst_port, now):
         if src_port < _RESERVED_PORTS:
             return
         if self._stack.udp.sendto(buf, off, n, src, src_off, src_port, dst_port, now):
             self.udp_echoes += 1
 
-    @micropython.native
     def poll(self, now):
         self._accept(self._echo, _KIND_ECHO)
         self._accept(self._discard, _KIND_DISCARD)
@@ -70,7 +67,6 @@ class Services:
                 self.tests.pop(i)
                 test.report()     # after removal: a failing report cannot repeat forever
 
-    @micropython.native
     def _accept(self, listener, kind):
         while True:
             sock = listener.accept()
@@ -81,7 +77,6 @@ class Services:
             except MemoryError:
                 sock.abort()      # never leave an accepted connection nobody serves
 
-    @micropython.native
     def _serve(self, sock, kind):
         """Move data for one connection; False once it is finished with."""
         if sock.error:
@@ -126,7 +121,6 @@ class TcpTestClient:
         self._buf = bytearray(_CHUNK)
         self._bad = False
 
-    @micropython.native
     def poll(self, now):
         """Advance; False once finished (on_done has been called)."""
         sock = self._sock

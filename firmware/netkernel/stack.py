@@ -5,7 +5,6 @@
 # hold the sockets and their state machines, `services` the built-in echo/discard. There is
 # no module-level mutable state anywhere below, so two Stack objects run side by side on two
 # cores; time is always passed in (`now`, milliseconds from time.ticks_ms()).
-import micropython
 
 from netkernel.iface import Interface
 from netkernel.services import Services
@@ -19,11 +18,14 @@ class StackConfig:
 
     def __init__(self, **overrides):
         self.tcp_rx_buffer = 4096        # bytes per connection: the most we advertise
-        self.tcp_tx_buffer = 4096
+        self.tcp_tx_buffer = 4096        # ...and the most queued to send
+        # The memory behind those rings, shared by every connection of the stack (tcpbuf.py):
+        # received data not yet read, sent data not yet acknowledged.
+        self.tcp_rx_pool = 32768
+        self.tcp_tx_pool = 32768
         # Bytes of window all connections together may advertise; 0 = each its own ring.
         self.tcp_rx_budget = 0
         self.tcp_max_connections = 24    # established + handshaking, per stack
-        self.tcp_preallocated = 0        # connections whose rings are made at boot and kept
         # Per listener, SYN-RECEIVED + not yet accepted. Under a receive budget a SYN-ACK
         # may wait for credit, so 16 connections opening at once are all embryonic a while.
         self.tcp_syn_backlog = 16
@@ -53,12 +55,10 @@ class Stack:
         self.udp = Udp(self)
         self.services = Services(self) if self.config.services else None
 
-    @micropython.native
     def input(self, buf, n, now):
         """Run one received frame through every layer, to completion."""
         self.iface.input(buf, n, now)
 
-    @micropython.native
     def poll(self, now):
         """Timers and pending output of every layer (bounded work). The services read and
         answer first, so their data and reopened windows leave on the ACKs TCP owes."""
@@ -67,7 +67,6 @@ class Stack:
             self.services.poll(now)
         self.tcp.poll(now)
 
-    @micropython.native
     def poll_at(self, now):
         """Milliseconds until the stack next needs poll(); 0 = now, -1 = nothing pending."""
         return earliest(self.iface.poll_at(now), self.tcp.poll_at(now))

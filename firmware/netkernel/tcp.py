@@ -52,12 +52,11 @@
 import os
 from time import ticks_add, ticks_diff
 
-import micropython
 from micropython import const
 
 from netkernel.iface import L4_OFF
 from netkernel.rcvcredit import RcvCredit
-from netkernel.tcpbuf import Assembler, RingBuffer
+from netkernel.tcpbuf import CHUNK, Assembler, ChunkPool, ChunkRing
 from netkernel.wire import copy, earliest, equal, fill, get16, put16, seq_add, seq_delta, seq_put
 
 try:
@@ -147,7 +146,6 @@ _LS_NONE = const(0)
 _LS_EMBRYONIC = const(1)   # SYN-RECEIVED, counts against the backlog
 _LS_QUEUED = const(2)      # established, waiting for accept()
 
-_SMALL_RING = const(1024)      # a connection's ring when the heap has no larger block
 _EPHEMERAL_LO = const(49152)
 _EPHEMERAL_SPAN = const(16384)
 _COUNTER_MASK = const(0x3FFFFFFF)   # hot counters wrap instead of becoming big ints
@@ -156,7 +154,7 @@ _COUNTER_NAMES = (
     "segs_in", "segs_out", "active_opens", "passive_opens", "established",
     "drop_malformed", "drop_bad_options", "drop_no_socket", "drop_out_of_window",
     "drop_bad_ack", "drop_no_ack", "drop_backlog_full", "drop_max_connections",
-    "drop_no_memory", "drop_ooo_full", "drop_syn_in_syn_rcvd", "small_rings",
+    "drop_no_memory", "drop_no_buffer", "drop_ooo_full", "drop_syn_in_syn_rcvd",
     "ooo_segments", "rst_sent", "rst_received", "resets", "challenge_acks",
     "challenge_acks_suppressed", "retransmits", "fast_retransmits", "rto_timeouts",
     "conn_timeouts", "zero_window_probes", "keepalive_probes", "keepalive_timeouts",
@@ -182,7 +180,6 @@ class _Segment:
         self.rel = 0         # SEG.SEQ - RCV.NXT after trimming to the window
 
 
-@micropython.native
 def _parse_options(buf, i, end, g):
     """Walk the options; False when a length is 0, 1 or runs past the header (drop it)."""
     while i < end:
@@ -209,13 +206,11 @@ def _parse_options(buf, i, end, g):
     return True
 
 
-@micropython.native
 def _sooner(best, d):
     """Fold one deadline (ms from now, negative = overdue) into the soonest so far."""
     return earliest(best, d if d > 0 else 0)
 
 
-@micropython.native
 def _add_high16(buf, off, v):
     """Add v (< 2**16) to the upper 16 bits of the 32-bit number at buf[off]."""
     t = ((buf[off] << 8) | buf[off + 1]) + v
@@ -344,7 +339,6 @@ class TcpSocket:
 
     # ---- application interface -------------------------------------------------------
 
-    @micropython.native
     def send(self, buf, off, n):
         """Queue up to n bytes of buf[off:]; returns how many fit (0 when the ring is full)."""
         st = self.state
@@ -360,7 +354,6 @@ class TcpSocket:
             self.need_output = True
         return k
 
-    @micropython.native
     def recv_into(self, buf, off, n):
         """Copy up to n received bytes into buf[off:]; 0 when nothing is waiting."""
         rx = self.rx
@@ -368,25 +361,26 @@ class TcpSocket:
             return 0
         k = rx.read_into(buf, off, n)
         if k:
+            if self.asm is not None and self.asm.count == 0:
+                rx.drop_unused()          # no data parked past the read: its chunks go back
             if self.fin_received:
                 self._release_buffers()
             else:
                 self._window_opened()
         return k
 
-    @micropython.native
     def recv_available(self):
         rx = self.rx
         return 0 if rx is None else rx.used
 
-    @micropython.native
     def send_space(self):
+        """Bytes send() would take now (the ring's free space, as far as the kernel's pool
+        has chunks for it)."""
         tx = self.tx
         if tx is None or self.fin_queued:
             return 0
-        return tx.size - tx.used
+        return tx.writable()
 
-    @micropython.native
     def at_eof(self):
         """The peer sent FIN (or the connection is gone) and every byte has been read."""
         if not self.fin_received and self.state != CLOSED:
@@ -421,7 +415,6 @@ class TcpSocket:
 
     # ---- segment arrival -------------------------------------------------------------
 
-    @micropython.native
     def _input(self, g, now):
         st = self.state
         if st == SYN_SENT:
@@ -554,7 +547,6 @@ class TcpSocket:
             return False
         return self._establish(now)
 
-    @micropython.native
     def _check_sequence(self, g):
         """RFC 9293 segment acceptability, then trim the segment to the receive window.
 
@@ -594,7 +586,6 @@ class TcpSocket:
             g.flags = flags & ~_FIN
         return True
 
-    @micropython.native
     def _process_ack(self, g, now):
         """RFC 9293 "fifth, check the ACK field" with the RFC 5961 5.2 range check.
 
@@ -624,7 +615,6 @@ class TcpSocket:
             self._dup_ack(now)
         return True
 
-    @micropython.native
     def _ack_new(self, d, now):
         """SND.UNA advances by d: free acked bytes, time RTT, grow cwnd, move timers."""
         tx = self.tx
@@ -643,6 +633,8 @@ class TcpSocket:
                 data_acked = acked
             if data_acked:
                 tx.discard(data_acked)
+                if tx.used == 0:
+                    tx.drop_unused()
         seq_add(self.seq, _SND_UNA, d)
         nxt = self.snd_nxt_off - d
         self.snd_nxt_off = nxt if nxt > 0 else 0
@@ -670,7 +662,6 @@ class TcpSocket:
         if fin_acked:
             self._our_fin_acked(now)
 
-    @micropython.native
     def _cc_ack(self, acked, full, now):
         """RFC 5681 growth; in fast recovery, RFC 6582 full/partial ACK handling."""
         mss = self.mss
@@ -697,7 +688,6 @@ class TcpSocket:
             c += inc if inc > 0 else 1
         self.cwnd = c if c < _CWND_MAX else _CWND_MAX
 
-    @micropython.native
     def _dup_ack(self, now):
         """RFC 5681 duplicate ACK: fast retransmit at the threshold, inflate in recovery."""
         mss = self.mss
@@ -733,7 +723,6 @@ class TcpSocket:
         self.cwnd = ss + self.dupacks * mss
         self.need_output = True
 
-    @micropython.native
     def _update_window(self, g):
         """Take SEG.WND if this segment is newer than the last window update (WL1/WL2)."""
         buf = g.buf
@@ -753,7 +742,6 @@ class TcpSocket:
                 self.timer = _T_NONE
             self.need_output = True
 
-    @micropython.native
     def _receive(self, g, now):
         """Segment text and FIN (RFC 9293 seventh and eighth steps)."""
         st = self.state
@@ -769,7 +757,16 @@ class TcpSocket:
         if rel == 0 and asm.count == 0 and not self.rx_fin_pending:
             # The common case: in order, no holes.
             if n:
-                rx.write(g.buf, g.data_off, n)
+                k = rx.write(g.buf, g.data_off, n)
+                if k < n:
+                    # The kernel's pool is out of chunks: the rest is not acknowledged,
+                    # and the peer sends it again.
+                    self.tcp.drop_no_buffer += 1
+                    self.ack_now = True
+                    if k == 0:
+                        return
+                    n = k
+                    fin = 0
                 self._advance_rcv(n)
             if fin:
                 self._receive_fin(now)
@@ -785,10 +782,14 @@ class TcpSocket:
             if n < 0:
                 n = 0
         if n:
+            # Stored first: bytes parked where the assembler does not record them are only
+            # overwritten later, a range recorded without its bytes would be wrong data.
+            if not rx.write_at(rel, g.buf, g.data_off, n):
+                self.tcp.drop_no_buffer += 1
+                return
             if not asm.add(rel, rel + n):
                 self.tcp.drop_ooo_full += 1
                 return
-            rx.write_at(rel, g.buf, g.data_off, n)
             if rel > 0:
                 self.tcp.ooo_segments += 1
                 seq_put(self.seq, _SACK_LAST, self.seq, _RCV_NXT, rel)
@@ -804,7 +805,6 @@ class TcpSocket:
             asm.clear()    # anything stored beyond the FIN is not data
             self._receive_fin(now)
 
-    @micropython.native
     def _advance_rcv(self, k):
         seq_add(self.seq, _RCV_NXT, k)
         self.rcv_adv_rel -= k
@@ -819,7 +819,6 @@ class TcpSocket:
         if self.rx_fin_pending:
             self.rx_fin_off -= k
 
-    @micropython.native
     def _note_data(self, n, now):
         """In-order data: delay the ACK, but ACK every second full-sized segment."""
         if n == 0:
@@ -867,16 +866,18 @@ class TcpSocket:
         self._release_buffers()
 
     def _release_buffers(self):
-        """Give the rings back to the heap once no byte can pass through them again: TX when
+        """Give the rings' chunks back once no byte can pass through them again: TX when
         our FIN is acknowledged, RX when the peer's FIN is in and the reader has drained it.
         (A TIME-WAIT socket would otherwise hold both for 2 MSL.)"""
         st = self.state
-        if self.fin_queued and (st == FIN_WAIT_2 or st == TIME_WAIT or st == CLOSED):
-            self.tcp._give_ring(self.tx)
+        tx = self.tx
+        if tx is not None and self.fin_queued and (st == FIN_WAIT_2 or st == TIME_WAIT or
+                                                   st == CLOSED):
+            tx.clear()
             self.tx = None
         rx = self.rx
         if rx is not None and rx.used == 0 and (self.fin_received or st == CLOSED):
-            self.tcp._give_ring(rx)
+            rx.clear()
             self.rx = None
             self.asm = None
 
@@ -917,17 +918,14 @@ class TcpSocket:
         self.need_output = True
 
     def _attach_buffers(self):
+        """The rings: their bytes come from the kernel's chunk pools as data arrives."""
         tcp = self.tcp
         cfg = tcp.config
-        self.rx = tcp._take_ring(cfg.tcp_rx_buffer)
-        try:
-            self.tx = tcp._take_ring(cfg.tcp_tx_buffer)
-            self.asm = Assembler(_OOO_RANGES)
-        except MemoryError:
-            tcp._give_ring(self.rx)       # a kept ring goes back to the pool, not the heap
-            tcp._give_ring(self.tx)
-            self.rx = self.tx = None
-            raise
+        rx = ChunkRing(tcp.rx_pool, cfg.tcp_rx_buffer)
+        tx = ChunkRing(tcp.tx_pool, cfg.tcp_tx_buffer)
+        self.asm = Assembler(_OOO_RANGES)
+        self.rx = rx
+        self.tx = tx
 
     def _establish(self, now):
         """The handshake completed (our SYN is acked on the caller's _ack_new)."""
@@ -993,12 +991,16 @@ class TcpSocket:
             self.listener = None
             self.listen_state = _LS_NONE
         self.tcp._remove(self)
-        if self.rx is not None and self.rx.used == 0:
-            self.tcp._give_ring(self.rx)
+        rx = self.rx
+        if rx is not None and rx.used == 0:
+            rx.clear()
             self.rx = None
             self.asm = None
-        self.tcp._give_ring(self.tx)
-        self.tx = None
+        elif rx is not None:
+            rx.drop_unused()      # what the reader has not read yet stays readable
+        if self.tx is not None:
+            self.tx.clear()
+            self.tx = None
 
     def _set_peer_mss(self, m):
         if m == 0:
@@ -1011,7 +1013,6 @@ class TcpSocket:
 
     # ---- timers ------------------------------------------------------------------------
 
-    @micropython.native
     def _poll(self, now):
         if self.timer != _T_NONE and ticks_diff(now, self.timer_at) >= 0:
             self._on_timer(now)
@@ -1027,7 +1028,6 @@ class TcpSocket:
         if self.need_output or self.ack_now:
             self._output(now)
 
-    @micropython.native
     def _due_in(self, now):
         """Milliseconds until this socket needs a poll; -1 = nothing pending."""
         best = -1
@@ -1047,7 +1047,6 @@ class TcpSocket:
             best = _sooner(best, ticks_diff(at, now))
         return best
 
-    @micropython.native
     def _on_timer(self, now):
         t = self.timer
         self.timer = _T_NONE
@@ -1058,7 +1057,6 @@ class TcpSocket:
         elif t == _T_TIMEWAIT:
             self._finish(0)
 
-    @micropython.native
     def _arm_rtx(self, now):
         self.timer = _T_RTX
         self.timer_at = ticks_add(now, self.rto)
@@ -1138,7 +1136,6 @@ class TcpSocket:
         tcp.keepalive_probes += 1
         self._emit(-1, 0, _ACK, now)
 
-    @micropython.native
     def _rtt_sample(self, r):
         """RFC 6298 2.2/2.3 with alpha 1/8, beta 1/4, K 4; G is 1 ms."""
         if r < 1:
@@ -1164,7 +1161,6 @@ class TcpSocket:
 
     # ---- segment departure -------------------------------------------------------------
 
-    @micropython.native
     def _output(self, now):
         """Send what the state, windows and Nagle allow, and any ACK that is owed."""
         if self.blocked:
@@ -1216,7 +1212,6 @@ class TcpSocket:
         else:
             self.ack_now = False
 
-    @micropython.native
     def _output_data(self, now):
         """Segments from SND.NXT: min(peer window, cwnd) bounds the flight, segments are at
         most one MSS, small ones wait while data is in flight (Nagle, sender SWS)."""
@@ -1302,7 +1297,6 @@ class TcpSocket:
         if self.timer != _T_RTX:
             self._arm_rtx(now)
 
-    @micropython.native
     def _blocked(self, now, has_data):
         """The interface could not send: retry shortly. Data also arms the retransmit timer
         so a neighbour that never resolves ends in ETIMEDOUT."""
@@ -1313,14 +1307,12 @@ class TcpSocket:
         if has_data and self.timer == _T_NONE:
             self._arm_rtx(now)
 
-    @micropython.native
     def _rcv_space(self):
         rx = self.rx
         if rx is None:
             return self.tcp.config.tcp_rx_buffer
         return rx.size - rx.used
 
-    @micropython.native
     def _rcv_cap(self):
         """This connection's share of the receive budget in whole segments of the size we
         asked the peer for (its segments to us), at least two. With a window of one segment
@@ -1349,7 +1341,6 @@ class TcpSocket:
             if credit is not None:
                 credit.give(a)
 
-    @micropython.native
     def _rcv_need(self):
         """Under a receive budget, the least credit worth taking: up to the next whole
         segment of window (a rest of an old window would make the sender send a runt);
@@ -1358,7 +1349,6 @@ class TcpSocket:
             return 2 * _OUR_MSS - self.rcv_allow
         return _OUR_MSS - self.rcv_allow % _OUR_MSS
 
-    @micropython.native
     def _rcv_want(self, read=False):
         """Under a receive budget, the most credit this connection can use beyond what it
         holds: up to its share of the budget and its free ring space (<= 0: none), or with
@@ -1375,7 +1365,6 @@ class TcpSocket:
             w = cap
         return w - self.rcv_allow
 
-    @micropython.native
     def _rcv_ask(self, now):
         """Under a receive budget: take credit for at least one more segment of window if
         this connection has room for one, or wait in the pool's queue when the pool is
@@ -1398,7 +1387,6 @@ class TcpSocket:
         elif self.rcv_allow < _OUR_MSS or self.state == SYN_RCVD:
             self._rcv_wait(credit, need, now)
 
-    @micropython.native
     def _rcv_wait(self, credit, need, now):
         """Join the queue for ``need`` of credit (served first come, first served)."""
         if credit.queue(self):
@@ -1408,7 +1396,6 @@ class TcpSocket:
             self.rcv_allow += need
             credit.free -= need
 
-    @micropython.native
     def _rcv_window(self):
         """The window to advertise: the free receive space, within this connection's share
         of the kernel's receive budget (tcp_rx_budget: what the chip and the frame slots
@@ -1431,7 +1418,6 @@ class TcpSocket:
             w = _MAX_WINDOW
         return w
 
-    @micropython.native
     def _window_opened(self):
         """The application read: announce the window if it grew by an MSS or half the ring."""
         st = self.state
@@ -1460,7 +1446,6 @@ class TcpSocket:
         else:
             tcp.challenge_acks_suppressed += 1
 
-    @micropython.native
     def _emit(self, rel, n, flags, now):
         """Build one segment in the interface's TX frame and send it.
 
@@ -1511,7 +1496,6 @@ class TcpSocket:
             self.unacked_bytes = 0
         return True
 
-    @micropython.native
     def _sack_blocks(self, tx, p):
         """Write NOP NOP + a SACK option for the out-of-order ranges at tx[p]; its length.
 
@@ -1545,7 +1529,6 @@ class TcpSocket:
             i += 1
         return 4 + 8 * count
 
-    @micropython.native
     def _sack_block(self, tx, q, i):
         seq_put(tx, q, self.seq, _RCV_NXT, self.asm.starts[i])
         seq_put(tx, q + 4, self.seq, _RCV_NXT, self.asm.ends[i])
@@ -1585,42 +1568,11 @@ class Tcp:
         budget = self.config.tcp_rx_budget
         self.credit = RcvCredit(budget, _OUR_MSS, self.config.tcp_max_connections + 8) \
             if budget > 0 else None
-        # Ring buffers kept for reuse, the first ones made here at boot: a connection's two
-        # rings are large contiguous blocks, which a fragmented heap may no longer have
-        # although plenty is free in total (seen: 73 KB free, no 4 KB block).
-        n = 2 * self.config.tcp_preallocated
-        self._rings = [None] * n
-        self._nrings = 0
-        for _ in range(self.config.tcp_preallocated):
-            self._give_ring(RingBuffer(self.config.tcp_rx_buffer))
-            self._give_ring(RingBuffer(self.config.tcp_tx_buffer))
+        # The bytes of every connection's rings, made at boot (tcpbuf.py says why).
+        self.rx_pool = ChunkPool(self.config.tcp_rx_pool // CHUNK)
+        self.tx_pool = ChunkPool(self.config.tcp_tx_pool // CHUNK)
         for name in _COUNTER_NAMES:
             setattr(self, name, 0)
-
-    def _take_ring(self, size):
-        """A ring of ``size`` bytes: a kept one if there is one, else a new one."""
-        rings = self._rings
-        for i in range(self._nrings):
-            r = rings[i]
-            if r.size == size:
-                self._nrings -= 1
-                rings[i] = rings[self._nrings]
-                rings[self._nrings] = None
-                return r
-        try:
-            return RingBuffer(size)
-        except MemoryError:
-            # No block that large left (a fragmented heap): a small ring still carries the
-            # connection, slowly, where a refusal would reset it.
-            self.small_rings += 1
-            return RingBuffer(_SMALL_RING)
-
-    def _give_ring(self, r):
-        """Keep a ring no connection uses any more (up to the pool's size)."""
-        if r is not None and self._nrings < len(self._rings):
-            r.clear()
-            self._rings[self._nrings] = r
-            self._nrings += 1
 
     # ---- application interface -------------------------------------------------------
 
@@ -1658,6 +1610,11 @@ class Tcp:
         for name in _COUNTER_NAMES:
             d[name] = getattr(self, name)
         d["connections"] = len(self.conns)
+        d["max_connections"] = self.config.tcp_max_connections
+        for name, pool in (("rx", self.rx_pool), ("tx", self.tx_pool)):
+            d[name + "_chunks"] = pool.size
+            d[name + "_chunks_free"] = pool.nfree
+            d[name + "_chunks_low"] = pool.low
         credit = self.credit
         if credit is not None:
             d["rcv_credit_free"] = credit.free
@@ -1667,7 +1624,6 @@ class Tcp:
 
     # ---- segments in -------------------------------------------------------------------
 
-    @micropython.native
     def input(self, buf, ip_off, tcp_off, tcp_len, now):
         """One TCP segment for us (checksum already verified by the interface)."""
         self.now = now
@@ -1716,7 +1672,6 @@ class Tcp:
         self.drop_no_socket += 1
         self._reply_rst(g, now)
 
-    @micropython.native
     def _find(self, buf, ip_off, sport, dport):
         s = self.last
         if (s is not None and s.remote_port == sport and s.local_port == dport
@@ -1831,7 +1786,6 @@ class Tcp:
 
     # ---- timers --------------------------------------------------------------------------
 
-    @micropython.native
     def poll(self, now):
         self.now = now
         conns = self.conns
@@ -1858,7 +1812,6 @@ class Tcp:
             if credit.waiting():
                 self._serve_credit(now)
 
-    @micropython.native
     def _serve_credit(self, now):
         """Credit to the connections waiting for it, first come first served; each one
         served announces its window (or sends its SYN-ACK) at once."""
@@ -1889,7 +1842,6 @@ class Tcp:
             c.ack_now = True
             c._output(now)
 
-    @micropython.native
     def poll_at(self, now):
         best = -1
         conns = self.conns

@@ -1,6 +1,6 @@
-# TCP storage: the byte ring and the out-of-order assembler (smoltcp's `storage`).
+# TCP storage: the byte rings and the out-of-order assembler (smoltcp's `storage`).
 #
-# A connection owns two RingBuffers. The TX ring is also the retransmit queue: bytes stay in
+# A connection owns two ChunkRings. The TX ring is also the retransmit queue: bytes stay in
 # it from the moment the application queues them until the peer acknowledges them, so a
 # retransmission just copies them out again (no per-segment objects, no second copy of the
 # data). The RX ring holds in-order data the application has not read yet; its free space is
@@ -9,84 +9,186 @@
 # of the free space hold data (a few pairs of small ints), so reassembly costs no extra
 # buffer memory.
 #
+# A ring's bytes live in chunks of CHUNK bytes taken from its kernel's ChunkPool when data is
+# written into them and given back as soon as no byte in them is needed. A ring's size is
+# the most it may hold (the largest window, the most unacknowledged data); what it costs is
+# only the chunks it holds now. So the RP2040's heap is spent on the data that is actually
+# in flight or waiting for a reader, which the receive credit (rcvcredit.py) and the host's
+# credit keep small, instead of on every connection's largest window: 32 connections with
+# 4 KB rings each would need 256 KB, the board has about 240 KB in all. A pool that runs
+# out refuses the write (counted by the caller): the peer sends the segment again, the
+# application writes again later.
+#
 # Offsets handed to these classes are always small ints (at most the buffer size), never
 # sequence numbers. Nothing here allocates after construction.
-import micropython
+from micropython import const
 
 from netkernel.wire import copy
 
+CHUNK = const(512)
+_SHIFT = const(9)               # CHUNK == 1 << _SHIFT
+_MASK = const(511)
+_NONE = const(0xFF)             # a ring slot with no chunk (a pool has fewer than 255)
 
-class RingBuffer:
-    """A byte ring: ``used`` bytes starting at ``head``, free space after them."""
 
-    def __init__(self, size):
-        self.buf = bytearray(size)
-        self.size = size
+class ChunkPool:
+    """A kernel's TCP buffer memory: ``nchunks`` chunks of CHUNK bytes in one bytearray,
+    made at boot; ``free`` is a stack of the free chunks' numbers."""
+
+    def __init__(self, nchunks):
+        if not 0 < nchunks < _NONE:
+            raise ValueError("a chunk pool holds 1..254 chunks")
+        self.mem = bytearray(nchunks << _SHIFT)
+        self.free = bytearray(range(nchunks))
+        self.size = nchunks
+        self.nfree = nchunks
+        self.low = nchunks         # fewest free chunks seen
+        self.short = 0             # writes refused because the pool was empty
+
+    def take(self):
+        n = self.nfree - 1
+        self.nfree = n
+        if n < self.low:
+            self.low = n
+        return self.free[n]
+
+    def give(self, c):
+        n = self.nfree
+        self.free[n] = c
+        self.nfree = n + 1
+
+
+class ChunkRing:
+    """A byte ring: ``used`` bytes starting at ``head``, free space after them, stored in
+    chunks of ``pool``. Positions are bytes from 0 to ``size`` (a multiple of CHUNK); slot
+    ``p >> _SHIFT`` of ``map`` names the chunk that holds position p, or _NONE."""
+
+    def __init__(self, pool, size):
+        slots = (size + CHUNK - 1) >> _SHIFT
+        self.pool = pool
+        self.map = bytearray(b"\xff" * slots)
+        self.slots = slots
+        self.size = slots << _SHIFT
         self.head = 0
         self.used = 0
 
-    @micropython.native
     def free(self):
         return self.size - self.used
 
-    @micropython.native
     def clear(self):
-        self.head = 0
+        """Forget every byte and give every chunk back."""
         self.used = 0
+        self.drop_unused()
 
-    @micropython.native
     def _pos(self, rel):
-        """Index in buf of the byte ``rel`` bytes after the head (0 <= rel < 2 * size)."""
+        """Position of the byte ``rel`` bytes after the head (0 <= rel < 2 * size)."""
         p = self.head + rel
         if p >= self.size:
             p -= self.size
         return p
 
-    @micropython.native
+    def _room(self, p, n):
+        """How many of n bytes from position p the chunks held and the pool's free ones can
+        store (n <= free space)."""
+        m = self.map
+        spare = self.pool.nfree
+        got = 0
+        size = self.size
+        while got < n:
+            if p >= size:
+                p -= size
+            k = CHUNK - (p & _MASK)
+            if m[p >> _SHIFT] == _NONE:
+                if spare == 0:
+                    break
+                spare -= 1
+            got += k
+            p += k
+        return got if got < n else n
+
+    def _store(self, p, src, off, n):
+        """Copy src[off:off+n] to position p on, taking chunks where none is held yet (the
+        caller checked with _room that the pool has them)."""
+        m = self.map
+        pool = self.pool
+        mem = pool.mem
+        size = self.size
+        while n > 0:
+            if p >= size:
+                p -= size
+            o = p & _MASK
+            k = CHUNK - o
+            if k > n:
+                k = n
+            s = p >> _SHIFT
+            c = m[s]
+            if c == _NONE:
+                c = pool.take()
+                m[s] = c
+            copy(mem, (c << _SHIFT) + o, src, off, k)
+            p += k
+            off += k
+            n -= k
+
+    def writable(self):
+        """Bytes write() would take now: the free space, as far as chunks can be had."""
+        free = self.size - self.used
+        if free == 0:
+            return 0
+        return self._room(self._pos(self.used), free)
+
     def write(self, src, off, n):
-        """Append up to n bytes of src[off:]; returns how many fit."""
+        """Append up to n bytes of src[off:]; returns how many fit (the free space, and the
+        chunks the pool can give)."""
         free = self.size - self.used
         if n > free:
             n = free
         if n > 0:
-            self.write_at(0, src, off, n)
-            self.used += n
+            p = self._pos(self.used)
+            k = self._room(p, n)
+            if k < n:
+                self.pool.short += 1
+            self._store(p, src, off, k)
+            self.used += k
+            n = k
         return n
 
-    @micropython.native
     def write_at(self, rel, src, off, n):
-        """Store n bytes at ``rel`` bytes past the end of the data, without committing them.
+        """Store n bytes at ``rel`` bytes past the end of the data, without committing them;
+        False (nothing stored) if the pool cannot give the chunks.
 
         The caller guarantees rel + n <= free(): this is how out-of-order data is parked in
         the free space until the assembler says it has become contiguous.
         """
-        size = self.size
         p = self._pos(self.used + rel)
-        first = size - p
-        if first >= n:
-            copy(self.buf, p, src, off, n)
-        else:
-            copy(self.buf, p, src, off, first)
-            copy(self.buf, 0, src, off + first, n - first)
+        if self._room(p, n) < n:
+            self.pool.short += 1
+            return False
+        self._store(p, src, off, n)
+        return True
 
-    @micropython.native
     def commit(self, n):
         """n bytes written with write_at(0, ...) (and after) now count as data."""
         self.used += n
 
-    @micropython.native
     def peek_into(self, dst, doff, rel, n):
         """Copy n bytes starting ``rel`` bytes after the head to dst[doff:], not consuming."""
+        m = self.map
+        mem = self.pool.mem
         size = self.size
         p = self._pos(rel)
-        first = size - p
-        if first >= n:
-            copy(dst, doff, self.buf, p, n)
-        else:
-            copy(dst, doff, self.buf, p, first)
-            copy(dst, doff + first, self.buf, 0, n - first)
+        while n > 0:
+            if p >= size:
+                p -= size
+            o = p & _MASK
+            k = CHUNK - o
+            if k > n:
+                k = n
+            copy(dst, doff, mem, (m[p >> _SHIFT] << _SHIFT) + o, k)
+            p += k
+            doff += k
+            n -= k
 
-    @micropython.native
     def read_into(self, dst, doff, n):
         """Move up to n bytes from the head into dst[doff:]; returns how many."""
         if n > self.used:
@@ -96,17 +198,76 @@ class RingBuffer:
             self.discard(n)
         return n
 
-    @micropython.native
     def discard(self, n):
-        """Drop n bytes from the head (acknowledged TX data, or data the reader consumed).
+        """Drop n bytes from the head (acknowledged TX data, or data the reader consumed),
+        giving back every chunk left behind.
 
-        The head never jumps back to 0 when the ring empties: out-of-order data parked in
-        the free space is addressed from head + used and would move with it.
+        The head does not jump back to 0 when the ring empties, and the chunk under it stays:
+        out-of-order data parked in the free space is addressed from head + used (the owner
+        calls drop_unused() when it knows none is parked).
         """
         if n > self.used:
             n = self.used
-        self.head = self._pos(n)
-        self.used -= n
+        if n <= 0:
+            return
+        m = self.map
+        pool = self.pool
+        slots = self.slots
+        size = self.size
+        head = self.head
+        end = head + n
+        left = self.used - n
+        new_head = end - size if end >= size else end
+        s = head >> _SHIFT
+        last = end >> _SHIFT      # the chunk under the new head may hold what follows
+        while s < last:
+            j = s if s < slots else s - slots
+            c = m[j]
+            # Kept if it holds any of what is left (the ring's last bytes may have come
+            # round to just behind the old head) or the new head.
+            d = (j << _SHIFT) - new_head
+            if d < 0:
+                d += size
+            if c != _NONE and left <= d <= size - CHUNK:
+                pool.give(c)
+                m[j] = _NONE
+            s += 1
+        self.head = new_head
+        self.used = left
+
+    def drop_unused(self):
+        """Give back every chunk that holds none of the ``used`` bytes (nothing may be parked
+        past them); an empty ring starts again at position 0, filling whole chunks."""
+        m = self.map
+        pool = self.pool
+        slots = self.slots
+        used = self.used
+        if used == 0:
+            self.head = 0
+            first = 0
+            span = 0              # slots holding data
+        else:
+            first = self.head >> _SHIFT
+            span = ((self.head + used - 1) >> _SHIFT) - first + 1
+        j = 0
+        while j < slots:
+            d = j - first
+            if d < 0:
+                d += slots
+            if d >= span:
+                c = m[j]
+                if c != _NONE:
+                    pool.give(c)
+                    m[j] = _NONE
+            j += 1
+
+    def chunks(self):
+        """Chunks this ring holds (for tests and counters)."""
+        n = 0
+        for c in self.map:
+            if c != _NONE:
+                n += 1
+        return n
 
 
 class Assembler:
@@ -124,11 +285,9 @@ class Assembler:
         self.capacity = capacity
         self.count = 0
 
-    @micropython.native
     def clear(self):
         self.count = 0
 
-    @micropython.native
     def add(self, start, end):
         """Record [start, end) as held; False (and nothing changed) if out of ranges."""
         if end <= start:
@@ -170,7 +329,6 @@ class Assembler:
         self.count = new_count
         return True
 
-    @micropython.native
     def truncate(self, off):
         """Forget everything held at or beyond ``off`` (the peer's FIN is there)."""
         s = self.starts
@@ -183,7 +341,6 @@ class Assembler:
             k += 1
         self.count = k
 
-    @micropython.native
     def take_front(self):
         """If data now starts at offset 0, remove that range and return its length.
 
@@ -203,7 +360,6 @@ class Assembler:
         self.count = c
         return n
 
-    @micropython.native
     def shift(self, n):
         """The receive point moved n bytes forward by in-order data: re-base every range."""
         s = self.starts
@@ -221,7 +377,6 @@ class Assembler:
             k += 1
         self.count = out
 
-    @micropython.native
     def held(self):
         """Bytes held out of order (for tests and counters)."""
         total = 0

@@ -9,7 +9,6 @@
 import errno
 import os
 
-import micropython
 from micropython import const
 
 from netkernel import wire
@@ -58,7 +57,6 @@ class Udp:
     def bound(self, port):
         return port in self._handlers
 
-    @micropython.native
     def input(self, buf, ip_off, udp_off, udp_len, now):
         """One datagram (udp_len bytes from udp_off). False only when no socket has the port.
 
@@ -82,7 +80,6 @@ class Udp:
                 wire.get16(buf, udp_off), dst_port, now)
         return True
 
-    @micropython.native
     def sendto(self, data, off, n, dst, dst_off, dst_port, src_port, now):
         """Send data[off:off+n] to dst[dst_off:+4]:dst_port. True if it went to the NIC."""
         if n < 0 or n > _MAX_PAYLOAD:

@@ -27,7 +27,6 @@
 import time
 from time import ticks_us
 
-import micropython
 from micropython import const
 
 from netkernel.busy import BusyTime
@@ -144,7 +143,6 @@ class W5500:
 
     # -- SPI access ------------------------------------------------------------------------
 
-    @micropython.native
     def _begin(self, addr, ctrl):
         h = self._hdr
         h[0] = addr >> 8
@@ -153,40 +151,33 @@ class W5500:
         self._cs(0)
         self._spi.write(h)
 
-    @micropython.native
     def _read_into(self, addr, bsb, buf):
         self._begin(addr, bsb)
         self._spi.readinto(buf)
         self._cs(1)
 
-    @micropython.native
     def _write_from(self, addr, bsb, buf):
         self._begin(addr, bsb | _WRITE)
         self._spi.write(buf)
         self._cs(1)
 
-    @micropython.native
     def _read8(self, addr, bsb):
         self._read_into(addr, bsb, self._r1)
         return self._reg[0]
 
-    @micropython.native
     def _write8(self, addr, bsb, value):
         self._reg[0] = value
         self._write_from(addr, bsb, self._r1)
 
-    @micropython.native
     def _read16(self, addr, bsb):
         self._read_into(addr, bsb, self._r2)
         return (self._reg[0] << 8) | self._reg[1]
 
-    @micropython.native
     def _write16(self, addr, bsb, value):
         self._reg[0] = (value >> 8) & 0xFF
         self._reg[1] = value & 0xFF
         self._write_from(addr, bsb, self._r2)
 
-    @micropython.native
     def views(self, buf):
         """The transfer views of a frame buffer, made the first time the buffer is seen.
 
@@ -198,7 +189,6 @@ class W5500:
             v = self._views[id(buf)] = _make_views(buf)
         return v
 
-    @micropython.native
     def _read16_stable(self, addr):
         # The chip updates these counters while we read them: take a value only when two
         # consecutive reads agree (datasheet p54-55). RX_RSR and TX_FSR only grow while
@@ -215,7 +205,6 @@ class W5500:
         self.unsettled_reads += 1
         return prev if prev < last else last
 
-    @micropython.native
     def _settle(self):
         # Wait until the chip has taken the last command (it clears Sn_CR when it has).
         for _ in range(_CMD_POLLS):
@@ -224,7 +213,6 @@ class W5500:
                 return
         raise W5500Error("W5500: command not accepted (Sn_CR stays set)")
 
-    @micropython.native
     def _issue(self, cmd):
         """Write a command without waiting for it: whatever depends on it waits instead."""
         if self._cr_pending:
@@ -325,7 +313,6 @@ class W5500:
         """Bytes waiting in RX memory (several frames with their length headers)."""
         return self._read16_stable(_SN_RX_RSR)
 
-    @micropython.native
     def clear_interrupt(self):
         """Acknowledge socket 0's RECV so INTn can fall again on the next frame."""
         self._write8(_SN_IR, _BSB_S0_REG, _IR_RECV)
@@ -335,7 +322,6 @@ class W5500:
 
     # -- receive ---------------------------------------------------------------------------
 
-    @micropython.native
     def recv_into(self, buf):
         """Read the next frame into ``buf`` (a bytearray of >= FRAME_BUFFER_SIZE bytes).
 
@@ -348,7 +334,6 @@ class W5500:
         self.io_busy.since(t0)
         return n
 
-    @micropython.native
     def _recv_into(self, buf):
         known = self._rx_known
         if known < 2:
@@ -388,14 +373,12 @@ class W5500:
             self._release()
         return n
 
-    @micropython.native
     def _release(self):
         # The chip may reuse what was read: RX_RD up to our pointer, then RECV.
         self._write16(_SN_RX_RD, _BSB_S0_REG, self._rx_rd)
         self._issue(_CR_RECV)
         self._rx_held = 0
 
-    @micropython.native
     def rx_release(self):
         """Give the frames read so far back to the chip's receive memory. The reader calls
         this when it stops reading for now (recv_into does it itself every few KB, and
@@ -405,14 +388,12 @@ class W5500:
             self._release()
             self.io_busy.since(t0)
 
-    @micropython.native
     def rx_holding(self):
         """True if frames were read and not yet given back (rx_release has work)."""
         return self._rx_held != 0
 
     # -- transmit --------------------------------------------------------------------------
 
-    @micropython.native
     def _wait_sent(self):
         # The previous frame is out when the chip has moved TX_RD up to its TX_WR. Until
         # then TX_WR must not change: a SEND not yet started would send both frames as one.
@@ -432,7 +413,6 @@ class W5500:
         self._send_pending = False
         return False
 
-    @micropython.native
     def send(self, frame, n):
         """Transmit the first ``n`` bytes of ``frame`` (a whole Ethernet frame, no FCS).
 
@@ -445,7 +425,6 @@ class W5500:
         self.io_busy.since(t0)
         return ok
 
-    @micropython.native
     def _send(self, frame, n):
         if n < _MIN_FRAME or n > _MAX_FRAME:
             raise ValueError("frame length out of range")

@@ -1,4 +1,4 @@
-# Packet layout: field offsets and the few hot helpers every layer needs (viper).
+# Packet layout: field offsets and the few hot helpers every layer needs.
 #
 # Like smoltcp's `wire`: stateless, knows where fields are and how to sum and copy bytes,
 # nothing about state. Frames live in FRAME_BUFFER_SIZE bytearrays: Ethernet at 0, IPv4 at
@@ -12,8 +12,11 @@
 # the data path: above 2**30 they would be heap objects on the RP2040. They stay as 4 bytes
 # in a buffer, and seq_delta()/seq_put()/seq_add() do the arithmetic in viper, handing back
 # small signed differences.
-import micropython
 from micropython import const
+
+# The byte work is machine code, kept outside this package (netkernel_native says why).
+from netkernel_native import (  # noqa: F401 - re-exported: the layers import them from here
+    checksum, copy, equal, fill, pseudo_header_sum, seq_add, seq_delta, seq_put)
 
 # Ethernet II
 _ETH_DST = const(0)
@@ -100,113 +103,6 @@ _TCPOPT_NOP = const(1)
 _TCPOPT_MSS = const(2)
 
 
-@micropython.viper
-def checksum(buf: ptr8, off: int, n: int, acc: int) -> int:
-    """Internet checksum sum of buf[off:off+n] added to acc, folded to 16 bits (not inverted)."""
-    i = off
-    end = off + (n & ~1)
-    while i < end:
-        acc += (buf[i] << 8) | buf[i + 1]
-        i += 2
-    if n & 1:
-        acc += buf[end] << 8
-    while acc >> 16:
-        acc = (acc & 0xFFFF) + (acc >> 16)
-    return acc
-
-
-@micropython.viper
-def pseudo_header_sum(buf: ptr8, ip_off: int, proto: int, length: int) -> int:
-    """Sum of the IPv4 pseudo header (addresses from the IPv4 header at ip_off)."""
-    acc = proto + length
-    i = ip_off + 12
-    while i < ip_off + 20:
-        acc += (buf[i] << 8) | buf[i + 1]
-        i += 2
-    while acc >> 16:
-        acc = (acc & 0xFFFF) + (acc >> 16)
-    return acc
-
-
-@micropython.viper
-def copy(dst: ptr8, doff: int, src: ptr8, soff: int, n: int):
-    """dst[doff:doff+n] = src[soff:soff+n] without making slices (which allocate)."""
-    if uint(dst) == uint(src) and doff > soff:
-        i = n - 1
-        while i >= 0:
-            dst[doff + i] = src[soff + i]
-            i -= 1
-    else:
-        i = 0
-        while i < n:
-            dst[doff + i] = src[soff + i]
-            i += 1
-
-
-@micropython.viper
-def fill(dst: ptr8, off: int, n: int, value: int):
-    i = off
-    end = off + n
-    while i < end:
-        dst[i] = value
-        i += 1
-
-
-@micropython.viper
-def equal(a: ptr8, aoff: int, b: ptr8, boff: int, n: int) -> bool:
-    i = 0
-    while i < n:
-        if a[aoff + i] != b[boff + i]:
-            return False
-        i += 1
-    return True
-
-
-@micropython.viper
-def seq_delta(p: ptr8, poff: int, q: ptr8, qoff: int) -> int:
-    """(p - q) mod 2**32 as a signed value, for 32-bit big-endian numbers at p[poff], q[qoff].
-
-    Clamped to [-2**30, 2**30 - 1] so the result is always a small int: anything that far
-    apart is simply "far outside any window".
-    """
-    hi = ((p[poff] << 8) | p[poff + 1]) - ((q[qoff] << 8) | q[qoff + 1])
-    lo = ((p[poff + 2] << 8) | p[poff + 3]) - ((q[qoff + 2] << 8) | q[qoff + 3])
-    if lo < 0:
-        lo += 65536
-        hi -= 1
-    hi &= 0xFFFF
-    if hi >= 0x8000:
-        hi -= 0x10000
-    if hi >= 0x4000:
-        return 0x3FFFFFFF
-    if hi < -0x4000:
-        return -0x40000000
-    return hi * 65536 + lo
-
-
-@micropython.viper
-def seq_put(dst: ptr8, doff: int, q: ptr8, qoff: int, delta: int):
-    """dst[doff:doff+4] = (q[qoff:qoff+4] + delta) mod 2**32, big-endian (delta may be < 0)."""
-    lo = ((q[qoff + 2] << 8) | q[qoff + 3]) + (delta & 0xFFFF)
-    hi = ((q[qoff] << 8) | q[qoff + 1]) + ((delta >> 16) & 0xFFFF) + (lo >> 16)
-    dst[doff] = (hi >> 8) & 0xFF
-    dst[doff + 1] = hi & 0xFF
-    dst[doff + 2] = (lo >> 8) & 0xFF
-    dst[doff + 3] = lo & 0xFF
-
-
-@micropython.viper
-def seq_add(q: ptr8, qoff: int, delta: int):
-    """q[qoff:qoff+4] += delta (mod 2**32), in place."""
-    lo = ((q[qoff + 2] << 8) | q[qoff + 3]) + (delta & 0xFFFF)
-    hi = ((q[qoff] << 8) | q[qoff + 1]) + ((delta >> 16) & 0xFFFF) + (lo >> 16)
-    q[qoff] = (hi >> 8) & 0xFF
-    q[qoff + 1] = hi & 0xFF
-    q[qoff + 2] = (lo >> 8) & 0xFF
-    q[qoff + 3] = lo & 0xFF
-
-
-@micropython.native
 def earliest(a, b):
     """The sooner of two waits in ms, where -1 means "nothing pending"."""
     if a < 0:

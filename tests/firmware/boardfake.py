@@ -1,5 +1,6 @@
 # A board for in-process firmware tests: the emulated W5500 on a MemoryWire and an in-memory
 # USB stream, with the same interface as boards/*.py.
+from rp2040 import BUDGET
 from simhw.w5500_emulator import W5500Emulator
 from simhw.wire import MemoryWire
 
@@ -68,10 +69,11 @@ class Hardware:
         pass
 
 
-CONFIG = {"ip": "10.77.0.2", "prefix": 24, "gateway": "10.77.0.1",
+CONFIG = dict(BUDGET)
+CONFIG.update({"ip": "10.77.0.2", "prefix": 24, "gateway": "10.77.0.1",
           "mac": "02:00:0a:4d:00:02", "kernels": 1, "services": True, "log_frames": False,
           # the unix port's threads need more C stack than core 1's 16 KB on rp2
-          "thread_stack": 256 * 1024}
+          "thread_stack": 256 * 1024})
 # Tests set extra or changed config keys here (e.g. {"kernels": 2, "tx_mode": "ring"}).
 OVERRIDES = {}
 

@@ -57,8 +57,8 @@ class Rig:
         boardfake.OVERRIDES["services"] = False
         # The pools these tests are written for (the node's own defaults are smaller: the
         # RP2040 budget).
-        boardfake.OVERRIDES["inbound_depth"] = 8
-        boardfake.OVERRIDES["outbound_max"] = 16
+        boardfake.OVERRIDES["i2o_inbound_depth"] = 8
+        boardfake.OVERRIDES["i2o_outbound_max"] = 16
         boardfake.OVERRIDES.update(cfg)
         self.node = Node(boardfake)
         self.hw = self.node.hw

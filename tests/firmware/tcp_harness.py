@@ -27,7 +27,8 @@ class Config:
         self.tcp_tx_buffer = 4096
         self.tcp_rx_budget = 0
         self.tcp_max_connections = 24
-        self.tcp_preallocated = 0
+        self.tcp_rx_pool = 32768
+        self.tcp_tx_pool = 32768
         self.tcp_syn_backlog = 8
         self.tcp_nagle = True
         self.tcp_keepalive_ms = 0

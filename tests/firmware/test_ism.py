@@ -362,8 +362,7 @@ def test_steady_state_send_data_consumed_allocate_nothing():
     now = time.ticks_ms()
     rounds = 20
     k = 0
-    t0 = micropython.mem_total()
-    micropython.heap_lock()
+    micropython.heap_lock()            # an object made here would raise MemoryError
     try:
         while k < rounds:
             ring.push(0)
@@ -379,7 +378,5 @@ def test_steady_state_send_data_consumed_allocate_nothing():
             k += 1
     finally:
         micropython.heap_unlock()
-    delta = micropython.mem_total() - t0
     assert ism.sends - before[0] == rounds and ism.data_msgs - before[1] >= rounds
-    assert delta == 0, delta
     rig.stop()

