@@ -512,8 +512,10 @@ def load_config():
         "services": sim_config.SERVICES,
         "log_frames": sim_config.LOG_FRAMES,
         "stack": getattr(sim_config, "STACK", {}),   # --stack NAME=VALUE overrides
-        # Kernels 1..N-1 are threads of the unix port: more C stack than core 1's 16 KB.
+        # Kernels 1..N-1 are threads of the unix port, whose C stacks are not in the heap
+        # (core 1's is, on rp2) and need more room.
         "thread_stack": THREAD_STACK_BYTES,
+        "stack_in_heap": False,
         # TX_MODE "lock" (default) or "ring"; TWINSTACK_TX_MODE selects it for measurements.
         "tx_mode": os.getenv("TWINSTACK_TX_MODE") or "lock",
         # Kernels 1..N-1 read frames for the dispatcher when idle (netkernel.cores);

@@ -302,6 +302,9 @@ class SocketIsm:
         return -1
 
     def _free_slot(self, s):
+        k = self.kind[s]
+        if k == _K_CONN or k == _K_CLOSING:
+            self.obj[s].release()             # the stack reuses it once it is closed
         self.kind[s] = _K_FREE
         self.flags[s] = 0
         self.obj[s] = None
@@ -631,6 +634,7 @@ class SocketIsm:
             if n < 0:
                 sock = lsn.accept()
                 sock.abort()          # no handle for it: never leave a connection unserved
+                sock.release()
                 self.accept_refused += 1
                 continue
             o = self.mu.take_out()
@@ -779,6 +783,7 @@ class SocketIsm:
         self._discard(sock)           # the host closed: later data is dropped
         st = sock.state
         if st == CLOSED or st == TIME_WAIT:
+            sock.release()
             self.kind[s] = _K_FREE
             self.obj[s] = None
 

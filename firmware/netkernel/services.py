@@ -39,6 +39,7 @@ class Services:
         self._stack.udp.unbind(_ECHO_PORT)
         for sock, _ in self._conns:
             sock.abort()
+            sock.release()
         self._conns = []
 
     def _udp_echo(self, buf, off, n, src, src_off, src_port, dst_port, now):
@@ -58,6 +59,7 @@ class Services:
                 i += 1
             else:
                 conns.pop(i)
+                entry[0].release()
         i = 0
         while i < len(self.tests):
             test = self.tests[i]
@@ -76,6 +78,7 @@ class Services:
                 self._conns.append([sock, kind])
             except MemoryError:
                 sock.abort()      # never leave an accepted connection nobody serves
+                sock.release()
 
     def _serve(self, sock, kind):
         """Move data for one connection; False once it is finished with."""
@@ -160,6 +163,7 @@ class TcpTestClient:
 
     def _finish(self, status, now):
         self._result = (status, self._sent, self._verified, time.ticks_diff(now, self._started))
+        self._sock.release()
         return False
 
     def report(self):

@@ -72,8 +72,8 @@ class Hardware:
 CONFIG = dict(BUDGET)
 CONFIG.update({"ip": "10.77.0.2", "prefix": 24, "gateway": "10.77.0.1",
           "mac": "02:00:0a:4d:00:02", "kernels": 1, "services": True, "log_frames": False,
-          # the unix port's threads need more C stack than core 1's 16 KB on rp2
-          "thread_stack": 256 * 1024})
+          # the unix port's threads: more C stack than core 1's on rp2, not from the heap
+          "thread_stack": 256 * 1024, "stack_in_heap": False})
 # Tests set extra or changed config keys here (e.g. {"kernels": 2, "tx_mode": "ring"}).
 OVERRIDES = {}
 

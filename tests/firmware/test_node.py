@@ -212,6 +212,7 @@ def test_one_kernel_gets_the_ring_slots_and_window_of_each_of_several():
     for kernels in (1, 2):
         boardfake.OVERRIDES.clear()
         boardfake.OVERRIDES["kernels"] = kernels
+        boardfake.OVERRIDES["ring_capacity"] = 8
         try:
             node = Node(boardfake)
         finally:

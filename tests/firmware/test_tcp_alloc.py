@@ -97,3 +97,47 @@ def test_retransmission_and_out_of_order_paths_do_not_allocate():
         micropython.heap_unlock()
     assert got == 1000
     assert tcp.rto_timeouts == 1 and tcp.ooo_segments == 1
+
+
+def _iss(sock):
+    return u32(sock.seq, 8)          # _ISS
+
+
+def test_a_connection_from_syn_to_release_allocates_nothing_but_its_isn():
+    # Sockets, their rings and assemblers are made at boot (TcpSocket): a connection's
+    # whole life, handshake, accept, data, close, release, takes nothing from the heap,
+    # but for the few short-lived objects of its ISN's hash (RFC 6528), made for the SYN.
+    st, lsn, s0, p0 = server_established(tcp_max_connections=3)
+    tcp = st.tcp
+    s0.close()                       # warm up: the accept queue's list has grown once
+    s0.release()
+    tcp.poll(1100)
+    st.iface.record = False
+    for i in range(6):
+        port = 42000 + i
+        isn = 7000 * (i + 1)
+        now = 2000 + 300 * i
+        syn = build(p0.ip, st.iface.ip, port, 80, isn, 0, 0x02, 65535)
+        tcp.input(syn[0], syn[1], syn[2], syn[3], now)
+        tcp.poll(now)
+        sock = tcp.conns[-1]
+        ack = build(p0.ip, st.iface.ip, port, 80, isn + 1, (_iss(sock) + 1) & 0xFFFFFFFF,
+                    ACK | PSH, 65535, b"hello")
+        fin = build(p0.ip, st.iface.ip, port, 80, isn + 6, (_iss(sock) + 1) & 0xFFFFFFFF,
+                    ACK | 0x01, 65535)
+        got = bytearray(8)
+        micropython.heap_lock()
+        try:
+            tcp.input(ack[0], ack[1], ack[2], ack[3], now + 1)
+            a = lsn.accept()
+            n = a.recv_into(got, 0, 8)
+            tcp.input(fin[0], fin[1], fin[2], fin[3], now + 2)
+            a.abort()                # ends at once (no TIME-WAIT to wait out)
+            a.release()
+            tcp.poll(now + 3)
+        finally:
+            micropython.heap_unlock()
+        assert a is sock and n == 5 and got[:5] == b"hello"
+        assert tcp.connection_count() == 1       # the warm-up's, still closing
+    assert tcp.passive_opens == 7 and tcp.drop_max_connections == 0
+    assert tcp.rx_pool.nfree == tcp.rx_pool.size and tcp.tx_pool.nfree == tcp.tx_pool.size

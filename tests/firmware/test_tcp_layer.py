@@ -164,6 +164,7 @@ def test_malformed_headers_are_dropped_and_counted():
 def test_full_table_recycles_the_oldest_time_wait_connection_for_a_new_one():
     st, lsn, s, p = server_established(tcp_max_connections=2)
     s.close()
+    s.release()
     st.tcp.poll(1010)
     p.take()
     p.send(FIN | ACK, now=1020)            # the peer's FIN after ours: we are in TIME-WAIT
@@ -172,6 +173,42 @@ def test_full_table_recycles_the_oldest_time_wait_connection_for_a_new_one():
     Peer(st, port=41001).send(SYN, now=1030)        # fills the table
     Peer(st, port=41002).send(SYN, now=1031)        # would not fit: TIME-WAIT makes room
     assert st.tcp.time_wait_recycled == 1 and st.tcp.drop_max_connections == 0
-    assert s.state == T.CLOSED and st.tcp.connection_count() == 2
+    assert st.tcp.connection_count() == 2
+    # released by its application, the TIME-WAIT socket now carries the new connection
+    assert s.remote_port == 41002 and s.state == T.SYN_RCVD
     Peer(st, port=41003).send(SYN, now=1032)        # no TIME-WAIT left: refused
     assert st.tcp.drop_max_connections == 1
+
+
+def test_every_socket_is_made_at_boot_and_comes_back_once_released_and_closed():
+    st, lsn, p = server(tcp_max_connections=2)
+    assert len(st.tcp._free) == 2
+    a = Peer(st, port=41001)
+    a.send(SYN, now=1000)
+    a.take()
+    a.send(ACK, now=1001)
+    s = lsn.accept()
+    Peer(st, port=41002).send(SYN, now=1002)
+    Peer(st, port=41003).send(SYN, now=1003)          # both sockets in use: dropped
+    assert st.tcp.drop_max_connections == 1 and len(st.tcp._free) == 0
+    s.abort()                                         # closed, but its application has it
+    Peer(st, port=41004).send(SYN, now=1004)
+    assert st.tcp.drop_no_memory == 1                 # (counted apart from the limit)
+    assert s.state == T.CLOSED and s.remote_port == 41001
+    s.release()
+    assert len(st.tcp._free) == 1
+    Peer(st, port=41005).send(SYN, now=1005)
+    assert s.remote_port == 41005 and s.state == T.SYN_RCVD
+    assert st.tcp.connection_count() == 2
+
+
+def test_unread_data_of_a_released_socket_goes_back_to_the_pool():
+    st, lsn, s, p = server_established()
+    p.send(ACK | PSH, b"x" * 1000, now=1100)
+    pool = st.tcp.rx_pool
+    assert pool.nfree < pool.size
+    s.abort()                                         # closed with data never read...
+    assert s.state == T.CLOSED and s.recv_available() == 1000   # ...still readable
+    assert pool.nfree < pool.size
+    s.release()
+    assert pool.nfree == pool.size

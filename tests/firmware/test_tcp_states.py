@@ -439,6 +439,7 @@ def test_sequential_connections_leave_no_state():
         p.send(ACK | PSH, b"hello", now=now)
         s.send(b"hi", 0, 2)
         s.close()                                     # we close first: TIME-WAIT is ours
+        s.release()                                   # the application is done with it
         st.tcp.poll(now)
         p.take()
         p.send(FIN | ACK, now=now)
