@@ -3,6 +3,7 @@
 # learns it is simulated. `twinstack sim` writes sim_config.py and starts MicroPython with
 # `-X heapsize=HEAP_BYTES`.
 import _thread
+import gc
 import os
 import select
 import time
@@ -20,23 +21,46 @@ from simhw.wire import PacketWire
 NAME = "sim"
 ARCH = None          # runs on the host's MicroPython unix port; nothing to cross-compile
 CORES = 2
-# The heap limit stands for the RP2040's free heap after boot on RPI_PICO (242,304 bytes,
-# reference/rp2.md §7), for a board running the firmware frozen into flash
-# (boards/manifest.py): there the code takes no heap. The unix port is 64-bit, so the same
-# data takes more heap here (pointers, object headers): the firmware's share is scaled by
-# 3/2, an estimate to re-check against a real board. On top comes what the emulated
-# hardware itself holds (32 KB packet memory, registers, the PHY's 8 KB transmit FIFO, its
-# code), measured by tests/firmware/test_sim_board.py at about 46 KB. `twinstack sim` adds
-# the heap the firmware's loaded code takes (measured when it starts), since the unix port
-# cannot freeze.
-FIRMWARE_HEAP_BYTES = const(242304)
+# The heap limit makes the simulated board leave the free heap the RP2040 leaves after boot
+# with the same configuration (RPI_PICO, MicroPython v1.28.0, the firmware frozen in; emulated
+# RP2040, docs/memory.md), a little less rather than more: tests/e2e/test_sim_lifecycle.py
+# holds the calibration points. The unix port is 64-bit, so the firmware's objects take more
+# of it; the heap also holds the emulated hardware (packet memory, registers, the PHY's
+# FIFO: EMULATOR_HEAP_BYTES) and, since the unix port cannot freeze, the firmware's loaded
+# code, which `twinstack sim` measures and adds when it starts. Core 1's 8 KB stack, in the
+# RP2040's heap, is in these figures; the unix port's thread stacks are not in its heap.
+# HEAP_BYTES is for one kernel; each further kernel's structures cost the 64-bit port
+# KERNEL_HEAP_BYTES more than they cost the RP2040.
+# Loading that code takes the unix port more heap on the way than it keeps (an RP2040 reads
+# it from flash): the board gets BOOT_HEAP_BYTES more and holds as much back once the code
+# is in (Hardware), so the node's pools are made in the heap the RP2040 has for them.
 EMULATOR_HEAP_BYTES = const(53248)
-HEAP_BYTES = const(416704)   # FIRMWARE_HEAP_BYTES * 3 // 2 + EMULATOR_HEAP_BYTES
+BOOT_HEAP_BYTES = const(65536)
+_HELD_BACK_PIECE = const(16)          # bytes of a held-back piece...
+_HELD_BACK_PIECE_COST = const(48)     # ...and the least heap one takes (object and data)
+HEAP_BYTES = const(294336)
+KERNEL_HEAP_BYTES = const(18500)
 # The PHY's transmit FIFO (simhw/wire.py): frames the chip was told to SEND, waiting for the
 # PHY thread. A few full-size frames; a sender waits while it is full.
 TX_FIFO_BYTES = const(8192)
 # The unix port's thread stacks are not in the GC heap (core 1's is, on rp2).
 THREAD_STACK_BYTES = const(262144)
+
+
+def _hold_back(nbytes):
+    """Take ``nbytes`` of the heap and keep them, in small pieces: the heap's allocator
+    fills its holes first, and loading code leaves many (an RP2040 has none: its code is in
+    flash), so the node's pools find the heap as whole as on the board."""
+    if nbytes <= 0:
+        return None
+    gc.collect()
+    start = gc.mem_alloc()
+    held = [None] * (nbytes // _HELD_BACK_PIECE_COST)
+    i = 0
+    while i < len(held) and gc.mem_alloc() - start < nbytes:
+        held[i] = bytearray(_HELD_BACK_PIECE)
+        i += 1
+    return held
 
 
 class _TickTimer:
@@ -388,6 +412,9 @@ class Hardware:
     """What the firmware gets from a board: SPI + pins of the W5500, a tick timer, USB data."""
 
     def __init__(self):
+        # The code is loaded by now (the node opens the hardware before it makes any pool):
+        # what loading it took beyond what it keeps is held back from here on.
+        self._held_back = _hold_back(getattr(sim_config, "HEAP_HELD_BACK", 0))
         # Paced cores (CORE_SPEED < 100) hand their frames to the PHY thread: sending is the
         # chip's work, not the core's (simhw/wire.py). At host speed a core writes to the
         # wire itself: there the hand-off costs more than it saves (measured: ping p50 0.43

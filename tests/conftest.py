@@ -88,6 +88,36 @@ class MicroPythonItem(pytest.Item):
         return self.path, self.lineno - 1, f"{self.path.name}::{self.name} (MicroPython)"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The board the end-to-end tests run against (read by ``tests/e2e/conftest.py``).
+
+    Registered here, not in ``tests/e2e/conftest.py``: pytest takes options only from
+    conftests it loads at startup, and a plain ``pytest`` (``make test``) loads the e2e one
+    only once it collects that folder."""
+    g = parser.getgroup("board", "end-to-end tests: the board under test "
+                        "(default: each test starts the simulated boards it needs)")
+    g.addoption("--board-port", metavar="PATH",
+                help="run the e2e tests against an already running board: its data serial "
+                     "port (/dev/ttyACM1, or the usb= pty of a simulated or emulated board); "
+                     "needs --board-ip and one of --board-netns / --board-iface")
+    g.addoption("--board-netns", metavar="NAME",
+                help="the attached board's LAN is in network namespace NAME: peer commands "
+                     "run with `ip netns exec NAME ...`")
+    g.addoption("--board-iface", metavar="IFACE",
+                help="the attached board's LAN is interface IFACE of this host: peer "
+                     "commands run in this host's own namespace")
+    g.addoption("--board-ip", metavar="ADDR", help="the attached board's IPv4 address")
+    g.addoption("--board-peer-ip", metavar="ADDR",
+                help="the peer's IPv4 address on the board's LAN (default: the source "
+                     "address of the namespace's route to the board, or IFACE's address)")
+    g.addoption("--board-time-scale", type=float, default=1.0, metavar="X",
+                help="multiply the e2e tests' timeouts and waits by X, for slow boards "
+                     "(an emulated RP2040 wants 10-20) (default: 1)")
+    g.addoption("--board-data-scale", type=float, default=1.0, metavar="X",
+                help="multiply the e2e tests' bulk data volumes by X, for slow boards "
+                     "(e.g. 0.02 where TCP moves ~60 KB/s) (default: 1)")
+
+
 def pytest_pycollect_makemodule(module_path: Path, parent):
     """Firmware test modules are collected as MicroPython files instead of CPython modules."""
     if module_path.parent == FIRMWARE_TESTS:

@@ -76,6 +76,7 @@ class NetKernel:
         self.errors = 0
         self.idle_sleeps = 0
         self.last_error = None
+        self.errors_reported = 0       # errors core 0 has logged (Node)
         self.handoffs_out = 0
         self.handoffs_in = 0
         self.handoff_busy = 0

@@ -217,12 +217,21 @@ class Node:
             if time.ticks_diff(now, self._next_link_check) >= 0:
                 self._next_link_check = time.ticks_add(now, _LINK_CHECK_MS)
                 self._check_link()
+                self._report_kernel_errors()
         except W5500Error as e:
             self._recover(e)
         except Exception as e:  # a bug must not stop the board: count, report, go on
             self.errors += 1
             _log("error in core 0's turn: %r" % e)
         return self._wake
+
+    def _report_kernel_errors(self):
+        # A kernel counts what a bug raised and goes on (kernel.py); the console says what
+        # it was, once per check however many there were.
+        for k in self.kernels:
+            if k.errors != k.errors_reported:
+                k.errors_reported = k.errors
+                _log("error in kernel %d (%d so far): %r" % (k.core, k.errors, k.last_error))
 
     def _check_link(self):
         up = self.cores.nic.call(self.nic.link_up)

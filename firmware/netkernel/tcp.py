@@ -130,6 +130,7 @@ _RTO_AFTER_SYN_LOSS = const(3000)   # RFC 6298 5.7
 _MAX_RETRIES = const(12)
 _SYN_RETRIES = const(6)
 _SYNACK_RETRIES = const(5)
+_OOO_RESERVE = const(4)        # chunks of a full-size segment (1,460 bytes over 512-byte chunks)
 _TX_RETRY_MS = const(20)       # the interface could not send (ARP pending, no TX room)
 _KA_INTERVAL_MS = const(1000)
 _KA_PROBES = const(9)
@@ -814,7 +815,10 @@ class TcpSocket:
         if n:
             # Stored first: bytes parked where the assembler does not record them are only
             # overwritten later, a range recorded without its bytes would be wrong data.
-            if not rx.write_at(rel, g.buf, g.data_off, n):
+            # Data past a hole leaves the kernel's pool a segment's chunks for in-order data:
+            # else connections that each parked some could hold every chunk, and none could
+            # take the segment that fills its hole (measured: 10 connections stalled for good).
+            if not rx.write_at(rel, g.buf, g.data_off, n, _OOO_RESERVE if rel else 0):
                 self.tcp.drop_no_buffer += 1
                 return
             if not asm.add(rel, rel + n):

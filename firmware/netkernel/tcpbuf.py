@@ -87,11 +87,11 @@ class ChunkRing:
             p -= self.size
         return p
 
-    def _room(self, p, n):
-        """How many of n bytes from position p the chunks held and the pool's free ones can
-        store (n <= free space)."""
+    def _room(self, p, n, reserve=0):
+        """How many of n bytes from position p the chunks held and the pool's free ones,
+        less ``reserve`` of them, can store (n <= free space)."""
         m = self.map
-        spare = self.pool.nfree
+        spare = self.pool.nfree - reserve
         got = 0
         size = self.size
         while got < n:
@@ -99,7 +99,7 @@ class ChunkRing:
                 p -= size
             k = CHUNK - (p & _MASK)
             if m[p >> _SHIFT] == _NONE:
-                if spare == 0:
+                if spare <= 0:
                     break
                 spare -= 1
             got += k
@@ -153,15 +153,16 @@ class ChunkRing:
             n = k
         return n
 
-    def write_at(self, rel, src, off, n):
+    def write_at(self, rel, src, off, n, reserve=0):
         """Store n bytes at ``rel`` bytes past the end of the data, without committing them;
-        False (nothing stored) if the pool cannot give the chunks.
+        False (nothing stored) if the pool cannot give the chunks and still keep
+        ``reserve`` free ones.
 
         The caller guarantees rel + n <= free(): this is how out-of-order data is parked in
         the free space until the assembler says it has become contiguous.
         """
         p = self._pos(self.used + rel)
-        if self._room(p, n) < n:
+        if self._room(p, n, reserve) < n:
             self.pool.short += 1
             return False
         self._store(p, src, off, n)

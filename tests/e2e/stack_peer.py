@@ -279,9 +279,10 @@ ETH_P_IP = 0x0800
 
 
 def enter_netns(name: str) -> None:
-    """Move this process into the named network namespace (setns(2))."""
+    """Move this process into the named network namespace (setns(2)); a name that starts
+    with ``/`` is a namespace file, e.g. ``/proc/PID/ns/net``."""
     libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    fd = os.open(name if name.startswith("/") else f"/run/netns/{name}", os.O_RDONLY)
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
@@ -444,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--gap", type=float, default=0.01)
 
     i = sub.add_parser("impair")
-    i.add_argument("--peer-ns", required=True)
+    i.add_argument("--peer-ns", required=True,
+                   help="the peer's namespace: a name, or a file such as /proc/PID/ns/net")
     i.add_argument("--ifname", default="eth0")
     i.add_argument("--board-ip", required=True)
     i.add_argument("--board-mac", required=True)

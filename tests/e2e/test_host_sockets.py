@@ -1,9 +1,10 @@
-"""Host applications on TwinStack sockets, served by the simulated board with two kernels.
+"""Host applications on TwinStack sockets, served by the simulated board with two kernels
+(or by the attached board, conftest.py).
 
 The host side is the real library (``twinstack.connect`` -> the OSM over the board's USB pty,
 I2O messages to each kernel's socket ISM); the clients and servers on the other side are the
-Linux kernel's own TCP/IP in the peer namespace (curl, ab, Python sockets in
-``host_peer.py``). Every wait is bounded; every peer process is stopped at the end.
+Linux kernel's own TCP/IP on the board's LAN (curl, ab, Python sockets in ``host_peer.py``).
+Every wait is bounded; every peer process is stopped at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +25,18 @@ import twinstack
 from twinstack import socket as tsocket
 from twinstack.examples import http_server as http
 
-from .conftest import PeerServer, SimHandle, require_netns_privileges, run_peer_script
+from .conftest import (
+    Board,
+    PeerServer,
+    SimHandle,
+    SimOnly,
+    concurrent_connections,
+    require_netns_privileges,
+    run_peer_script,
+    scaled_arg,
+    scaled_bytes,
+    scaled_time,
+)
 from .host_peer import stream_bytes
 
 pytestmark = pytest.mark.e2e
@@ -35,21 +47,38 @@ BOARD_ARGS = ["--kernels", "2", "--heap", "2M", "--stack", "tcp_max_connections=
 
 
 @pytest.fixture
-def sim(sim_board) -> Iterator[SimHandle]:
+def hw(board_under_test) -> Iterator[Board]:
+    """The board under test (a simulated one: two kernels, a big heap; or the attached one),
+    as the peer sees it."""
     require_netns_privileges()
-    handle = sim_board(args=BOARD_ARGS)
+    handle = board_under_test(args=BOARD_ARGS, services=False)
     yield handle
     lines = [line for line in handle.log_lines() if not line.startswith("netkernel: stats")]
     print("board output:\n" + "\n".join(lines[-60:]))
 
 
 @pytest.fixture
-def board(sim: SimHandle) -> Iterator[twinstack.Board]:
-    b = twinstack.connect(sim.usb_path, timeout=10.0)
+def board(hw: Board) -> Iterator[twinstack.Board]:
+    """The host application's side: the I2O OSM over the board's data port."""
+    b = twinstack.connect(hw.usb_path, timeout=scaled_time(10.0))
     try:
         yield b
     finally:
+        settle(b)
         b.close()
+
+
+def settle(b: twinstack.Board, timeout: float = 5.0) -> None:
+    """Wait (≤ ``timeout`` s, scaled) until every message the application posted has gone
+    out and been answered: ``Board.close()`` drops what still waits for an MFA, and a CLOSE
+    dropped leaves its connection open on the board until the next host INIT (a shared
+    board carries it into the next test)."""
+    deadline = time.monotonic() + scaled_time(timeout)
+    while time.monotonic() < deadline:
+        with b._lock:
+            if not b._pending and not any(b._deferred):
+                return
+        time.sleep(0.05)
 
 
 def recv_exact(s: tsocket.Socket, n: int) -> bytes:
@@ -66,38 +95,44 @@ def per_core(stats: dict[str, int], name: str, iops: int) -> list[int]:
     return [stats.get(f"k{k}.{name}", 0) for k in range(iops)]
 
 
-def test_bring_up_reports_both_iops(board: twinstack.Board) -> None:
-    assert board.iops == 2
+def test_bring_up_reports_both_iops(hw: Board, board: twinstack.Board) -> None:
     st = board.stats()
-    assert st["kernels"] == 2
+    # Two on the simulated board (BOARD_ARGS); an attached one has what it has.
+    assert board.iops == st["kernels"] == (2 if hw.kind == "sim" else st["kernels"])
     assert st["i2o.inits"] >= 1
 
 
 def test_http_pages_to_curl_and_ab_accepted_on_both_cores(
-        sim: SimHandle, board: twinstack.Board) -> None:
+        hw: Board, board: twinstack.Board) -> None:
+    before = per_core(board.stats(), "ism.accepted", board.iops)
     with http.TwinHTTPServer(board, 80) as server:
         t = threading.Thread(target=server.serve_forever, daemon=True)
         t.start()
         for size in (0, 1, 1460, 100_000):
-            r = subprocess.run(["ip", "netns", "exec", sim.netns, "curl", "-sS", "--fail",
-                                "--max-time", "30", f"http://{sim.board_ip}/page/{size}"],
-                               capture_output=True, timeout=40)
+            r = subprocess.run(hw.peer_cmd("curl", "-sS", "--fail", "--max-time",
+                                           scaled_arg(30),
+                                           f"http://{hw.board_ip}/page/{size}"),
+                               capture_output=True, timeout=scaled_time(40))
             assert r.returncode == 0, r.stderr
             assert r.stdout == http.page_body(size), f"/page/{size}: body differs"
-        ab = sim.ns_run("ab", "-n", "200", "-c", "8", "-s", "30",
-                        f"http://{sim.board_ip}/page/2000", timeout=120)
+        ab = hw.ns_run("ab", "-n", "200", "-c", "8", "-s", scaled_arg(30),
+                       f"http://{hw.board_ip}/page/2000", timeout=120)
         assert ab.returncode == 0, ab.stdout + ab.stderr
         assert re.search(r"Complete requests:\s+200\b", ab.stdout), ab.stdout
         assert re.search(r"Failed requests:\s+0\b", ab.stdout), ab.stdout
         assert re.search(r"Non-2xx responses", ab.stdout) is None, ab.stdout
         server.shutdown()
-        t.join(10)
-    accepted = per_core(board.stats(), "ism.accepted", board.iops)
+        t.join(scaled_time(10))
+    after = per_core(board.stats(), "ism.accepted", board.iops)
+    accepted = [a - b for a, b in zip(after, before, strict=True)]
     assert sum(accepted) >= 204 and all(a > 0 for a in accepted), accepted
 
 
 def test_asyncio_echo_server_serves_100_concurrent_clients(
-        sim: SimHandle, board: twinstack.Board) -> None:
+        hw: Board, board: twinstack.Board) -> None:
+    # 100 on the simulated board (BOARD_ARGS: the heap for them); an attached board: what
+    # it holds at once.
+    clients = concurrent_connections(hw, 100, read_stats=board.stats)
     started = threading.Event()
     stop: list[asyncio.AbstractEventLoop] = []
     served: list[int] = []
@@ -123,34 +158,34 @@ def test_asyncio_echo_server_serves_100_concurrent_clients(
 
     t = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     t.start()
-    assert started.wait(10)
+    assert started.wait(scaled_time(10))
     try:
-        res = run_peer_script(sim, PEER, "echo-clients", sim.board_ip, "7007", "100", "3000",
-                              timeout=120)
+        res = run_peer_script(hw, PEER, "--timeout", scaled_arg(60), "echo-clients",
+                              hw.board_ip, "7007", str(clients), "3000", timeout=120)
     finally:
         # A client is done when it has its echo; its handler may see the EOF a moment
         # later (measured once in CI: 99 of 100 recorded). Cancelling ends the handlers.
-        deadline = time.monotonic() + 10
-        while len(served) < 100 and time.monotonic() < deadline:
+        deadline = time.monotonic() + scaled_time(10)
+        while len(served) < clients and time.monotonic() < deadline:
             time.sleep(0.05)
         loop = stop[0]
         for task in asyncio.all_tasks(loop):
             loop.call_soon_threadsafe(task.cancel)
-        t.join(10)
-    assert res["ok"] == 100, res["failed"]
-    assert len(served) == 100 and all(n == 3000 for n in served)
+        t.join(scaled_time(10))
+    assert res["ok"] == clients, res["failed"]
+    assert len(served) == clients and all(n == 3000 for n in served)
 
 
 def test_connect_out_return_traffic_lands_on_the_opening_core(
-        sim: SimHandle, board: twinstack.Board) -> None:
+        hw: Board, board: twinstack.Board) -> None:
     before = board.stats()
-    server = PeerServer(sim, PEER, "serve-echo", "6000", "60")
+    server = PeerServer(hw, PEER, "serve-echo", "6000", scaled_arg(60))
     socks = []
     try:
         for _ in range(8):
             s = board.socket()
-            s.settimeout(10)
-            s.connect((sim.peer_ip, 6000))
+            s.settimeout(scaled_time(10))
+            s.connect((hw.peer_ip, 6000))
             socks.append(s)
         opened = [sum(1 for s in socks if s.iop == k) for k in range(board.iops)]
         assert all(n > 0 for n in opened), opened          # the OSM spreads connections
@@ -177,18 +212,19 @@ def test_connect_out_return_traffic_lands_on_the_opening_core(
 
 
 def test_slow_reader_gets_50mb_exact_while_board_heap_stays_flat(
-        sim: SimHandle, board: twinstack.Board) -> None:
-    total = 50 * 1000 * 1000
-    server = PeerServer(sim, PEER, "--timeout", "600", "serve-stream", "6001", str(total))
+        hw: Board, board: twinstack.Board) -> None:
+    total = scaled_bytes(50 * 1000 * 1000, minimum=1_000_000)
+    server = PeerServer(hw, PEER, "--timeout", scaled_arg(600), "serve-stream", "6001",
+                        str(total))
     heap: list[int] = []
     paused_samples: list[int] = []
     try:
         s = board.socket()
-        s.settimeout(30)
-        s.connect((sim.peer_ip, 6001))
+        s.settimeout(scaled_time(30))
+        s.connect((hw.peer_ip, 6001))
         got = 0
         digest_ok = True
-        pauses = {10_000_000, 25_000_000, 40_000_000}
+        pauses = {total // 5, total // 2, total * 4 // 5}     # 10, 25 and 40 MB of 50
         next_sample = time.monotonic()
         while got < total:
             data = s.recv(65536)
@@ -199,12 +235,12 @@ def test_slow_reader_gets_50mb_exact_while_board_heap_stays_flat(
             for p in sorted(pauses):
                 if got >= p:
                     pauses.discard(p)
-                    time.sleep(1.0)             # the application stops reading ...
+                    time.sleep(scaled_time(1.0))     # the application stops reading ...
                     paused_samples.append(board.stats()["heap_alloc"])
-                    time.sleep(1.0)             # ... for a while: the window closes
+                    time.sleep(scaled_time(1.0))     # ... for a while: the window closes
             if time.monotonic() >= next_sample:
                 heap.append(board.stats()["heap_alloc"])
-                next_sample = time.monotonic() + 2.0
+                next_sample = time.monotonic() + scaled_time(2.0)
         assert s.recv(10) == b""
         s.close()
         assert digest_ok, "the stream arrived with wrong bytes"
@@ -212,13 +248,13 @@ def test_slow_reader_gets_50mb_exact_while_board_heap_stays_flat(
         res = server.result(timeout=60)
     assert res["sent"] == total
     samples = heap + paused_samples
-    print(f"\nslow reader: 50 MB exact; board heap_alloc over {len(samples)} samples "
+    print(f"\nslow reader: {total / 1e6:g} MB exact; board heap_alloc over {len(samples)} samples "
           f"{min(samples)}..{max(samples)} (spread {max(samples) - min(samples)} bytes)")
     assert len(paused_samples) == 3
     assert max(samples) - min(samples) < 24 * 1024, samples
 
 
-def test_udp_request_response_both_ways(sim: SimHandle, board: twinstack.Board) -> None:
+def test_udp_request_response_both_ways(hw: Board, board: twinstack.Board) -> None:
     srv = board.socket(type=tsocket.SOCK_DGRAM)
     srv.bind(("0.0.0.0", 5353))
     srv.settimeout(0.2)
@@ -235,27 +271,27 @@ def test_udp_request_response_both_ways(sim: SimHandle, board: twinstack.Board) 
     t = threading.Thread(target=answer, daemon=True)
     t.start()
     try:
-        res = run_peer_script(sim, PEER, "udp-ask", sim.board_ip, "5353", "50", timeout=60)
+        res = run_peer_script(hw, PEER, "udp-ask", hw.board_ip, "5353", "50", timeout=60)
     finally:
         stop.set()
-        t.join(5)
+        t.join(scaled_time(5))
         srv.close()
     assert res["answered"] == 50 and res["wrong"] == 0, res
-    # And the host as the client, asking a UDP echo server in the namespace.
-    echo = PeerServer(sim, PEER, "serve-udp-echo", "6004", "30")
+    # And the host as the client, asking a UDP echo server on the peer.
+    echo = PeerServer(hw, PEER, "serve-udp-echo", "6004", scaled_arg(30))
     try:
         with board.socket(type=tsocket.SOCK_DGRAM) as c:
-            c.settimeout(2)
+            c.settimeout(scaled_time(2))
             answered = 0
             for i in range(20):
                 msg = f"question {i}".encode() * (i + 1)
                 for _ in range(5):
-                    c.sendto(msg, (sim.peer_ip, 6004))
+                    c.sendto(msg, (hw.peer_ip, 6004))
                     try:
                         data, addr = c.recvfrom(4096)
                     except TimeoutError:
                         continue
-                    assert data == msg and addr == (sim.peer_ip, 6004)
+                    assert data == msg and addr == (hw.peer_ip, 6004)
                     answered += 1
                     break
             assert answered == 20
@@ -263,19 +299,20 @@ def test_udp_request_response_both_ways(sim: SimHandle, board: twinstack.Board) 
         echo.stop()
 
 
+@pytest.mark.sim_only(SimOnly.RESET)
 def test_board_reset_resets_every_socket_and_the_osm_reconnects(
-        sim: SimHandle, board: twinstack.Board) -> None:
-    server = PeerServer(sim, PEER, "serve-echo", "6002", "60")
+        hw: SimHandle, board: twinstack.Board) -> None:
+    server = PeerServer(hw, PEER, "serve-echo", "6002", "60")
     try:
         socks = []
         for _ in range(3):
             s = board.socket()
             s.settimeout(10)
-            s.connect((sim.peer_ip, 6002))
+            s.connect((hw.peer_ip, 6002))
             socks.append(s)
-        launcher_pid = int((sim.runtime_dir / "pid").read_text())
+        launcher_pid = int((hw.runtime_dir / "pid").read_text())
         os.kill(launcher_pid, signal.SIGUSR1)              # the RESET button
-        assert sim.wait_for_line("rebooted", 60) is not None
+        assert hw.wait_for_line("rebooted", 60) is not None
         for s in socks:
             with pytest.raises(ConnectionResetError):
                 deadline = time.monotonic() + 10
@@ -285,7 +322,7 @@ def test_board_reset_resets_every_socket_and_the_osm_reconnects(
         board.reconnect()
         s = board.socket()
         s.settimeout(10)
-        s.connect((sim.peer_ip, 6002))
+        s.connect((hw.peer_ip, 6002))
         s.sendall(b"after reset")
         assert s.recv(100) == b"after reset"
         s.close()
@@ -293,12 +330,13 @@ def test_board_reset_resets_every_socket_and_the_osm_reconnects(
         server.stop()
 
 
-def test_lost_link_raises_connection_reset(sim: SimHandle, board: twinstack.Board) -> None:
-    server = PeerServer(sim, PEER, "serve-echo", "6003", "60")
+@pytest.mark.sim_only(SimOnly.STOP)
+def test_lost_link_raises_connection_reset(hw: SimHandle, board: twinstack.Board) -> None:
+    server = PeerServer(hw, PEER, "serve-echo", "6003", "60")
     try:
         s = board.socket()
         s.settimeout(10)
-        s.connect((sim.peer_ip, 6003))
+        s.connect((hw.peer_ip, 6003))
         got: list[BaseException] = []
 
         def blocked_recv() -> None:
@@ -310,7 +348,7 @@ def test_lost_link_raises_connection_reset(sim: SimHandle, board: twinstack.Boar
         t = threading.Thread(target=blocked_recv, daemon=True)
         t.start()
         time.sleep(0.5)
-        sim.stop()                                     # the board and its pty are gone
+        hw.stop()                                     # the board and its pty are gone
         t.join(15)
         assert got and isinstance(got[0], ConnectionResetError), got
         with pytest.raises(ConnectionResetError):
@@ -320,16 +358,16 @@ def test_lost_link_raises_connection_reset(sim: SimHandle, board: twinstack.Boar
 
 
 def test_garbage_and_cut_frames_on_the_link_resync_without_losing_a_message(
-        sim: SimHandle, board: twinstack.Board) -> None:
+        hw: Board, board: twinstack.Board) -> None:
     """Noise on the USB line between I2O frames: the board counts it and drops it at the
     next delimiter; every message before and after arrives, no MFA is lost."""
     from twinstack.proto import linkframe as lf
 
-    server = PeerServer(sim, PEER, "serve-echo", "6005", "60")
+    server = PeerServer(hw, PEER, "serve-echo", "6005", scaled_arg(60))
     try:
         s = board.socket()
-        s.settimeout(10)
-        s.connect((sim.peer_ip, 6005))
+        s.settimeout(scaled_time(10))
+        s.connect((hw.peer_ip, 6005))
         before = board.stats()
         transport = board._transport                   # the raw line, for the noise
         assert transport is not None
@@ -346,7 +384,7 @@ def test_garbage_and_cut_frames_on_the_link_resync_without_losing_a_message(
         noise = sum(after[k] - before[k] for k in ("link_bad_crc", "link_bad_cobs"))
         assert noise >= 20, {k: after[k] for k in after if k.startswith("link_")}
         # Every inbound MFA is back with the host once the board has caught up.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + scaled_time(5)
         while True:
             status = board.status()
             if all(n == status["inbound_depth"] for n in status["host_free_mfas"]) \

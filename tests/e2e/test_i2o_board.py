@@ -1,6 +1,7 @@
 """The board's side of the I2O host link, end to end, with a tiny raw host driver.
 
-A simulated board with two kernels; this test speaks raw link frames
+A simulated board with two kernels (or the attached board, conftest.py); this test speaks
+raw link frames
 (``twinstack.link.Link``) packed with ``twinstack.proto.i2o``: INIT, LISTEN on both IOPs,
 a client in the peer namespace connects and sends, the host echoes it back through SEND
 (with CONSUMED credit), the client half-closes, the host sees EV_FIN and CLOSEs. Not the
@@ -20,6 +21,8 @@ from twinstack.link import Link, LinkTimeout
 from twinstack.proto import i2o
 from twinstack.proto import linkframe as lf
 
+from .conftest import Board, require_netns_privileges, rp2040_budget, scaled_time
+
 pytestmark = pytest.mark.e2e
 
 BOARD_ARGS = ["--kernels", "2", "--heap", "2M", "--no-log-frames"]
@@ -27,8 +30,8 @@ PORT = 5555
 NBYTES = 20000
 CLIENT = r"""
 import json, socket, sys
-ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.create_connection((ip, port), timeout=20)
+ip, port, n, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.create_connection((ip, port), timeout=wait)
 data = bytes(i % 251 for i in range(n))
 s.sendall(data)
 got = b""
@@ -70,9 +73,9 @@ class RawHost:
     def init(self) -> tuple:
         self.link.send(lf.KIND_I2O_INIT, struct.pack(i2o.INIT_FMT, i2o.PROTOCOL_VERSION,
                                                     8, 1024, 0))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled_time(10)
         while time.monotonic() < deadline:
-            kind, body = self.link.recv(10)
+            kind, body = self.link.recv(scaled_time(10))
             if kind == lf.KIND_I2O_INIT_REPLY:
                 r = struct.unpack(i2o.INIT_REPLY_FMT, body)
                 self.free = {k: list(range(r[5])) for k in range(r[3])}
@@ -81,7 +84,7 @@ class RawHost:
         raise AssertionError("no INIT_REPLY")
 
     def post(self, iop: int, fn: int, payload: bytes, ictx: int = 0x1000) -> int:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled_time(10)
         while not self.free.get(iop):
             assert time.monotonic() < deadline, "no inbound MFA came back"
             self.pump()
@@ -96,7 +99,7 @@ class RawHost:
         return self.tctx
 
     def take(self, pred, timeout: float = 10.0) -> bytes:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled_time(timeout)
         while True:
             for i, (_, m) in enumerate(self.msgs):
                 if pred(m):
@@ -118,19 +121,30 @@ class RawHost:
                          and struct.unpack_from("<I", m, 12)[0] == 0)
 
 
-def test_listen_on_both_iops_echo_through_the_host_and_close(sim_board):
-    board = sim_board(args=BOARD_ARGS)
+def test_listen_on_both_iops_echo_through_the_host_and_close(board_under_test):
+    require_netns_privileges()
+    board: Board = board_under_test(args=BOARD_ARGS, services=False)
+    before = board.stats()
+    # Two on the simulated board (BOARD_ARGS); an attached one has what it has.
+    kernels = 2 if board.kind == "sim" else before["kernels"]
     with Link(board.usb_path) as link:
         host = RawHost(link)
         st, proto, _, iops, _, depth, fb, used, _ = host.init()
-        assert (st, proto, iops, depth, fb, used) == (0, 1, 2, 8, 1024, 8)   # node.py defaults
+        assert (st, proto, iops) == (0, 1, kernels)
+        if board.kind == "sim":     # the frames of the RP2040's budget
+            budget = rp2040_budget()
+            assert (depth, fb, used) == (budget["i2o_inbound_depth"],
+                                         budget["i2o_frame_bytes"],
+                                         budget["i2o_outbound_max"])
+        listeners = []
         for iop in range(iops):
             m = host.reply(host.post(iop, i2o.F_SOCK_LISTEN,
                                      struct.pack(i2o.LISTEN_FMT, PORT, 4, 4096), ictx=0x77))
             assert i2o.function(m, 0) == i2o.F_SOCK_LISTEN
+            listeners.append(struct.unpack_from(i2o.LISTEN_REPLY_FMT, m, i2o.REPLY_PAYLOAD)[0])
         client = subprocess.Popen(
-            ["ip", "netns", "exec", board.netns, sys.executable, "-c", CLIENT,
-             board.board_ip, str(PORT), str(NBYTES)],
+            board.peer_cmd(sys.executable, "-c", CLIENT, board.board_ip, str(PORT),
+                           str(NBYTES), str(scaled_time(20))),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ev = host.event(i2o.F_EV_ACCEPTED)
@@ -163,13 +177,19 @@ def test_listen_on_both_iops_echo_through_the_host_and_close(sim_board):
                     sent_tc = []
             assert got == NBYTES
             host.reply(host.post(iop, i2o.F_SOCK_CLOSE, struct.pack(i2o.HANDLE_FMT, h, 0)))
-            out, err = client.communicate(timeout=30)
+            out, err = client.communicate(timeout=scaled_time(30))
         finally:
             if client.poll() is None:
                 client.kill()
                 client.wait()
+        # The listeners go too: a shared board keeps nothing of this test.
+        for listener_iop, handle in enumerate(listeners):
+            host.reply(host.post(listener_iop, i2o.F_SOCK_CLOSE,
+                                 struct.pack(i2o.HANDLE_FMT, handle, 0)))
         result = json.loads(out.strip().splitlines()[-1])
         assert result == {"ok": True, "n": NBYTES, "eof": True}, err
-        stats = link.stats()
-        assert stats["i2o.posts"] > 20 and stats["ism.accepted"] == 1
-        assert stats["i2o.fail_bad_mfa"] == 0 and stats["errors"] == 0
+        stats = link.stats(timeout=scaled_time(2))
+        moved = {k: stats[k] - before[k] for k in ("i2o.posts", "ism.accepted",
+                                                  "i2o.fail_bad_mfa")}
+        assert moved["i2o.posts"] > 20 and moved["ism.accepted"] == 1, moved
+        assert moved["i2o.fail_bad_mfa"] == 0 and board.errors(stats) == 0, (moved, stats)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import SimOnly
+
 FIRMWARE_MAIN = Path(__file__).resolve().parents[2] / "firmware" / "main.py"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), pytest.mark.sim_only(SimOnly.LAUNCHER)]
 
 
 def _netns_list() -> set[str]:
@@ -175,3 +177,24 @@ def test_ping_from_peer_reaches_the_board(sim_board):
         line = board.wait_for_line("netkernel: rx ", timeout=2, start=start)
     output = board.stop()
     assert line is not None, f"no `netkernel: rx` line after pinging:\n{output}"
+
+
+# The RP2040's free heap after boot (bytes), measured on the emulated RP2040 (rp2040js,
+# MicroPython v1.28.0 RPI_PICO with boards/manifest.py frozen in; docs/memory.md), for the
+# configurations `twinstack sim` can start. The simulated board must leave the same within
+# 10 %, and where it cannot match, less (boards/sim.py's heap model).
+RP2040_HEAP_FREE_AT_BOOT = {
+    ("--kernels", "2", "--no-services"): 45_216,     # the default configuration
+    ("--kernels", "2", "--services"): 41_600,
+    ("--kernels", "1", "--services"): 115_728,
+    ("--kernels", "1", "--no-services"): 117_600,
+}
+
+
+@pytest.mark.parametrize("args", list(RP2040_HEAP_FREE_AT_BOOT), ids=" ".join)
+def test_free_heap_after_boot_is_the_rp2040s(sim_board, args):
+    board = sim_board(args=[*args, "--no-log-frames"])
+    free = board.stats()["heap_free"]
+    port = RP2040_HEAP_FREE_AT_BOOT[args]
+    print(f"\n{' '.join(args)}: {free} bytes free, the RP2040 {port} ({free / port:.1%})")
+    assert 0.90 * port <= free <= port

@@ -21,7 +21,6 @@ def test_heap_limit_covers_the_emulated_hardware_and_no_more():
     wire = PacketWire("lo", tx_fifo_bytes=sim.TX_FIFO_BYTES, tx_wake=WakePipe(-1, -1))
     chip = W5500Emulator(wire)
     hardware_bytes = _allocated() - before
-    assert sim.HEAP_BYTES == sim.FIRMWARE_HEAP_BYTES * 3 // 2 + sim.EMULATOR_HEAP_BYTES
     reserve = sim.EMULATOR_HEAP_BYTES
     print("emulated hardware uses", hardware_bytes, "bytes; reserve", reserve)
     assert hardware_bytes <= reserve
@@ -36,12 +35,10 @@ def test_firmware_after_start_fits_the_rp2040_heap_with_room_to_spare():
     used = _allocated() - before
     print("node after start:", used, "bytes")
     # The emulator is inside `used` here. The firmware's code is not (imported before
-    # `before`; frozen into flash on a real board). Its data, with the I2O frame pools and
-    # the rings of the connections preallocated at boot (4 per kernel), must leave at least
-    # half of the board's budget (the RP2040 heap, x 3/2 for the 64-bit port) for sockets
-    # and connections beyond those.
-    firmware = used - sim.EMULATOR_HEAP_BYTES
-    assert firmware < sim.FIRMWARE_HEAP_BYTES * 3 // 2 // 2, firmware
+    # `before`; `twinstack sim` adds it to the heap, as it is in flash on a real board).
+    # This board's one kernel (boardfake) must leave at least the 40 KB the RP2040's default
+    # configuration keeps (its calibrated figures: tests/e2e/test_sim_lifecycle.py).
+    assert sim.HEAP_BYTES - used >= 40 * 1024, used
     node.stop()
 
 

@@ -92,6 +92,18 @@ def test_a_pool_that_runs_out_refuses_what_it_cannot_hold():
     assert pool.nfree == 2 and b.write(data, 0, CHUNK) == CHUNK
 
 
+def test_parking_leaves_the_reserve_to_in_order_data():
+    a, pool = ring(8 * CHUNK, 6)
+    b = ChunkRing(pool, 8 * CHUNK)
+    data = bytes(8 * CHUNK)
+    assert a.write_at(CHUNK, data, 0, 2 * CHUNK, 4)     # 2 chunks, 4 left
+    assert not b.write_at(CHUNK, data, 0, 10, 4)        # a 3rd would cut into the reserve
+    assert not b.write_at(CHUNK, data, 0, 10, 8)        # a reserve over what is free
+    assert pool.nfree == 4 and pool.short == 2
+    assert b.write(data, 0, 4 * CHUNK) == 4 * CHUNK     # in-order data may use all of it
+    assert pool.nfree == 0
+
+
 def test_ring_against_a_model_with_parking_wraps_and_a_small_pool():
     # Random in-order and parked writes, reads, discards over a pool two rings share:
     # every byte read is the byte written at that stream offset.

@@ -321,7 +321,8 @@ def test_render_sim_config(root):
         "NETIF": "w5500", "USB_FD": 7, "WAKE_FDS": (8, 9), "PHY_WAKE_FDS": (10, 11),
         "IP": "10.77.0.2", "PREFIX": 24, "PEER": "10.77.0.1",
         "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 2, "SERVICES": True,
-        "LOG_FRAMES": True, "HEAP": 294912, "NAME": "ts0", "STACK": {}, "CORE_SPEED": 100,
+        "LOG_FRAMES": True, "HEAP": 294912, "HEAP_HELD_BACK": 0,
+        "NAME": "ts0", "STACK": {}, "CORE_SPEED": 100,
     }
     assert 'NETIF = "w5500"\n' in text and "USB_FD = 7\n" in text and "SERVICES = True\n" in text
 

@@ -66,8 +66,8 @@ DEFAULT_PEER_IP = "10.77.0.1"
 DEFAULT_HEAP = 294912  # used when boards/sim.py has no HEAP_BYTES
 MIN_HEAP = 16 * 1024
 SUPPORTED_KERNELS = (1, 2, 4)  # real rp2 boards run 2; the simulated board also 1 or 4
-# Two kernels, as on the real rp2 boards: they boot in the RP2040-sized heap with ~138 KB
-# free (room for the I2O pools and a dozen connections).
+# Two kernels, as on the real rp2 boards: they boot in the RP2040-sized heap with ~43 KB
+# free, as the RP2040 does (boards/sim.py).
 DEFAULT_KERNELS = 2
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -135,8 +135,9 @@ def _int_expr(node: ast.expr) -> int | None:
     return None
 
 
-def read_board_heap(path: Path) -> int | None:
-    """``HEAP_BYTES`` from a board file (read with ``ast``, never imported), or None."""
+def read_board_int(path: Path, name: str) -> int | None:
+    """The integer constant ``name`` of a board file (read with ``ast``, never imported), or
+    None."""
     try:
         tree = ast.parse(path.read_text(), filename=str(path))
     except (OSError, SyntaxError, ValueError):
@@ -149,19 +150,29 @@ def read_board_heap(path: Path) -> int | None:
             names = [node.target.id] if isinstance(node.target, ast.Name) else []
         else:
             continue
-        if "HEAP_BYTES" in names:
+        if name in names:
             found = _int_expr(node.value)
             if found is None:
-                log.warning("%s: HEAP_BYTES is not a plain integer; ignored", path)
+                log.warning("%s: %s is not a plain integer; ignored", path, name)
             else:
                 value = found
     return value
 
 
-def default_heap(root: Path) -> int:
-    """The simulated board's heap: ``HEAP_BYTES`` of ``boards/sim.py``, else 294912."""
-    heap = read_board_heap(root / "boards" / "sim.py")
-    return DEFAULT_HEAP if heap is None else heap
+def read_board_heap(path: Path) -> int | None:
+    """``HEAP_BYTES`` from a board file, or None."""
+    return read_board_int(path, "HEAP_BYTES")
+
+
+def default_heap(root: Path, kernels: int = 1) -> int:
+    """The simulated board's heap for ``kernels`` net kernels, before its code is added:
+    ``HEAP_BYTES`` of ``boards/sim.py`` (else 294912), and ``KERNEL_HEAP_BYTES`` for each
+    kernel after the first (what the 64-bit port's kernel costs beyond an RP2040's)."""
+    board = root / "boards" / "sim.py"
+    heap = read_board_heap(board)
+    if heap is None:
+        return DEFAULT_HEAP
+    return heap + (kernels - 1) * (read_board_int(board, "KERNEL_HEAP_BYTES") or 0)
 
 
 def mac_from_ip(ip: IPv4Address | str) -> str:
@@ -242,6 +253,9 @@ class SimConfig:
     # True: ``heap`` is the board's budget (boards/sim.py HEAP_BYTES) and the firmware's
     # compiled code is added to it when the board starts (see :func:`frozen_code_bytes`).
     heap_is_budget: bool = False
+    # Heap the board is given for loading its code and holds back once it is up
+    # (boards/sim.py BOOT_HEAP_BYTES; 0 with an explicit --heap).
+    heap_held_back: int = 0
 
     def __post_init__(self) -> None:
         if not self.mac:
@@ -386,7 +400,7 @@ def make_config(
     if pip == bip.ip:
         raise ValueError(f"--peer-ip {peer_ip}: the peer needs an address other than the board's")
     root_path = find_project_root(root)
-    heap_bytes = default_heap(root_path) if heap is None else parse_size(heap)
+    heap_bytes = default_heap(root_path, kernels) if heap is None else parse_size(heap)
     if heap_bytes < MIN_HEAP:
         raise ValueError(f"--heap {heap}: {heap_bytes} bytes is too small (at least {MIN_HEAP})")
     mac_text = normalize_mac(mac) if mac else mac_from_ip(bip.ip)
@@ -442,6 +456,7 @@ def render_sim_config(cfg: SimConfig, usb_fd: int,
         ("SERVICES", cfg.services),
         ("LOG_FRAMES", cfg.log_frames),
         ("HEAP", cfg.heap),
+        ("HEAP_HELD_BACK", cfg.heap_held_back),
         ("NAME", cfg.name),
         ("STACK", cfg.stack or {}),
         ("CORE_SPEED", cfg.core_speed),
@@ -677,10 +692,13 @@ class SimBoard:
         compiled = precompile(cfg.root, rd / "lib")
         if compiled and cfg.heap_is_budget:
             code = frozen_code_bytes(find_micropython(cfg.root), rd / "lib")
-            cfg.heap += code
+            room = read_board_int(cfg.root / "boards" / "sim.py", "BOOT_HEAP_BYTES") or 0
+            cfg.heap += code + room
+            cfg.heap_held_back = room
             cfg.heap_is_budget = False      # added once (a RESET restarts with the same)
             log.info("heap %d bytes: the board's budget + %d bytes of firmware code "
-                     "(frozen into flash on a real board)", cfg.heap, code)
+                     "(frozen into flash on a real board) + %d bytes to load it in, held "
+                     "back once the board is up", cfg.heap, code, room)
         (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master, self._wake,
                                                                 self._phy_wake))
         if compiled and cfg.entry is None:
