@@ -34,13 +34,9 @@ from .conftest import (
 pytestmark = pytest.mark.e2e
 
 # The board: as a deployed one is configured (firmware/config.py: two kernels, services off,
-# which the tests switch on and off again, no frame log), with the heap the simulated boards
-# of test_multicore and test_host_sockets have. In the default RP2040-sized heap the
-# firmware still fails some of the suite's loads (seven or more connections on one kernel
-# stall; docs/hardware-in-the-loop.md), which this test is not about: with ``BOARD_ARGS =
-# ["--no-services", "--no-log-frames"]`` it runs the suite on that board.
-BOARD_ARGS = ["--heap", "2M", "--stack", "tcp_max_connections=48", "--no-services",
-              "--no-log-frames"]
+# which the tests switch on and off again, no frame log), in the simulated board's
+# RP2040-sized heap.
+BOARD_ARGS = ["--no-services", "--no-log-frames"]
 SUITE_TIMEOUT_S = 480      # the inner run; about 2.5 min on a 2-core machine
 MIN_PASSED = 25            # of 27 tests that do not need the simulator (2 may meet no bbr)
 
