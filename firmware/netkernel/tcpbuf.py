@@ -190,22 +190,25 @@ class ChunkRing:
             doff += k
             n -= k
 
-    def read_into(self, dst, doff, n):
-        """Move up to n bytes from the head into dst[doff:]; returns how many."""
+    def read_into(self, dst, doff, n, parked=False):
+        """Move up to n bytes from the head into dst[doff:]; returns how many. ``parked``:
+        out-of-order data may be parked in the free space (see discard)."""
         if n > self.used:
             n = self.used
         if n > 0:
             self.peek_into(dst, doff, 0, n)
-            self.discard(n)
+            self.discard(n, parked)
         return n
 
-    def discard(self, n):
+    def discard(self, n, parked=False):
         """Drop n bytes from the head (acknowledged TX data, or data the reader consumed),
         giving back every chunk left behind.
 
         The head does not jump back to 0 when the ring empties, and the chunk under it stays:
         out-of-order data parked in the free space is addressed from head + used (the owner
-        calls drop_unused() when it knows none is parked).
+        calls drop_unused() when it knows none is parked). With ``parked``, the chunk under
+        the old head stays too: the free space runs round to just behind the head, into
+        that chunk, and parked data may be there.
         """
         if n > self.used:
             n = self.used
@@ -220,6 +223,8 @@ class ChunkRing:
         left = self.used - n
         new_head = end - size if end >= size else end
         s = head >> _SHIFT
+        if parked and head & _MASK:
+            s += 1
         last = end >> _SHIFT      # the chunk under the new head may hold what follows
         while s < last:
             j = s if s < slots else s - slots

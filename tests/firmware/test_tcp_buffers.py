@@ -41,6 +41,23 @@ def test_ring_keeps_parked_data_when_the_reader_empties_it():
     assert r.read_into(out, 0, 8) == 4 and out[:4] == b"deXY"
 
 
+def test_parked_data_just_behind_the_head_survives_a_read():
+    # Two chunks (positions 0..1023), the head at 612: the free space runs round to just
+    # behind the head, into the head's own chunk, where out-of-order data may be parked.
+    r, pool = ring(2 * CHUNK, 4)
+    out = bytearray(2 * CHUNK)
+    r.write(bytes(612), 0, 612)
+    r.read_into(out, 0, 612)
+    r.write(b"a" * 500, 0, 500)                    # 612..1023 and 0..87
+    assert r.write_at(424, b"PARKED", 0, 6)        # at 512..517: behind the head, chunk 1
+    assert r.read_into(out, 0, 500, True) == 500   # the head moves on to 88, in chunk 0
+    for _ in range(pool.nfree):                    # every free chunk is reused, scribbled
+        c = pool.take()
+        pool.mem[c * CHUNK:(c + 1) * CHUNK] = b"\xee" * CHUNK
+    r.peek_into(out, 0, 424, 6)
+    assert bytes(out[:6]) == b"PARKED", bytes(out[:6])
+
+
 def test_ring_peek_and_discard_keep_the_retransmit_queue():
     r, pool = ring(CHUNK, 2)
     data = bytes(i % 251 for i in range(CHUNK))
