@@ -1,7 +1,7 @@
 # The simulated board: the firmware's W5500 is a register-level emulator whose PHY is a veth
 # (AF_PACKET), its USB CDC a pty, its timer a thread. This file is the only place the firmware
 # learns it is simulated. `twinstack sim` writes sim_config.py and starts MicroPython with
-# `-X heapsize=HEAP_BYTES`.
+# the heap made up below.
 import _thread
 import gc
 import os
@@ -21,19 +21,19 @@ from simhw.wire import PacketWire
 NAME = "sim"
 ARCH = None          # runs on the host's MicroPython unix port; nothing to cross-compile
 CORES = 2
-# The heap limit makes the simulated board leave the free heap the RP2040 leaves after boot
-# with the same configuration (RPI_PICO, MicroPython v1.28.0, the firmware frozen in; emulated
-# RP2040, docs/memory.md), a little less rather than more: tests/e2e/test_sim_lifecycle.py
-# holds the calibration points. The unix port is 64-bit, so the firmware's objects take more
-# of it; the heap also holds the emulated hardware (packet memory, registers, the PHY's
-# FIFO: EMULATOR_HEAP_BYTES) and, since the unix port cannot freeze, the firmware's loaded
-# code, which `twinstack sim` measures and adds when it starts. Core 1's 8 KB stack, in the
-# RP2040's heap, is in these figures; the unix port's thread stacks are not in its heap.
-# HEAP_BYTES is for one kernel; each further kernel's structures cost the 64-bit port
-# KERNEL_HEAP_BYTES more than they cost the RP2040.
-# Loading that code takes the unix port more heap on the way than it keeps (an RP2040 reads
-# it from flash): the board gets BOOT_HEAP_BYTES more and holds as much back once the code
-# is in (Hardware), so the node's pools are made in the heap the RP2040 has for them.
+# The heap: the simulated board leaves the free heap the RP2040 leaves after boot with the
+# same configuration (RPI_PICO, MicroPython v1.28.0, the firmware frozen in; emulated RP2040,
+# docs/memory.md), a little less rather than more; tests/e2e/test_sim_lifecycle.py holds the
+# calibration points. `twinstack sim` gives MicroPython
+#   HEAP_BYTES + KERNEL_HEAP_BYTES x (kernels - 1) + the loaded code + BOOT_HEAP_BYTES.
+# HEAP_BYTES is the one-kernel board: the firmware's data, which takes more of a 64-bit port
+# than of the RP2040, and the emulated hardware (packet memory, registers, the PHY's FIFO:
+# EMULATOR_HEAP_BYTES of it). Core 1's 8 KB stack, in the RP2040's heap, is in these figures;
+# the unix port's thread stacks are not in its heap. Each further kernel costs the 64-bit
+# port KERNEL_HEAP_BYTES more than it costs the RP2040. The code is in flash on the RP2040
+# and cannot be frozen here: `twinstack sim` measures what it takes and adds it. Loading it
+# takes more on the way than it keeps: BOOT_HEAP_BYTES, held back once the code is in
+# (Hardware), so the node's pools are made in the heap the RP2040 has for them.
 EMULATOR_HEAP_BYTES = const(53248)
 BOOT_HEAP_BYTES = const(65536)
 _HELD_BACK_PIECE = const(16)          # bytes of a held-back piece...
@@ -530,6 +530,11 @@ def open_hardware():
 
 def load_config():
     cfg = dict(BUDGET)
+    # --stack NAME=VALUE: a memory budget entry (boards/rp2040.py) or a StackConfig setting.
+    stack = dict(getattr(sim_config, "STACK", {}))
+    for name in BUDGET:
+        if name in stack:
+            cfg[name] = stack.pop(name)
     cfg.update({
         "ip": sim_config.IP,
         "prefix": sim_config.PREFIX,
@@ -538,7 +543,7 @@ def load_config():
         "kernels": sim_config.KERNELS,
         "services": sim_config.SERVICES,
         "log_frames": sim_config.LOG_FRAMES,
-        "stack": getattr(sim_config, "STACK", {}),   # --stack NAME=VALUE overrides
+        "stack": stack,
         # Kernels 1..N-1 are threads of the unix port, whose C stacks are not in the heap
         # (core 1's is, on rp2) and need more room.
         "thread_stack": THREAD_STACK_BYTES,
@@ -549,6 +554,4 @@ def load_config():
         # TWINSTACK_DISPATCH_HELP=off leaves all of it to core 0, for measurements.
         "dispatch_help": os.getenv("TWINSTACK_DISPATCH_HELP", "on") != "off",
     })
-    # Budget entries sim_config sets (the launcher's --budget NAME=VALUE).
-    cfg.update(getattr(sim_config, "BUDGET", {}))
     return cfg

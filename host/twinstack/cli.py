@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a real rp2 board runs 2) (default: %(default)s)")
     p.add_argument("--stack", metavar="NAME=VALUE", action="append", default=[],
                    help="override a stack setting of the board (StackConfig in "
-                   "firmware/netkernel/stack.py), e.g. --stack tcp_max_connections=64; "
-                   "repeatable")
+                   "firmware/netkernel/stack.py) or an entry of its memory budget "
+                   "(boards/rp2040.py), e.g. --stack tcp_max_connections=64 --stack "
+                   "ring_capacity=8; repeatable")
     p.add_argument("--core-speed", metavar="PCT", type=int, default=100,
                    help="run each of the board's cores at PCT percent of a host core: "
                    "a core sleeps after each turn as long as the turn would have taken "
