@@ -105,7 +105,8 @@ def test_bring_up_reports_both_iops(hw: Board, board: twinstack.Board) -> None:
 def test_http_pages_to_curl_and_ab_accepted_on_both_cores(
         hw: Board, board: twinstack.Board) -> None:
     before = per_core(board.stats(), "ism.accepted", board.iops)
-    with http.TwinHTTPServer(board, 80) as server:
+    # A slow board sends a page slower than the server's own time limit for a request.
+    with http.TwinHTTPServer(board, 80, request_timeout=scaled_time(30.0)) as server:
         t = threading.Thread(target=server.serve_forever, daemon=True)
         t.start()
         for size in (0, 1, 1460, 100_000):

@@ -94,9 +94,9 @@ class TwinHTTPServer:
                     break
                 raise e
             t = threading.Thread(target=self._serve_one, args=(conn, addr), daemon=True)
-            with self._lock:
+            with self._lock:            # shutdown() joins only threads that have started
                 self._threads.add(t)
-            t.start()
+                t.start()
 
     def _serve_one(self, conn: twinstack.socket.Socket, addr: tuple[str, int]) -> None:
         try:
