@@ -478,9 +478,9 @@ class Cores:
     # -- reports ---------------------------------------------------------------------------
 
     def flow_lines(self):
-        """One text line per flow of the dispatcher's table, with per-kernel frame counts:
-        n=<flow> key=<src>:<sport>><dst>:<dport>/<proto> owner= pkts= bytes= k0= k1= ..."""
-        lines = []
+        """One text line per flow of the dispatcher's table, with per-kernel frame counts,
+        one at a time: n=<flow> key=<src>:<sport>><dst>:<dport>/<proto> owner= pkts= bytes=
+        k0= k1= ..."""
         keys = self.disp.flows_table.keys
         for f in self.disp.flows():
             num, owner, pkts, nbytes = f[0], f[2], f[3], f[4]
@@ -491,6 +491,5 @@ class Cores:
                 k[4], k[5], k[6], k[7], (k[10] << 8) | k[11], k[12])
             per = " ".join("k%d=%d" % (c, self.kernels[c].flow_frames[num])
                            for c in range(self.ncores))
-            lines.append("n=%d key=%s owner=%d pkts=%d bytes=%d %s"
-                         % (num, key, owner, pkts, nbytes, per))
-        return lines
+            yield "n=%d key=%s owner=%d pkts=%d bytes=%d %s" % (num, key, owner, pkts,
+                                                                 nbytes, per)

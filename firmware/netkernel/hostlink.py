@@ -9,6 +9,7 @@ import struct
 from micropython import const
 
 from netkernel.proto import linkframe as lf
+from netkernel.wire import copy
 
 _RX_CHUNK = const(512)
 _WRITE_TRIES = const(64)   # a host that does not read must never stall the board
@@ -18,8 +19,8 @@ _TEXT_PAGES_PER_TURN = const(4)
 class HostLink:
     def __init__(self, stream, node):
         """``stream``: non-blocking readinto/write. ``node`` answers the diagnostics:
-        wire_tx(buf, n), stats_text(), flows_text(), configure(text) -> (status, text),
-        start_tcp_test(ip, port, nbytes, on_done)."""
+        wire_tx(buf, n), stats_text() (parts), flows_text() (lines),
+        configure(text) -> (status, text), start_tcp_test(ip, port, nbytes, on_done)."""
         self._stream = stream
         self._node = node
         self._rx = bytearray(_RX_CHUNK)
@@ -43,6 +44,7 @@ class HostLink:
         self._text = None         # its parts still to come,
         self._part = b""          # the part being paged
         self._part_i = 0          # and how much of it (len + 1: its separator too) is out
+        self._sep = 0x20          # what follows each part: a space, or a newline (lines)
         self.replies_cut = 0      # text replies replaced by a newer request before the end
 
     def poll(self):
@@ -82,7 +84,7 @@ class HostLink:
         elif kind == lf.KIND_STATS_REQUEST:
             self.send_text(lf.KIND_STATS_REPLY, self._node.stats_text())
         elif kind == lf.KIND_FLOWS_REQUEST:
-            self.send_text(lf.KIND_FLOWS_REPLY, self._node.flows_text())
+            self.send_text(lf.KIND_FLOWS_REPLY, self._node.flows_text(), 0x0A)
         elif kind == lf.KIND_CONFIG:
             try:
                 text = bytes(buf[1:n]).decode()
@@ -117,9 +119,9 @@ class HostLink:
         struct.pack_into(">BIII", r, 1, status, sent, verified, ms)
         self.send(r, 14)
 
-    def send_text(self, kind, parts):
-        """Send text (a str, or parts joined by spaces, e.g. a generator) as frames of kind +
-        more-flag + a piece. The pages go out over the next turns as the host takes them
+    def send_text(self, kind, parts, sep=0x20):
+        """Send text (a str, or parts joined by ``sep``, a space or a newline, e.g. from a
+        generator) as frames of kind + more-flag + a piece. The pages go out over the next turns as the host takes them
         (pump_text()), so a long report never stalls core 0 and no page of it is dropped;
         parts are packed as they come, so the report never needs one big string (on a
         board whose heap is nearly full that allocation is what fails). A new text reply
@@ -128,6 +130,7 @@ class HostLink:
         if self._text is not None:
             self.replies_cut += 1
         self._text = iter((parts,) if isinstance(parts, str) else parts)
+        self._sep = sep
         self._page[0] = kind
         self._part = b""
         self._part_i = 1          # past the end: the next part is fetched first
@@ -167,12 +170,12 @@ class HostLink:
             if n == cap:
                 break                         # full, and more follows
             if i == len(data):
-                r[n] = 0x20                   # the separator after each part
+                r[n] = self._sep              # the separator after each part
                 n += 1
                 i += 1
             else:
                 k = min(len(data) - i, cap - n)
-                r[n:n + k] = data[i:i + k]
+                copy(r, n, data, i, k)        # a slice would allocate up to a page
                 n += k
                 i += k
             self._part_i = i

@@ -86,6 +86,7 @@ class NetKernel:
         # todo_seq[0]; the kernel alone writes todo_seq[1] once it has run it.
         self.todo = Mailbox()     # work core 0 hands this kernel (settings from the host)
         self.todo_errors = 0
+        self.todo_error = None    # what the last one that failed raised (core 0 reports it)
         if ncores > 1:
             iface.handoff = self._handoff
             self.stack.tcp.port_ok = self._port_ok
@@ -155,7 +156,7 @@ class NetKernel:
             fn(self)
         except Exception as e:      # a bad setting must not stop the core
             self.todo_errors += 1
-            self.last_error = e
+            self.todo_error = e
         self.todo.done()
 
     # -- inter-core handoff of reassembled datagrams --------------------------------------
@@ -243,6 +244,7 @@ class NetKernel:
         yield "turns", self.turns
         yield "tcp_conns", self.stack.tcp.connection_count()
         yield "kernel_errors", self.errors
+        yield "setting_errors", self.todo_errors
         yield "handoffs_out", self.handoffs_out
         yield "handoffs_in", self.handoffs_in
         yield "handoff_busy", self.handoff_busy

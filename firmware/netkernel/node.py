@@ -82,14 +82,24 @@ def parse_ipv4(text):
 def _services_on(kernel):
     stack = kernel.stack
     if stack.services is None:
-        stack.services = Services(stack)
+        parked = stack.services_parked
+        if parked is None:
+            stack.services = Services(stack)
+        else:
+            parked.open()
+            stack.services = parked
+            stack.services_parked = None
 
 
 def _services_off(kernel):
+    # Kept for the next "on": tests switch the services on and off around each test, and
+    # a new object and buffer each time left an RP2040's heap in pieces over a session.
     stack = kernel.stack
-    if stack.services is not None:
-        stack.services.close()
+    svc = stack.services
+    if svc is not None:
+        svc.close()
         stack.services = None
+        stack.services_parked = svc
 
 
 def _log(msg):
@@ -372,8 +382,9 @@ class Node:
                 yield "hw.%s=%d" % kv
 
     def flows_text(self):
-        """The dispatcher's flow table, one flow per line (KIND_FLOWS_REPLY)."""
-        return "\n".join(self.cores.flow_lines())
+        """The dispatcher's flow table, one line per flow, line by line (KIND_FLOWS_REPLY):
+        the table as one string needs a block of several KB that a busy heap may not have."""
+        return self.cores.flow_lines()
 
     def configure(self, text):
         """Apply host settings (KIND_CONFIG): (0, text) or (errno, reason); never raises."""
@@ -434,23 +445,39 @@ class Node:
         elif name == "services":
             if value not in ("on", "off"):
                 raise ValueError("services=on|off")
-            self._on_every_core(_services_on if value == "on" else _services_off)
+            if value == "off":
+                self._on_every_core(_services_off)
+                return
+            try:
+                self._on_every_core(_services_on)
+            except Exception:
+                # On every kernel or on none (the kernels that started them stop again).
+                self._on_every_core(_services_off)
+                raise
         else:
             raise ValueError("unknown setting " + name)
 
     def _on_every_core(self, fn):
         """Run fn(kernel) on every kernel's own core (kernel 0 now, the others at their next
-        turn): a stack is only ever touched by its own core."""
+        turn) and wait until they have: a stack is only ever touched by its own core. Raises
+        what fn raised on a kernel, so the host hears of it."""
         for k in self.kernels:
             # The previous setting first (a kernel turn is short; settings are rare).
-            deadline = time.ticks_add(time.ticks_ms(), _SETTING_WAIT_MS)
-            while k.todo_pending():
-                if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
-                    raise ValueError("busy: kernel %d has not applied the previous setting"
-                                     % k.core)
-                time.sleep_ms(1)
+            self._wait_applied(k, "the previous setting")
+        failed = [k.todo_errors for k in self.kernels]
         for k in self.kernels:
             k.run_on_core(fn)
+        for i, k in enumerate(self.kernels):
+            self._wait_applied(k, "it yet (it will at its next turn)")
+            if k.todo_errors != failed[i]:
+                raise ValueError("kernel %d: %r" % (k.core, k.todo_error))
+
+    def _wait_applied(self, kernel, what):
+        deadline = time.ticks_add(time.ticks_ms(), _SETTING_WAIT_MS)
+        while kernel.todo_pending():
+            if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+                raise ValueError("busy: kernel %d has not applied %s" % (kernel.core, what))
+            time.sleep_ms(1)
 
     def _set_address(self, ip, prefix, gateway):
         if not 0 <= prefix <= 32:

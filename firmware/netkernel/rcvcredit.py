@@ -9,9 +9,14 @@
 # order they asked: otherwise the busiest connection would take back at once what its own
 # segment just returned while the others sit at a zero window.
 #
-# Window already promised to a connection that has gone quiet cannot be reclaimed, so a
-# waiter that has waited _WAIT_MS is served anyway (counted as an overcommit): a loss is
-# then possible, a stall is not.
+# Window already promised to a connection that has gone quiet cannot be reclaimed, so when
+# no credit has come back for _WAIT_MS while connections wait, the first of them that has
+# waited _WAIT_MS is served anyway (counted as an overcommit): a loss is then possible, a
+# stall is not. While credit does come back the queue moves at its pace: letting waiters in
+# on their waiting time alone overran the chip whenever many connections queued, and each
+# frame lost there costs its sender a retransmission timeout.
+from time import ticks_diff
+
 from micropython import const
 
 _WAIT_MS = const(50)
@@ -25,6 +30,7 @@ class RcvCredit:
         self._q = [None] * capacity    # FIFO of waiting sockets, preallocated
         self._head = 0
         self._count = 0
+        self.back_at = 0               # ticks: credit last came back, or the queue began
         self.waits = 0                 # connections that had to queue
         self.overcommits = 0           # served after _WAIT_MS without credit
 
@@ -51,14 +57,17 @@ class RcvCredit:
         self.free = free - g
         return g
 
-    def give(self, n):
+    def give(self, n, now):
         self.free += n
+        self.back_at = now
 
-    def queue(self, sock):
+    def queue(self, sock, now):
         """Wait for credit; False if the queue is full (the caller then takes it anyway)."""
         q = self._q
         if self._count >= len(q):
             return False
+        if not self._count:
+            self.back_at = now
         q[(self._head + self._count) % len(q)] = sock
         self._count += 1
         self.waits += 1
@@ -73,11 +82,11 @@ class RcvCredit:
         self._head = (self._head + 1) % len(q)
         self._count -= 1
 
-    def serve(self, need, want, waited_ms):
+    def serve(self, need, want, waited_ms, now):
         """Credit for the queue's head: what _grant gives, or ``need`` if it has waited
-        long enough; 0 if it must wait on."""
+        long enough and credit has stopped coming back; 0 if it must wait on."""
         g = self._grant(need, want)
-        if g == 0 and waited_ms >= _WAIT_MS:
+        if g == 0 and waited_ms >= _WAIT_MS and ticks_diff(now, self.back_at) >= _WAIT_MS:
             g = need
             self.free -= need
             self.overcommits += 1

@@ -22,15 +22,31 @@ _RESERVED_PORTS = const(1024)   # never echo to these: two echo services would p
 class Services:
     def __init__(self, stack):
         self._stack = stack
-        self._echo = stack.tcp.listen(_ECHO_PORT)
-        self._discard = stack.tcp.listen(_DISCARD_PORT)
-        stack.udp.bind(_ECHO_PORT, self._udp_echo)
         self._conns = []      # [socket, kind] pairs
         self._buf = bytearray(_CHUNK)
         self.tests = []       # running TcpTestClient objects
         self.echo_bytes = 0
         self.discard_bytes = 0
         self.udp_echoes = 0
+        self.open()
+
+    def open(self):
+        """Serve: the listeners and the UDP port, all or none (a half-open service would
+        keep its ports bound to an object nobody polls: connections accepted, never served,
+        the ports taken)."""
+        stack = self._stack
+        handler = self._udp_echo
+        self._echo = stack.tcp.listen(_ECHO_PORT)
+        try:
+            self._discard = stack.tcp.listen(_DISCARD_PORT)
+            try:
+                stack.udp.bind(_ECHO_PORT, handler)
+            except BaseException:
+                self._discard.close()
+                raise
+        except BaseException:
+            self._echo.close()
+            raise
 
     def close(self):
         """Stop serving: the listeners and the UDP port closed, connections reset."""
@@ -40,7 +56,7 @@ class Services:
         for sock, _ in self._conns:
             sock.abort()
             sock.release()
-        self._conns = []
+        self._conns.clear()       # kept, as the whole object is (open() serves again)
 
     def _udp_echo(self, buf, off, n, src, src_off, src_port, dst_port, now):
         if src_port < _RESERVED_PORTS:

@@ -54,6 +54,7 @@ class Stack:
         self.tcp = Tcp(self)
         self.udp = Udp(self)
         self.services = Services(self) if self.config.services else None
+        self.services_parked = None      # switched off at run time, kept for the next on
 
     def input(self, buf, n, now):
         """Run one received frame through every layer, to completion."""

@@ -855,7 +855,7 @@ class TcpSocket:
             self.rcv_allow = a - r
             credit = self.tcp.credit
             if credit is not None:
-                credit.give(r)
+                credit.give(r, self.tcp.now)
         if self.rx_fin_pending:
             self.rx_fin_off -= k
 
@@ -1371,7 +1371,7 @@ class TcpSocket:
             self.rcv_allow = 0
             credit = self.tcp.credit
             if credit is not None:
-                credit.give(a)
+                credit.give(a, self.tcp.now)
 
     def _rcv_need(self):
         """Under a receive budget, the least credit worth taking: up to the next whole
@@ -1421,7 +1421,7 @@ class TcpSocket:
 
     def _rcv_wait(self, credit, need, now):
         """Join the queue for ``need`` of credit (served first come, first served)."""
-        if credit.queue(self):
+        if credit.queue(self, now):
             self.rcv_queued = True
             self.rcv_wait_since = now
         else:                       # more waiters than connections: cannot happen
@@ -1848,7 +1848,10 @@ class Tcp:
         self.rcv_share = budget // receivers if budget > 0 and receivers > 0 else _MAX_WINDOW
         credit = self.credit
         if credit is not None:
-            credit.free = budget - allowed    # recounted: what went with a closed socket
+            free = budget - allowed           # recounted: what went with a closed socket
+            if free > credit.free:
+                credit.back_at = now
+            credit.free = free
             if credit.waiting():
                 self._serve_credit(now)
 
@@ -1873,7 +1876,7 @@ class Tcp:
                     c.ack_now = True
                     c._output(now)
                 continue
-            g = credit.serve(need, want, ticks_diff(now, c.rcv_wait_since))
+            g = credit.serve(need, want, ticks_diff(now, c.rcv_wait_since), now)
             if g == 0:
                 return
             credit.pop()

@@ -24,8 +24,9 @@ skipped with that reason, and it may use ``sim_board`` (no other test may, there
 Slow boards: ``--board-time-scale X`` multiplies the pytest-timeout limit of every test here
 and every timeout the helpers here take (``ns_run``, ``stats``, ``run_peer_script``,
 ``PeerServer``, ``Capture``, ``wait_until``): tests give those at simulated-board speed.
-Other timeouts (sockets, a peer script's ``--timeout``) go through :func:`scaled_time`; bulk
-data volumes through :func:`scaled_bytes` (``--board-data-scale``). Both scales default to 1.
+Other timeouts (sockets, a peer script's ``--timeout``) and the pace of light traffic (``ping
+-i``: light for this board) go through :func:`scaled_time`; bulk data volumes through
+:func:`scaled_bytes` (``--board-data-scale``). Both scales default to 1.
 
 An attached board is shared: a test closes what it opens, changes settings only through
 :meth:`Board.configure` (undone after the test), and judges counters by how much they moved

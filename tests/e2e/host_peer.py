@@ -46,29 +46,27 @@ def stream_bytes(offset: int, n: int) -> bytes:
     return bytes(out)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(65536, n - len(buf)))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
 def echo_clients(host: str, port: int, n: int, size: int, timeout: float) -> None:
     results: list[str] = ["pending"] * n
 
     def one(i: int) -> None:
         data = random.Random(i).randbytes(size)
+        stage = "connect"
+        got = bytearray()
         try:
             with socket.create_connection((host, port), timeout=timeout) as s:
                 s.settimeout(timeout)
+                stage = "send"
                 s.sendall(data)
-                got = _recv_exact(s, size)
+                stage = "receive"
+                while len(got) < size:
+                    chunk = s.recv(size - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
                 results[i] = "ok" if got == data else f"mismatch ({len(got)} bytes)"
         except OSError as e:
-            results[i] = f"error: {e}"
+            results[i] = f"error in {stage} ({len(got)} of {size} bytes back): {e}"
 
     start = time.monotonic()
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]

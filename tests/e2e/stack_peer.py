@@ -183,9 +183,10 @@ def tcp_echo(ip: str, port: int, nbytes: int, timeout: float, cc: str | None,
 # -- sequential connections -----------------------------------------------------------------
 
 
-def conns(ip: str, port: int, count: int, size: int, timeout: float,
-          seed: int) -> dict[str, object]:
-    """count x (connect, send size bytes, read them back, close), one after another."""
+def conns(ip: str, port: int, count: int, size: int, timeout: float, seed: int,
+          each_timeout: float) -> dict[str, object]:
+    """count x (connect, send size bytes, read them back, close), one after another, each
+    within ``each_timeout`` seconds, all within ``timeout``."""
     rng = random.Random(seed)
     failures: list[dict[str, object]] = []
     done = 0
@@ -197,7 +198,7 @@ def conns(ip: str, port: int, count: int, size: int, timeout: float,
             break
         data = rng.randbytes(size)
         try:
-            with socket.create_connection((ip, port), timeout=5) as s:
+            with socket.create_connection((ip, port), timeout=each_timeout) as s:
                 s.sendall(data)
                 got = b""
                 while len(got) < size:
@@ -433,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--count", type=int, default=100)
     c.add_argument("--size", type=int, default=100)
     c.add_argument("--timeout", type=float, default=60.0)
+    c.add_argument("--each-timeout", type=float, default=5.0)
     c.add_argument("--seed", type=int, default=1)
 
     e = sub.add_parser("echo-server")
@@ -468,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif a.cmd == "tcp-echo":
         emit(tcp_echo(a.ip, a.port, a.nbytes, a.timeout, a.cc, a.seed, a.bind))
     elif a.cmd == "conns":
-        emit(conns(a.ip, a.port, a.count, a.size, a.timeout, a.seed))
+        emit(conns(a.ip, a.port, a.count, a.size, a.timeout, a.seed, a.each_timeout))
     elif a.cmd == "echo-server":
         emit(echo_server(a.bind, a.port, a.limit))
     elif a.cmd == "send-frames":

@@ -321,7 +321,8 @@ def assert_board_healthy(board: Board) -> None:
                                          board.board_ip, timeout=5).returncode == 0,
                     10, step=0.5)
     assert ok, "the board does not answer ping any more"
-    ping = board.ns_run("ping", "-c", "5", "-i", "0.2", "-W", scaled_arg(2), board.board_ip,
+    ping = board.ns_run("ping", "-c", "5", "-i", scaled_arg(0.2),
+                        "-W", scaled_arg(2), board.board_ip,
                         timeout=15)
     assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
     udp = peer(board, "udp-echo", board.board_ip, "--sport", "45999", "--size", "3000",
@@ -370,7 +371,7 @@ def test_64_concurrent_connections_each_on_one_kernel_both_kernels_own_some(boar
 @pytest.mark.timeout(150)
 def test_fragmented_ping_and_udp_datagram_handed_to_the_owner_kernel(board):
     before = stats(board)
-    ping = board.ns_run("ping", "-c", "5", "-i", "0.2", "-s", "3000", "-M", "dont",
+    ping = board.ns_run("ping", "-c", "5", "-i", scaled_arg(0.2), "-s", "3000", "-M", "dont",
                         "-W", scaled_arg(3), board.board_ip, timeout=30).stdout
     log.info("%s", ping)
     assert "5 packets transmitted, 5 received, 0% packet loss" in ping, ping
@@ -424,7 +425,8 @@ def test_both_kernels_arp_caches_learn_the_neighbour(board):
     arping = board.ns_run("arping", "-c", "3", "-w", scaled_arg(5), "-I", board.peer_iface,
                           board.board_ip, timeout=15).stdout
     assert len(re.findall(r"reply from", arping)) == 3, arping
-    ping = board.ns_run("ping", "-c", "2", "-i", "0.2", "-W", scaled_arg(2), board.board_ip)
+    ping = board.ns_run("ping", "-c", "2", "-i", scaled_arg(0.2),
+                        "-W", scaled_arg(2), board.board_ip)
     assert ping.returncode == 0, ping.stdout
     seen: list[list[int]] = []
 
@@ -507,7 +509,7 @@ def test_random_early_discard_triggers_under_a_flood_and_the_board_survives(boar
     mac = board.mac()
     # Below the thresholds nothing is dropped: light traffic on both kernels first.
     quiet = stats(board)
-    light = board.ns_run("ping", "-c", "20", "-i", "0.05", "-W", scaled_arg(2),
+    light = board.ns_run("ping", "-c", "20", "-i", scaled_arg(0.05), "-W", scaled_arg(2),
                          board.board_ip, timeout=20)
     assert " 0% packet loss" in light.stdout, light.stdout
     for sport in (44000, 44001, 44002, 44003):

@@ -129,7 +129,8 @@ def stats(board: Board) -> dict[str, int]:
 
 def assert_board_healthy(board: Board) -> None:
     """The board answers ping and a TCP echo, and has counted no internal error."""
-    ping = board.ns_run("ping", "-c", "3", "-i", "0.2", "-W", scaled_arg(2), board.board_ip,
+    ping = board.ns_run("ping", "-c", "3", "-i", scaled_arg(0.2),
+                        "-W", scaled_arg(2), board.board_ip,
                         timeout=15)
     assert " 0% packet loss" in ping.stdout, ping.stdout + ping.stderr
     echo = peer(board, "tcp-echo", board.board_ip, "--nbytes", "20000",
@@ -145,7 +146,8 @@ def assert_board_healthy(board: Board) -> None:
 
 @pytest.mark.timeout(90)
 def test_ping_56_bytes_without_loss(board):
-    out = board.ns_run("ping", "-c", "20", "-i", "0.05", "-W", scaled_arg(2), board.board_ip,
+    out = board.ns_run("ping", "-c", "20", "-i", scaled_arg(0.05),
+                       "-W", scaled_arg(2), board.board_ip,
                        timeout=30).stdout
     log.info("%s", out)
     assert "20 packets transmitted, 20 received, 0% packet loss" in out, out
@@ -158,7 +160,7 @@ def test_ping_3000_bytes_is_fragmented_both_ways(board, tmp_path):
     # 3,008 bytes of ICMP = 3 fragments per direction on a 1500-byte MTU.
     cap = Capture(board, tmp_path / "frags.pcap",
                   f"src host {board.board_ip} and (ip[6:2] & 0x3fff) != 0", 9)
-    out = board.ns_run("ping", "-c", "3", "-i", "0.3", "-s", "3000", "-M", "dont",
+    out = board.ns_run("ping", "-c", "3", "-i", scaled_arg(0.3), "-s", "3000", "-M", "dont",
                        "-W", scaled_arg(3), board.board_ip, timeout=30).stdout
     log.info("%s", out)
     assert "3 packets transmitted, 3 received, 0% packet loss" in out, out
@@ -255,7 +257,7 @@ def test_100_sequential_connections_leave_no_state_behind(board):
     # A shared board may still hold connections of the tests before (in TIME-WAIT).
     before = stats(board)["tcp_conns"]
     result = peer(board, "conns", board.board_ip, "--count", "100", "--size", "100",
-                  "--timeout", scaled_arg(60), timeout=80)
+                  "--timeout", scaled_arg(60), "--each-timeout", scaled_arg(5), timeout=80)
     log.info("100 connections: %s", result)
     assert result["ok"], json.dumps(result)
     # Every connection ends in CLOSED once TIME-WAIT (2 s) has run out.
@@ -483,7 +485,8 @@ def counters_up(before: dict[str, int], after: dict[str, int]) -> dict[str, int]
 def test_malformed_frames_are_counted_dropped_and_survived(board):
     cases = malformed_frames(board)
     # ARP resolved both ways first, so only the frames under test move counters.
-    ping = board.ns_run("ping", "-c", "2", "-i", "0.2", "-W", scaled_arg(2), board.board_ip)
+    ping = board.ns_run("ping", "-c", "2", "-i", scaled_arg(0.2),
+                        "-W", scaled_arg(2), board.board_ip)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     failures: list[str] = []
     seen: dict[str, dict[str, int]] = {}

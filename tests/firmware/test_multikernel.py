@@ -502,8 +502,10 @@ def test_flows_and_config_over_the_link():
         rig.run(50)
         replies = [r for r in link_replies(s) if r[0] == lf.KIND_FLOWS_REPLY]
         assert replies and replies[-1][1] == 0
-        lines = b"".join(r[2:] for r in replies).decode().split("\n")
-        keys = [dict(i.split("=", 1) for i in line.split()) for line in lines]
+        text = b"".join(r[2:] for r in replies).decode()
+        assert text.endswith("\n")                 # each line ends with a newline
+        keys = [dict(i.split("=", 1) for i in line.split()) for line in text.split("\n")
+                if line]
         assert len([k for k in keys if k["key"].startswith("10.77.0.1:4400")]) == 3, keys
         assert all("k0" in k and "k1" in k and "owner" in k for k in keys)
         for body, status in ((b"hash=toeplitz", 0), (b"hash=fold mask=" + b"ff" * 13, 0),
@@ -540,6 +542,7 @@ def test_address_mac_and_services_are_set_on_every_kernels_own_core():
         assert rig.run(500, applied)
         assert all(k.stack.iface.mac == bytes([2, 0x11, 0x22, 0x33, 0x44, 0x55])
                    for k in node.kernels)
+        made = [k.stack.services for k in node.kernels]
         assert node.configure("services=off")[0] == 0
         assert rig.run(500, applied)
         got = [(k.stack.services, k.stack.udp.bound(7), k.todo_errors, k.last_error)
@@ -549,9 +552,37 @@ def test_address_mac_and_services_are_set_on_every_kernels_own_core():
         assert node.configure("services=on")[0] == 0
         assert rig.run(500, applied)
         assert all(k.stack.services is not None and k.stack.udp.bound(7) for k in node.kernels)
+        # the same objects serve again: switching on and off makes nothing new
+        assert all(k.stack.services is m for k, m in zip(node.kernels, made))
         for bad in ("ip=10.77.0.300", "mac=03:00:00:00:00:01", "services=maybe",
                     "ip=10.0.0.1/40"):
             assert node.configure(bad)[0] == 22, bad
         assert k0.todo_errors == 0 and k1.todo_errors == 0
+    finally:
+        rig.stop()
+
+
+def test_services_that_fail_on_one_kernel_are_refused_and_started_on_none():
+    # Kernel 1's UDP port 7 is taken: switching the services on fails there. The host is
+    # told so, and no kernel is left with them on or with a port half bound (a half-made
+    # service once kept echo's listeners, taking connections nobody served).
+    rig = Rig(services=False)
+    try:
+        node = rig.node
+        k0, k1 = node.kernels
+        k1.run_on_core(lambda k: k.stack.udp.bind(7, lambda *args: None))
+        assert rig.run(500, lambda: not k1.todo_pending())
+        status, text = node.configure("services=on")
+        assert status == 22 and "kernel 1" in text, text
+        assert rig.run(500, lambda: not k0.todo_pending() and not k1.todo_pending())
+        for k in node.kernels:
+            tcp = k.stack.tcp
+            assert k.stack.services is None
+            assert tcp._find_listener(7) is None and tcp._find_listener(9) is None
+        assert not k0.stack.udp.bound(7)
+        assert k1.todo_errors == 1 and dict(k1.counters())["setting_errors"] == 1
+        k1.run_on_core(lambda k: k.stack.udp.unbind(7))
+        assert node.configure("services=on") == (0, "ok services")
+        assert all(k.stack.services is not None and k.stack.udp.bound(7) for k in node.kernels)
     finally:
         rig.stop()

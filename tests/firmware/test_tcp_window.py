@@ -250,6 +250,31 @@ def test_a_waiter_is_served_after_50_ms_even_without_credit():
     assert st.tcp.credit.overcommits == 1 and st.tcp.credit.waits == 1
 
 
+def test_a_waiter_is_not_let_in_without_credit_while_credit_comes_back():
+    # The budget's two segments are the first connection's, whose peer sends them 100
+    # bytes at a time: credit keeps coming back, so the handshake waiting for two segments
+    # is served from it, however long that takes, and never beyond the budget.
+    from tcp_harness import SYN, Peer, mss_option
+    st, lsn, s, p = server_established(tcp_rx_budget=2 * 1460)
+    q = Peer(st, port=40001)
+    q.send(SYN, now=1500, options=mss_option(1460))
+    now = 1500
+    synack = []
+    for _ in range(40):
+        now += 10
+        p.send(ACK | PSH, bytes(100), now=now)
+        drain(s)
+        st.tcp.poll(now)
+        p.take()
+        synack = [seg for seg in q.take() if seg.is_(SYN | ACK)]
+        if synack:
+            break
+        assert sum(c.rcv_allow for c in st.tcp.conns) <= 2 * 1460
+    assert synack and synack[0].wnd == 2 * 1460
+    assert now - 1500 > 100                  # it did wait more than 50 ms
+    assert st.tcp.credit.overcommits == 0
+
+
 def test_windows_never_add_up_to_more_than_the_budget():
     # Six connections, a budget of four segments, five handshakes at once: every peer
     # sends all the window it was offered, every reader reads at once. The offered windows
