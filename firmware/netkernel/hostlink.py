@@ -121,12 +121,12 @@ class HostLink:
 
     def send_text(self, kind, parts, sep=0x20):
         """Send text (a str, or parts joined by ``sep``, a space or a newline, e.g. from a
-        generator) as frames of kind + more-flag + a piece. The pages go out over the next turns as the host takes them
-        (pump_text()), so a long report never stalls core 0 and no page of it is dropped;
-        parts are packed as they come, so the report never needs one big string (on a
-        board whose heap is nearly full that allocation is what fails). A new text reply
-        replaces one still going out (counted in replies_cut); the page being written
-        is finished first, so the host never sees a torn frame."""
+        generator) as frames of kind + more-flag + a piece. The pages go out over the next
+        turns as the host takes them (pump_text()), so a long report never stalls core 0
+        and no page of it is dropped; parts are packed as they come, so the report never
+        needs one big string (on a board whose heap is nearly full that allocation is what
+        fails). A new text reply replaces one still going out (counted in replies_cut); the
+        page being written is finished first, so the host never sees a torn frame."""
         if self._text is not None:
             self.replies_cut += 1
         self._text = iter((parts,) if isinstance(parts, str) else parts)
