@@ -61,6 +61,13 @@ class RcvCredit:
         self.free += n
         self.back_at = now
 
+    def recount(self, free, now):
+        """The free credit counted again from the connections' holdings (what went with a
+        closed socket comes back here)."""
+        if free > self.free:
+            self.back_at = now
+        self.free = free
+
     def queue(self, sock, now):
         """Wait for credit; False if the queue is full (the caller then takes it anyway)."""
         q = self._q

@@ -819,7 +819,7 @@ class TcpSocket:
             # overwritten later, a range recorded without its bytes would be wrong data.
             # Data past a hole leaves the kernel's pool a segment's chunks for in-order data:
             # else connections that each parked some could hold every chunk, and none could
-            # take the segment that fills its hole (measured: 10 connections stalled for good).
+            # take the segment that fills its hole.
             if not rx.write_at(rel, g.buf, g.data_off, n, _OOO_RESERVE if rel else 0):
                 self.tcp.drop_no_buffer += 1
                 return
@@ -838,8 +838,7 @@ class TcpSocket:
             rx.commit(front)
             self._advance_rcv(front)
             # The credit of what arrived went back: ask again, as for in-order data, or the
-            # window closes and nothing reopens it (measured: a 10 MB echo under loss stopped
-            # at 175 KB, the sender's probes dropped as out of window).
+            # window closes and nothing reopens it (the sender's probes fall out of window).
             self._rcv_ask(now)
         if self.rx_fin_pending and self.rx_fin_off <= 0:
             asm.clear()    # anything stored beyond the FIN is not data
@@ -1848,10 +1847,7 @@ class Tcp:
         self.rcv_share = budget // receivers if budget > 0 and receivers > 0 else _MAX_WINDOW
         credit = self.credit
         if credit is not None:
-            free = budget - allowed           # recounted: what went with a closed socket
-            if free > credit.free:
-                credit.back_at = now
-            credit.free = free
+            credit.recount(budget - allowed, now)
             if credit.waiting():
                 self._serve_credit(now)
 

@@ -269,6 +269,14 @@ class Board(Protocol):
 
 FALLBACK_CONNECTIONS = 8    # what the default board holds in an RP2040's heap (test_multicore)
 
+# The simulated board for the suite's loads (64 connections, 100 clients at once), which do
+# not fit the RP2040's budget (16 connections a kernel): room for 48 a kernel, TCP pools for
+# their traffic, and rings of 8 frames, deep enough for early discard to start before a
+# ring is full. The RP2040's own budget is the emulated board's.
+LOADED_BOARD_ARGS = ["--heap", "2M", "--stack", "tcp_max_connections=48",
+                     "--stack", "ring_capacity=8", "--stack", "tcp_rx_pool=65536",
+                     "--stack", "tcp_tx_pool=32768"]
+
 
 def concurrent_connections(board: Board, wanted: int, *, per_kernel: bool = False,
                            read_stats: Callable[[], dict[str, int]] | None = None) -> int:

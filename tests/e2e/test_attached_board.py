@@ -24,6 +24,7 @@ import pytest
 from .conftest import (
     E2E_DIR,
     ENVIRONMENT_SKIP_PREFIXES,
+    LOADED_BOARD_ARGS,
     ROOT,
     SIM_ONLY_PREFIX,
     SIM_ONLY_REASONS,
@@ -34,13 +35,10 @@ from .conftest import (
 pytestmark = pytest.mark.e2e
 
 # The board: as a deployed one is configured (firmware/config.py: two kernels, services off,
-# which the tests switch on and off again, no frame log), with the budget the simulated
-# boards of test_multicore and test_host_sockets have: the suite's loads (64 connections,
-# 100 clients) are for a board with that much. The RP2040's own budget is the emulated
-# board's (docs/hardware-in-the-loop.md); this test is about the attach path.
-BOARD_ARGS = ["--heap", "2M", "--stack", "tcp_max_connections=48", "--stack", "ring_capacity=8",
-              "--stack", "tcp_rx_pool=65536", "--stack", "tcp_tx_pool=32768",
-              "--no-services", "--no-log-frames"]
+# which the tests switch on and off again, no frame log), with the budget for the suite's
+# loads that the simulated boards of test_multicore and test_host_sockets have
+# (docs/hardware-in-the-loop.md); this test is about the attach path.
+BOARD_ARGS = [*LOADED_BOARD_ARGS, "--no-services", "--no-log-frames"]
 SUITE_TIMEOUT_S = 480      # the inner run; about 2.5 min on a 2-core machine
 MIN_PASSED = 25            # of 27 tests that do not need the simulator (2 may meet no bbr)
 

@@ -26,6 +26,7 @@ from twinstack import socket as tsocket
 from twinstack.examples import http_server as http
 
 from .conftest import (
+    LOADED_BOARD_ARGS,
     Board,
     PeerServer,
     SimHandle,
@@ -42,12 +43,7 @@ from .host_peer import stream_bytes
 pytestmark = pytest.mark.e2e
 
 PEER = Path(__file__).with_name("host_peer.py")
-# 100 clients at once do not fit the RP2040's budget (16 connections a kernel): these tests,
-# about the host's sockets, give the board room for 48 a kernel, and the pools and rings
-# for their traffic (as test_multicore's).
-BOARD_ARGS = ["--kernels", "2", "--heap", "2M", "--stack", "tcp_max_connections=48",
-              "--stack", "ring_capacity=8", "--stack", "tcp_rx_pool=65536",
-              "--stack", "tcp_tx_pool=32768", "--no-log-frames"]
+BOARD_ARGS = ["--kernels", "2", *LOADED_BOARD_ARGS, "--no-log-frames"]
 
 
 @pytest.fixture

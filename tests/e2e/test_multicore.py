@@ -37,6 +37,7 @@ import pytest
 from twinstack.link import Link
 
 from .conftest import (
+    LOADED_BOARD_ARGS,
     Board,
     concurrent_connections,
     require_netns_privileges,
@@ -53,12 +54,9 @@ log = logging.getLogger(__name__)
 
 PEER = Path(__file__).with_name("multicore_peer.py")
 KERNELS = 2
-# The budget: 64 connections do not fit the RP2040's (32 do: test 7 below), so these tests,
-# which judge where frames go and not how much memory that takes, give the board more, and
-# rings of 8 frames, deep enough for early discard to start before a ring is full.
-BOARD_ARGS = ["--kernels", str(KERNELS), "--heap", "2M", "--stack", "tcp_max_connections=48",
-              "--stack", "ring_capacity=8", "--stack", "tcp_rx_pool=65536",
-              "--stack", "tcp_tx_pool=32768", "--no-log-frames"]
+# These tests judge where frames go, not how much memory that takes (test 7 below does, on
+# the RP2040's budget).
+BOARD_ARGS = ["--kernels", str(KERNELS), *LOADED_BOARD_ARGS, "--no-log-frames"]
 ECHO_PORT = 7
 DISCARD_PORT = 9
 CONCURRENT_CONNS = 64      # test 1 (on the simulated board; an attached one: its capacity)
