@@ -27,18 +27,20 @@ CORES = 2
 # calibration points. `twinstack sim` gives MicroPython
 #   HEAP_BYTES + KERNEL_HEAP_BYTES x (kernels - 1) + the loaded code + BOOT_HEAP_BYTES.
 # HEAP_BYTES is the one-kernel board: the firmware's data, which takes more of a 64-bit port
-# than of the RP2040, and the emulated hardware (packet memory, registers, the PHY's FIFO:
-# EMULATOR_HEAP_BYTES of it). Core 1's 8 KB stack, in the RP2040's heap, is in these figures;
-# the unix port's thread stacks are not in its heap. Each further kernel costs the 64-bit
-# port KERNEL_HEAP_BYTES more than it costs the RP2040. The code is in flash on the RP2040
-# and cannot be frozen here: `twinstack sim` measures what it takes and adds it. Loading it
-# takes more on the way than it keeps: BOOT_HEAP_BYTES, held back once the code is in
-# (Hardware), so the node's pools are made in the heap the RP2040 has for them.
+# than of the RP2040, and the emulated hardware (packet memory, registers, the PHY's buffer
+# and transmit FIFO): EMULATOR_HEAP_BYTES of it, on every board (Hardware holds back what its
+# parts leave, so a board without a FIFO leaves the firmware no more). Core 1's 8 KB stack,
+# in the RP2040's heap, is in these figures; the unix port's thread stacks are not in its
+# heap. Each further kernel costs the 64-bit port KERNEL_HEAP_BYTES more than it costs the
+# RP2040. The code is in flash on the RP2040 and cannot be frozen here: `twinstack sim`
+# measures what it takes and adds it. Loading it takes more on the way than it keeps:
+# BOOT_HEAP_BYTES, held back once the code is in (Hardware), so the node's pools are made in
+# the heap the RP2040 has for them.
 EMULATOR_HEAP_BYTES = const(53248)
 BOOT_HEAP_BYTES = const(65536)
 _HELD_BACK_PIECE = const(16)          # bytes of a held-back piece...
 _HELD_BACK_PIECE_COST = const(48)     # ...and the least heap one takes (object and data)
-HEAP_BYTES = const(294336)
+HEAP_BYTES = const(308672)
 KERNEL_HEAP_BYTES = const(18500)
 # The PHY's transmit FIFO (simhw/wire.py): frames the chip was told to SEND, waiting for the
 # PHY thread. A few full-size frames; a sender waits while it is full.
@@ -415,6 +417,8 @@ class Hardware:
         # The code is loaded by now (the node opens the hardware before it makes any pool):
         # what loading it took beyond what it keeps is held back from here on.
         self._held_back = _hold_back(getattr(sim_config, "HEAP_HELD_BACK", 0))
+        gc.collect()
+        before = gc.mem_alloc()
         # Paced cores (CORE_SPEED < 100) hand their frames to the PHY thread: sending is the
         # chip's work, not the core's (simhw/wire.py). At host speed a core writes to the
         # wire itself: there the hand-off costs more than it saves (measured: ping p50 0.43
@@ -423,11 +427,12 @@ class Hardware:
         self._paced = _PacedCores() if self._speed < 100 else None
         phy_wake = getattr(sim_config, "PHY_WAKE_FDS", (-1, -1))
         fifo = os.getenv("TWINSTACK_PHY_FIFO") or ("on" if self._paced else "off")
+        rx_fd = getattr(sim_config, "PHY_RX_FD", -1)
         if phy_wake[0] >= 0 and fifo != "off":
             self.wire = PacketWire(sim_config.NETIF, tx_fifo_bytes=TX_FIFO_BYTES,
-                                   tx_wake=WakePipe(*phy_wake))
+                                   tx_wake=WakePipe(*phy_wake), rx_fd=rx_fd)
         else:
-            self.wire = PacketWire(sim_config.NETIF)
+            self.wire = PacketWire(sim_config.NETIF, rx_fd=rx_fd)
         self._wake = WakePipe(*getattr(sim_config, "WAKE_FDS", (-1, -1)))
         self.chip = W5500Emulator(self.wire, schedule=self._schedule)
         self.wire.attach(self.chip)
@@ -448,6 +453,12 @@ class Hardware:
         self._idle_poll = self._wake.poller(sim_config.USB_FD)
         self._timers = []
         self.wire.start()
+        # What the emulated hardware took comes out of its reserve; the rest is held back,
+        # so the firmware gets the same heap whichever parts this board's hardware has
+        # (a paced board's transmit FIFO, say).
+        gc.collect()
+        spare = EMULATOR_HEAP_BYTES - (gc.mem_alloc() - before)
+        self._reserve_spare = bytearray(spare) if spare > 0 else None
 
     @micropython.native
     def _schedule(self, handler, arg):
@@ -505,6 +516,7 @@ class Hardware:
         c["wire_tx_queued"] = self.wire.tx_queued
         c["wire_tx_fifo_waits"] = self.wire.tx_fifo_waits
         c["wire_rx_errors"] = self.wire.rx_errors
+        c["wire_rx_lost"] = int(self.wire.rx_lost)
         for i, p in enumerate(self._pacers):     # what each paced core's turns left out
             c["pace.c%d.preempted_us" % i] = p.preempted_us
             c["pace.c%d.exempt_us" % i] = p.exempt_us

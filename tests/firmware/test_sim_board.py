@@ -374,3 +374,72 @@ def test_a_full_phy_fifo_holds_the_sender_and_then_counts_the_frame_lost():
         pass
     else:
         raise AssertionError("a FIFO without a wake-up for the PHY thread")
+
+
+class _ChipTakingFrames:
+    """The emulator's receive_frame(), keeping a frame's length and what the PHY had of it
+    in its buffer."""
+
+    def __init__(self, keep=True):
+        self.keep = keep
+        self.frames = []
+        self.count = 0
+
+    def receive_frame(self, frame, n):
+        self.count += 1
+        if self.keep:
+            self.frames.append((n, bytes(frame[:n]) if n <= len(frame) else None))
+        return True
+
+
+def _records_file(frames):
+    """A file holding ``frames`` as simhw/phy_rx.py writes them to the PHY's pipe, opened
+    for reading (a file's end stands for the receiver hanging up)."""
+    import os
+    import time
+
+    from simhw.wire import REC_HDR
+    path = "/tmp/twinstack-test-records-%d" % time.ticks_us()
+    with open(path, "wb") as f:
+        for frame in frames:
+            f.write(len(frame).to_bytes(REC_HDR, "big") + frame)
+    try:
+        return open(path, "rb")
+    finally:
+        os.remove(path)
+
+
+def test_the_phy_takes_each_record_of_its_receiver_whole_and_stops_at_the_end():
+    from simhw.wire import PacketWire
+    small = bytes(range(60))
+    full = bytes(i & 0xFF for i in range(1514))
+    too_long = bytes(3000)                 # longer than the PHY's buffer: only its length
+    after = b"\xaa" * 64
+    f = _records_file([small, full, too_long, b"", after])   # b"": the wire's error
+    wire = PacketWire("lo", rx_fd=f.fileno())
+    chip = _ChipTakingFrames()
+    wire.attach(chip)
+    for _ in range(5):
+        assert wire._receive()
+    assert chip.frames == [(60, small), (1514, full), (3000, None), (64, after)]
+    assert wire.rx_frames == 4 and wire.rx_errors == 1
+    assert not wire._receive()             # the receiver is gone
+    assert f
+
+
+def test_receiving_a_frame_allocates_nothing():
+    import micropython
+    from simhw.wire import PacketWire
+    f = _records_file([bytes(1514)] * 12)
+    wire = PacketWire("lo", rx_fd=f.fileno())
+    chip = _ChipTakingFrames(keep=False)
+    wire.attach(chip)
+    used = 0
+    for i in range(12):
+        before = micropython.mem_total()
+        wire._receive()
+        if i >= 2:
+            used += micropython.mem_total() - before
+    assert used == 0, used
+    assert chip.count == 12 and wire.rx_frames == 12
+    assert f

@@ -313,12 +313,14 @@ def test_board_py_is_exact():
 
 def test_render_sim_config(root):
     cfg = make_config(root=root, heap="288k")
-    text = render_sim_config(cfg, usb_fd=7, wake_fds=(8, 9), phy_wake_fds=(10, 11))
+    text = render_sim_config(cfg, usb_fd=7, wake_fds=(8, 9), phy_wake_fds=(10, 11),
+                             phy_rx_fd=12)
     values: dict = {}
     exec(compile(text, "sim_config.py", "exec"), values)
     values.pop("__builtins__")
     assert values == {
         "NETIF": "w5500", "USB_FD": 7, "WAKE_FDS": (8, 9), "PHY_WAKE_FDS": (10, 11),
+        "PHY_RX_FD": 12,
         "IP": "10.77.0.2", "PREFIX": 24, "PEER": "10.77.0.1",
         "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 2, "SERVICES": True,
         "LOG_FRAMES": True, "HEAP": 294912, "HEAP_HELD_BACK": 0,

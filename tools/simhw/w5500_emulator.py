@@ -339,15 +339,17 @@ class W5500Emulator:
         self._link_up = bool(value)
 
     @micropython.native
-    def receive_frame(self, frame):
-        """A frame arrives from the wire (any buffer; it is copied, never kept).
+    def receive_frame(self, frame, n=-1):
+        """A frame arrives from the wire: ``frame``, or its first ``n`` bytes (any buffer;
+        they are copied, never kept). A frame longer than the chip takes may come as its
+        length and a buffer with only its start: it is counted and dropped unread.
 
         Returns True if it was stored in socket 0's RX buffer, False if it was dropped
         (the reason is counted in self.counters). Safe to call from another thread.
         """
         self._lock.acquire()
         try:
-            ok = self._store(frame)
+            ok = self._store(frame, len(frame) if n < 0 else n)
             edge = self._update_int() if self._int_dirty else 0
         finally:
             self._lock.release()
@@ -601,7 +603,7 @@ class W5500Emulator:
                 # Test hook: a frame lands between the two byte reads (section 5).
                 frame = self._race_frame
                 self._race_frame = None
-                self._store(frame)
+                self._store(frame, len(frame))
             return v
         if addr == _Sn_RX_RSR + 1:
             return (_get16(s, _Sn_RX_WR) - self._rx_taken[n]) & 0xFF
@@ -752,11 +754,11 @@ class W5500Emulator:
     # ----- reception ----------------------------------------------------------------------
 
     @micropython.native
-    def _store(self, frame):
-        """Queue one received frame in socket 0's RX buffer. Called with the lock held."""
+    def _store(self, frame, n):
+        """Queue one received frame, frame[:n], in socket 0's RX buffer. Called with the
+        lock held."""
         cnt = self.counters
         s = self._sregs[0]
-        n = len(frame)
         if s[_Sn_SR] != _SOCK_MACRAW:
             cnt.rx_dropped_closed += 1
             return False

@@ -1,8 +1,9 @@
 """The wires a W5500Emulator's PHY connects to.
 
 MemoryWire keeps frames in memory for unit tests. PacketWire is the simulated board's
-Ethernet cable: an AF_PACKET socket on one end of a veth pair (needs CAP_NET_RAW, i.e.
-root in the network namespace the sim runs in).
+Ethernet cable, one end of a veth pair: it transmits on an AF_PACKET socket (needs
+CAP_NET_RAW, i.e. root in the network namespace the sim runs in) and receives the frames
+simhw/phy_rx.py, a process of its own, reads off that interface and passes on a pipe.
 
 Note for whoever sets up the veth pair: the peer's kernel must hand over finished frames,
 so turn offloads off on the peer end (`ethtool -K PEER tx off tso off gso off`); otherwise
@@ -18,15 +19,16 @@ import struct
 from simhw.bytecopy import copy_bytes
 from simhw.compat import const, micropython, sleep_ms, sleep_us, ticks_diff, ticks_ms
 
+# Shared with simhw/phy_rx.py (CPython).
+ETH_P_ALL_BE = const(0x0300)   # htons(ETH_P_ALL = 0x0003) on a little-endian host
+SOL_PACKET = const(263)
+PACKET_IGNORE_OUTGOING = const(23)
+REC_HDR = const(2)             # a record (receive pipe, transmit FIFO): 2-byte length, frame
+
 _AF_PACKET = const(17)
-_ETH_P_ALL_BE = const(0x0300)  # htons(ETH_P_ALL = 0x0003) on a little-endian host
-_SOL_PACKET = const(263)
-_PACKET_IGNORE_OUTGOING = const(23)
-_EAGAIN = const(11)
 _POLL_MS = const(100)
 _CARRIER_EVERY_MS = const(200)
-_RX_BUF = const(2048)
-_REC_HDR = const(2)            # a transmit FIFO record: 2-byte length, then the frame
+_RX_BUF = const(2048)          # the largest frame the PHY takes in; longer ones are counted
 _FIFO_TRIES = const(200)       # a sender waits at most this many times 50 us for room
 
 class MemoryWire:
@@ -48,14 +50,15 @@ class MemoryWire:
 
 
 class PacketWire:
-    """The simulated board's cable: an AF_PACKET socket bound to one network interface.
+    """The simulated board's cable: one network interface, the board's end of a veth pair.
 
-    A PHY thread polls the socket and hands each frame to the emulator. Transmission,
-    with a transmit FIFO (``tx_fifo_bytes`` > 0, woken through ``tx_wake``, a WakePipe):
-    send() copies the frame into the FIFO and the PHY thread puts it on the wire, as the
-    W5500 sends a frame by itself once SEND is given. Without one, send() writes to the
-    socket at once, on the caller's thread. Our own transmissions are not looped back
-    (PACKET_IGNORE_OUTGOING).
+    Reception: ``rx_fd`` is the read end of the pipe simhw/phy_rx.py writes what arrives on
+    the interface to, a record per frame; a PHY thread reads each into one buffer made here
+    and hands it to the emulator (-1: a wire that only transmits, for tests). Transmission,
+    on a socket that receives nothing, with a transmit FIFO (``tx_fifo_bytes`` > 0, woken
+    through ``tx_wake``, a WakePipe): send() copies the frame into the FIFO and the PHY
+    thread puts it on the wire, as the W5500 sends a frame by itself once SEND is given.
+    Without one, send() writes to the socket at once, on the caller's thread.
 
     Why the FIFO: writing to a veth runs the peer's whole receive path (its TCP included)
     inside that system call, about 50 us for an ACK, on the thread that sends. Without the
@@ -65,14 +68,15 @@ class PacketWire:
     costs a thread wake-up, so boards at host speed send at once (boards/sim.py).
     """
 
-    def __init__(self, ifname, tx_fifo_bytes=0, tx_wake=None):
+    def __init__(self, ifname, tx_fifo_bytes=0, tx_wake=None, rx_fd=-1):
         self.ifname = ifname
         self.rx_frames = 0
         self.tx_frames = 0
         self.tx_errors = 0
         self.tx_queued = 0  # frames that went through the FIFO
         self.tx_fifo_waits = 0  # a sender found the FIFO full and waited
-        self.rx_errors = 0  # exceptions raised by the emulator while receiving
+        self.rx_errors = 0  # the wire's receive errors, and exceptions raised by the emulator
+        self.rx_lost = False  # the receiver process is gone: nothing arrives any more
         self.last_error = None
         self._emu = None
         self._sock = None
@@ -90,6 +94,10 @@ class PacketWire:
         self._used = 0  # bytes taken: records, and the unused end skipped by a wrap
         self._tx_wake = tx_wake
         self._phy_waiting = False  # the PHY thread waits on tx_wake: a sender must wake it
+        self._rx_fd = rx_fd
+        self._rx = open(rx_fd, "rb") if rx_fd >= 0 else None
+        self._rx_hdr = bytearray(REC_HDR)
+        self._rx_buf = bytearray(_RX_BUF)
 
     def attach(self, emulator):
         self._emu = emulator
@@ -97,15 +105,15 @@ class PacketWire:
     def start(self):
         with open("/sys/class/net/%s/ifindex" % self.ifname) as f:
             ifindex = int(f.read())
-        s = socket.socket(_AF_PACKET, socket.SOCK_RAW, _ETH_P_ALL_BE)
+        # Protocol 0: the socket is not given any frame (simhw/phy_rx.py receives them).
+        s = socket.socket(_AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            s.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
             try:
                 # struct sockaddr_ll: family, protocol (network order), ifindex, hatype,
                 # pkttype, halen, addr[8].
-                s.bind(struct.pack("<HHiHBB8s", _AF_PACKET, _ETH_P_ALL_BE, ifindex, 0, 0, 0, b""))
+                s.bind(struct.pack("<HHiHBB8s", _AF_PACKET, 0, ifindex, 0, 0, 0, b""))
             except TypeError:
-                s.bind((self.ifname, 0x0003))  # CPython wants (ifname, proto) instead
+                s.bind((self.ifname, 0))  # CPython wants (ifname, proto) instead
             s.setblocking(False)
         except Exception:
             s.close()
@@ -123,11 +131,15 @@ class PacketWire:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._rx is not None:
+            self._rx.close()
+            self._rx = None
 
     def _phy_loop(self):
-        sock = self._sock
         poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        rx_fd = self._rx_fd if self._rx is not None else -1
+        if rx_fd >= 0:
+            poller.register(rx_fd, select.POLLIN)
         wake = self._tx_wake
         wake_fd = -1
         if wake is not None and wake.fileno() >= 0:
@@ -148,45 +160,58 @@ class PacketWire:
                 for entry in ready:
                     if entry[0] == wake_fd:
                         wake.drain()
-                    else:
+                    else:                  # a record, or the receiver hung up (see _receive)
                         received = True
-                if not received:
-                    continue
-                try:
-                    # One datagram per call. (MicroPython's readinto() on a non-blocking
-                    # socket keeps reading until the buffer is full, gluing frames
-                    # together; recv() is one recvfrom(2). It allocates the frame, but
-                    # this is the simulated PHY, not the firmware.)
-                    frame = sock.recv(_RX_BUF)
-                except MemoryError as e:
-                    # The firmware has the heap nearly full: this frame is lost on the
-                    # wire, as on a real link whose receiver is overrun. Keep listening.
-                    self.rx_errors += 1
-                    self.last_error = e
-                    sleep_ms(1)
-                    continue
-                except OSError as e:
-                    if e.args[0] != _EAGAIN:
-                        # e.g. ENETDOWN while the interface is reconfigured: a PHY keeps
-                        # listening, so count it and carry on.
-                        self.rx_errors += 1
-                        self.last_error = e
-                        sleep_ms(10)
-                    continue
-                if not frame:
-                    continue
-                self.rx_frames += 1
-                emu = self._emu
-                if emu is None:
-                    continue
-                try:
-                    # Frames above 1514 bytes are handed over too: the emulator counts them.
-                    emu.receive_frame(frame)
-                except Exception as e:
-                    self.rx_errors += 1
-                    self.last_error = e
+                if received and not self._receive():
+                    poller.unregister(rx_fd)
+                    self.rx_lost = True
+                    print("simhw: the wire's receiver (phy_rx) is gone: no frame arrives")
         finally:
             self._running = False
+
+    @micropython.native
+    def _receive(self):
+        # (PHY thread) One record from the receiver into the PHY's buffer, to the emulator;
+        # False once the pipe is at its end. Native: a bytecode frame this size would come
+        # from the heap on every call, under the mutex the board's cores take too.
+        rx = self._rx
+        hdr = self._rx_hdr
+        try:
+            if rx.readinto(hdr) != REC_HDR:
+                return False
+            n = (hdr[0] << 8) | hdr[1]
+            if n == 0:
+                # The receiver's socket reported an error (e.g. ENETDOWN while the
+                # interface is reconfigured): a PHY keeps listening, so count it.
+                self.rx_errors += 1
+                return True
+            buf = self._rx_buf
+            size = len(buf)
+            k = n if n < size else size
+            if rx.readinto(buf, k) != k:
+                return False
+            left = n - k
+            while left > 0:                # longer than any frame: only its length counts
+                k = left if left < size else size
+                if rx.readinto(buf, k) != k:
+                    return False
+                left -= k
+        except OSError as e:
+            self.rx_errors += 1
+            self.last_error = e
+            return False
+        self.rx_frames += 1
+        emu = self._emu
+        if emu is None:
+            return True
+        try:
+            # Frames above 1514 bytes are handed over too (as their length and the start of
+            # them): the emulator counts them.
+            emu.receive_frame(buf, n)
+        except Exception as e:
+            self.rx_errors += 1
+            self.last_error = e
+        return True
 
     @micropython.native
     def send(self, frame):
@@ -223,7 +248,7 @@ class PacketWire:
         fifo = self._fifo
         size = len(fifo)
         n = len(frame)
-        need = _REC_HDR + n
+        need = REC_HDR + n
         if self._used == 0:
             self._head = self._tail = 0
         tail = self._tail
@@ -231,12 +256,12 @@ class PacketWire:
         if self._used + skip + need > size:
             return False
         if skip:
-            if skip >= _REC_HDR:
+            if skip >= REC_HDR:
                 fifo[tail] = fifo[tail + 1] = 0   # length 0: the rest of the FIFO is unused
             tail = 0
         fifo[tail] = n >> 8
         fifo[tail + 1] = n & 0xFF
-        copy_bytes(fifo, tail + _REC_HDR, frame, 0, n)
+        copy_bytes(fifo, tail + REC_HDR, frame, 0, n)
         self._tail = tail + need
         self._used += skip + need
         return True
@@ -255,18 +280,18 @@ class PacketWire:
                 self._phy_waiting = True   # a sender from now on wakes the PHY thread
                 lock.release()
                 return
-            if size - head < _REC_HDR or (fifo[head] | fifo[head + 1]) == 0:
+            if size - head < REC_HDR or (fifo[head] | fifo[head + 1]) == 0:
                 self._used -= size - head
                 self._head = 0
                 lock.release()
                 continue
             n = (fifo[head] << 8) | fifo[head + 1]
             lock.release()
-            start = head + _REC_HDR
+            start = head + REC_HDR
             self._write_from(fifo, start, n)
             lock.acquire()
             self._head = start + n
-            self._used -= _REC_HDR + n
+            self._used -= REC_HDR + n
             lock.release()
 
     @micropython.native

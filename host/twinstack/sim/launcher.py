@@ -9,14 +9,17 @@ One :class:`SimBoard` runs one simulated board in the foreground:
    the board never sees EIO when a host application disconnects;
 3. ``/tmp/twinstack/NAME/`` with ``board.py`` (``from sim import *``) and ``sim_config.py``
    (what ``boards/sim.py`` reads: interface, USB fd, addresses, heap, ...);
-4. the board itself: ``ip netns exec NAME-board micropython -X heapsize=N firmware/main.py``
+4. the PHY's receiver (``tools/simhw/phy_rx.py``), in ``NAME-board``: every frame that
+   arrives on the board's end of the veth, passed to the board on a pipe (MicroPython's
+   unix port cannot receive a frame without allocating one in the board's heap);
+5. the board itself: ``ip netns exec NAME-board micropython -X heapsize=N firmware/main.py``
    in its own process group; every line it prints is forwarded to stdout, and once it
    prints ``netkernel: up ...`` the launcher prints one line
    ``ready netns=NAME board=IP/PREFIX peer=IP link=up usb=/tmp/twinstack/NAME/usb``;
-5. on SIGINT/SIGTERM (or when the board exits) the board gets SIGINT, then SIGKILL after
+6. on SIGINT/SIGTERM (or when the board exits) the board gets SIGINT, then SIGKILL after
    10 s, and everything that was created is removed again (an undo stack: never anything
    that this process did not create);
-6. SIGUSR1 presses the board's RESET button: the MicroPython process is killed and started
+7. SIGUSR1 presses the board's RESET button: the MicroPython process is killed and started
    again on the same namespaces and pty (a host that keeps the pty open sees the board boot
    again: its ``KIND_I2O_READY`` with a new epoch); the launcher prints
    ``rebooted board=PID`` once the new board is up.
@@ -73,6 +76,7 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
 DRAIN_TIMEOUT_S = 2.0
+PHY_RX_READY_TIMEOUT_S = 15.0
 RUNTIME_BASE = Path("/tmp/twinstack")
 ROOT_ENV = "TWINSTACK_ROOT"
 ENTRY_ENV = "TWINSTACK_SIM_ENTRY"  # for testing the launcher with a stand-in firmware
@@ -438,15 +442,17 @@ def parse_stack_settings(items: Sequence[str]) -> dict[str, int | bool]:
 
 def render_sim_config(cfg: SimConfig, usb_fd: int,
                       wake_fds: tuple[int, int] = (-1, -1),
-                      phy_wake_fds: tuple[int, int] = (-1, -1)) -> str:
+                      phy_wake_fds: tuple[int, int] = (-1, -1), phy_rx_fd: int = -1) -> str:
     """The text of ``sim_config.py`` (read by ``boards/sim.py`` inside the board);
     ``wake_fds``: the (read, write) ends of the interrupt-wake pipe, ``phy_wake_fds`` those
-    of the PHY thread's transmit wake-up, or -1s for none."""
+    of the PHY thread's transmit wake-up, or -1s for none; ``phy_rx_fd``: the read end of
+    the pipe the PHY's receiver writes the frames to (-1: none)."""
     values = [
         ("NETIF", BOARD_IF),
         ("USB_FD", usb_fd),
         ("WAKE_FDS", tuple(wake_fds)),
         ("PHY_WAKE_FDS", tuple(phy_wake_fds)),
+        ("PHY_RX_FD", phy_rx_fd),
         ("IP", str(cfg.board_ip.ip)),
         ("PREFIX", cfg.board_ip.network.prefixlen),
         ("PEER", str(cfg.peer_ip)),
@@ -531,6 +537,8 @@ class SimBoard:
         self._master = -1
         self._wake: tuple[int, int] = (-1, -1)
         self._phy_wake: tuple[int, int] = (-1, -1)
+        self._phy_rx: tuple[int, int] = (-1, -1)
+        self.phy_rx: subprocess.Popen[bytes] | None = None
         self._slave = -1
         self._pipe = -1
         self._buf = bytearray()
@@ -595,6 +603,8 @@ class SimBoard:
         net.create(self._check_interrupt)
         self._check_interrupt()
         self._make_pty()
+        self._start_phy_rx(ip)
+        self._check_interrupt()
         self._make_runtime_dir()
         self._check_interrupt()
         if (cfg.runtime_dir / "main.py").exists():
@@ -674,6 +684,66 @@ class SimBoard:
         self._master = self._slave = -1
         self._wake = self._phy_wake = (-1, -1)
 
+    def _start_phy_rx(self, ip: str) -> None:
+        """Start the PHY's receiver in the board's namespace and wait until it listens."""
+        cfg = self.cfg
+        self._phy_rx = os.pipe()
+        self._undo.push("PHY receive pipe", self._close_phy_rx_pipe)
+        tools = str(cfg.root / "tools")
+        pythonpath = os.environ.get("PYTHONPATH")
+        env = dict(os.environ,
+                   PYTHONPATH=tools + (os.pathsep + pythonpath if pythonpath else ""))
+        cmd = [ip, "netns", "exec", cfg.board_ns, sys.executable, "-m", "simhw.phy_rx",
+               BOARD_IF, str(self._phy_rx[1])]
+        log.info("starting the PHY's receiver: %s", " ".join(cmd))
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                pass_fds=(self._phy_rx[1],), start_new_session=True, env=env,
+                                preexec_fn=_die_with_parent)
+        self.phy_rx = proc
+        self._undo.push(f"PHY receiver {proc.pid}", self._stop_phy_rx)
+        # The receiver holds the write end now; the launcher keeps the read end open, so a
+        # RESET of the board does not end the receiver.
+        os.close(self._phy_rx[1])
+        self._phy_rx = (self._phy_rx[0], -1)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + PHY_RX_READY_TIMEOUT_S
+        line = b""
+        while not line.endswith(b"\n"):
+            self._check_interrupt()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None:
+                raise SimError("the PHY's receiver (simhw/phy_rx.py) did not start "
+                               f"(exit code {proc.poll()}); its output is above")
+            ready, _, _ = select.select([proc.stdout], [], [], min(remaining, 0.5))
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 64)
+                if not chunk:
+                    proc.wait(timeout=KILL_TIMEOUT_S)
+                    continue
+                line += chunk
+        proc.stdout.close()
+        if line.strip() != b"ready":
+            raise SimError(f"the PHY's receiver said {line!r} instead of ready")
+
+    def _stop_phy_rx(self) -> None:
+        proc = self.phy_rx
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=KILL_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=KILL_TIMEOUT_S)
+        self.phy_rx = None
+
+    def _close_phy_rx_pipe(self) -> None:
+        for fd in self._phy_rx:
+            if fd >= 0:
+                os.close(fd)
+        self._phy_rx = (-1, -1)
+
     def _make_runtime_dir(self) -> None:
         cfg = self.cfg
         base = RUNTIME_BASE
@@ -700,7 +770,7 @@ class SimBoard:
                      "(frozen into flash on a real board) + %d bytes to load it in, held "
                      "back once the board is up", cfg.heap, code, room)
         (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master, self._wake,
-                                                                self._phy_wake))
+                                                                self._phy_wake, self._phy_rx[0]))
         if compiled and cfg.entry is None:
             # MicroPython puts the script's own folder first on sys.path: run main.py from
             # here, or `import netkernel` would find the sources next to firmware/main.py.
@@ -714,7 +784,8 @@ class SimBoard:
         log.info("starting the board: %s", " ".join(cmd))
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            pass_fds=(self._master, *self._wake, *self._phy_wake), start_new_session=True, env=env,
+            pass_fds=(self._master, *self._wake, *self._phy_wake, self._phy_rx[0]),
+            start_new_session=True, env=env,
             cwd=str(cfg.runtime_dir), preexec_fn=_die_with_parent,
         )
         self._undo.push(f"board process {self.proc.pid}", self._stop_board)
