@@ -452,13 +452,17 @@ class Hardware:
         self._usb = PtyStream(sim_config.USB_FD)
         self._idle_poll = self._wake.poller(sim_config.USB_FD)
         self._timers = []
-        self.wire.start()
         # What the emulated hardware took comes out of its reserve; the rest is held back,
         # so the firmware gets the same heap whichever parts this board's hardware has
-        # (a paced board's transmit FIFO, say).
+        # (a paced board's transmit FIFO, say). Measured before the PHY thread starts, so
+        # the figure does not depend on how far it got.
         gc.collect()
         spare = EMULATOR_HEAP_BYTES - (gc.mem_alloc() - before)
+        if spare < 0:
+            print("sim: the emulated hardware takes %d bytes more than its reserve "
+                  "(EMULATOR_HEAP_BYTES): the firmware gets that much less" % -spare)
         self._reserve_spare = bytearray(spare) if spare > 0 else None
+        self.wire.start()
 
     @micropython.native
     def _schedule(self, handler, arg):

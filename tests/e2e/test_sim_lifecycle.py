@@ -209,3 +209,32 @@ def test_a_paced_board_leaves_the_rp2040s_free_heap_too(sim_board):
     port = RP2040_HEAP_FREE_AT_BOOT[args]
     print(f"\npaced {' '.join(args)}: {free} bytes free, the RP2040 {port} ({free / port:.1%})")
     assert 0.90 * port <= free <= port
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (by each process's parent in /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_line = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat_line.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_wire_receiver_that_ends_stops_the_sim_with_an_error(sim_board):
+    # Without its receiver (simhw/phy_rx.py) the board would go on deaf: the launcher says so
+    # and stops, and cleans up as always.
+    board = sim_board(args=["--no-log-frames"])
+    launcher = int((board.runtime_dir / "pid").read_text())
+    receivers = [p for p in children_of(launcher)
+                 if b"simhw.phy_rx" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(receivers) == 1, children_of(launcher)
+    os.kill(receivers[0], signal.SIGKILL)
+    assert board.process.wait(timeout=30) == 1
+    line = board.wait_for_line(lambda x: "PHY's receiver" in x and "exited" in x, timeout=10)
+    assert line is not None, board.log_lines()[-10:]
+    assert not board.runtime_dir.exists()

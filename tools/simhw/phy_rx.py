@@ -18,8 +18,8 @@ Usage (as ``twinstack sim`` runs it)::
 
     ip netns exec NS python -m simhw.phy_rx IFNAME FD
 
-prints ``ready`` once the socket is bound, and runs until the board end of the pipe is
-closed or it is killed.
+prints ``ready`` once the socket is bound, and runs until it is killed (the launcher holds
+the pipe's read end too) or every reader of the pipe is gone.
 """
 
 import errno
@@ -28,19 +28,24 @@ import socket
 import sys
 import time
 
-from simhw.wire import ETH_P_ALL_BE, PACKET_IGNORE_OUTGOING, REC_HDR, SOL_PACKET
+from simhw.wire import REC_HDR
 
-_MAX_RECORD = 0xFFFF      # the length field's limit; larger is more than any veth sends
+ETH_P_ALL = 0x0003          # every protocol
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23
+_MAX_RECORD = 0xFFFF        # the length field's limit; larger is more than any veth sends
 _ERROR_PAUSE_S = 0.01
 
 
 def open_wire(ifname: str) -> socket.socket:
     """A packet socket taking every frame that arrives on ``ifname`` (none it sends)."""
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, ETH_P_ALL_BE)
+    # Protocol 0 until bound: created with ETH_P_ALL, it would take the frames of every
+    # interface in the namespace until bind() narrows it to one.
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         # The board transmits on this interface from a socket of its own: not looped back.
         s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        s.bind((ifname, socket.ntohs(ETH_P_ALL_BE)))
+        s.bind((ifname, ETH_P_ALL))
     except OSError:
         s.close()
         raise

@@ -19,11 +19,9 @@ import struct
 from simhw.bytecopy import copy_bytes
 from simhw.compat import const, micropython, sleep_ms, sleep_us, ticks_diff, ticks_ms
 
-# Shared with simhw/phy_rx.py (CPython).
-ETH_P_ALL_BE = const(0x0300)   # htons(ETH_P_ALL = 0x0003) on a little-endian host
-SOL_PACKET = const(263)
-PACKET_IGNORE_OUTGOING = const(23)
-REC_HDR = const(2)             # a record (receive pipe, transmit FIFO): 2-byte length, frame
+# A record, on the receive pipe from simhw/phy_rx.py (CPython) and in the transmit FIFO: a
+# 2-byte length (big-endian), then the frame.
+REC_HDR = const(2)
 
 _AF_PACKET = const(17)
 _POLL_MS = const(100)

@@ -7,11 +7,12 @@ One :class:`SimBoard` runs one simulated board in the foreground:
 2. a pty for the board's USB CDC: the board gets the master fd, the host opens the slave
    through ``/tmp/twinstack/NAME/usb`` with pyserial; the launcher keeps the slave open so
    the board never sees EIO when a host application disconnects;
-3. ``/tmp/twinstack/NAME/`` with ``board.py`` (``from sim import *``) and ``sim_config.py``
-   (what ``boards/sim.py`` reads: interface, USB fd, addresses, heap, ...);
-4. the PHY's receiver (``tools/simhw/phy_rx.py``), in ``NAME-board``: every frame that
+3. the PHY's receiver (``tools/simhw/phy_rx.py``), in ``NAME-board``: every frame that
    arrives on the board's end of the veth, passed to the board on a pipe (MicroPython's
-   unix port cannot receive a frame without allocating one in the board's heap);
+   unix port cannot receive a frame without allocating one in the board's heap); if it
+   ends, the launcher stops with an error;
+4. ``/tmp/twinstack/NAME/`` with ``board.py`` (``from sim import *``) and ``sim_config.py``
+   (what ``boards/sim.py`` reads: interface, USB fd, addresses, heap, ...);
 5. the board itself: ``ip netns exec NAME-board micropython -X heapsize=N firmware/main.py``
    in its own process group; every line it prints is forwarded to stdout, and once it
    prints ``netkernel: up ...`` the launcher prints one line
@@ -20,9 +21,9 @@ One :class:`SimBoard` runs one simulated board in the foreground:
    10 s, and everything that was created is removed again (an undo stack: never anything
    that this process did not create);
 7. SIGUSR1 presses the board's RESET button: the MicroPython process is killed and started
-   again on the same namespaces and pty (a host that keeps the pty open sees the board boot
-   again: its ``KIND_I2O_READY`` with a new epoch); the launcher prints
-   ``rebooted board=PID`` once the new board is up.
+   again on the same namespaces and pty, with a new receiver on a new pipe (a host that
+   keeps the pty open sees the board boot again: its ``KIND_I2O_READY`` with a new epoch);
+   the launcher prints ``rebooted board=PID`` once the new board is up.
 
 Testing the launcher itself: ``TWINSTACK_SIM_ENTRY=/path/to/main.py`` (or the hidden
 ``--entry`` option) runs that file instead of ``<root>/firmware/main.py``, e.g. a stand-in
@@ -685,26 +686,40 @@ class SimBoard:
         self._wake = self._phy_wake = (-1, -1)
 
     def _start_phy_rx(self, ip: str) -> None:
-        """Start the PHY's receiver in the board's namespace and wait until it listens."""
+        """Start the PHY's receiver in the board's namespace, on a new pipe, and wait until
+        it listens. Again at a RESET: a board killed inside a record, or the frames queued
+        for it, must not reach the next one (a W5500's reset empties its buffers). The
+        board's end keeps its descriptor number, the one ``sim_config.py`` names."""
         cfg = self.cfg
-        self._phy_rx = os.pipe()
-        self._undo.push("PHY receive pipe", self._close_phy_rx_pipe)
-        tools = str(cfg.root / "tools")
+        first = self._phy_rx[0] < 0
+        if first:
+            self._undo.push("PHY receive pipe", self._close_phy_rx_pipe)
+        else:
+            self._stop_phy_rx()
+        # Both ends block: the PHY thread reads a record's length and then the frame, and a
+        # record above PIPE_BUF arrives in pieces.
+        rd, wr = os.pipe()
+        if first:
+            self._phy_rx = (rd, -1)
+        else:
+            os.dup2(rd, self._phy_rx[0], inheritable=False)
+            os.close(rd)
         pythonpath = os.environ.get("PYTHONPATH")
+        tools = str(cfg.root / "tools")
         env = dict(os.environ,
                    PYTHONPATH=tools + (os.pathsep + pythonpath if pythonpath else ""))
         cmd = [ip, "netns", "exec", cfg.board_ns, sys.executable, "-m", "simhw.phy_rx",
-               BOARD_IF, str(self._phy_rx[1])]
+               BOARD_IF, str(wr)]
         log.info("starting the PHY's receiver: %s", " ".join(cmd))
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                pass_fds=(self._phy_rx[1],), start_new_session=True, env=env,
-                                preexec_fn=_die_with_parent)
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    pass_fds=(wr,), start_new_session=True, env=env,
+                                    cwd=tools, preexec_fn=_die_with_parent)
+        finally:
+            os.close(wr)    # the receiver's now: once it ends, the board reads the pipe's end
         self.phy_rx = proc
-        self._undo.push(f"PHY receiver {proc.pid}", self._stop_phy_rx)
-        # The receiver holds the write end now; the launcher keeps the read end open, so a
-        # RESET of the board does not end the receiver.
-        os.close(self._phy_rx[1])
-        self._phy_rx = (self._phy_rx[0], -1)
+        if first:
+            self._undo.push("PHY receiver", self._stop_phy_rx)
         assert proc.stdout is not None
         deadline = time.monotonic() + PHY_RX_READY_TIMEOUT_S
         line = b""
@@ -718,12 +733,16 @@ class SimBoard:
             if ready:
                 chunk = os.read(proc.stdout.fileno(), 64)
                 if not chunk:
-                    proc.wait(timeout=KILL_TIMEOUT_S)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=KILL_TIMEOUT_S)
                     continue
                 line += chunk
-        proc.stdout.close()
         if line.strip() != b"ready":
             raise SimError(f"the PHY's receiver said {line!r} instead of ready")
+
+    def _phy_rx_exited(self) -> int | None:
+        """The receiver's exit code if it ended by itself, else None."""
+        return self.phy_rx.poll() if self.phy_rx is not None else None
 
     def _stop_phy_rx(self) -> None:
         proc = self.phy_rx
@@ -736,12 +755,13 @@ class SimBoard:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=KILL_TIMEOUT_S)
+        if proc.stdout is not None:
+            proc.stdout.close()
         self.phy_rx = None
 
     def _close_phy_rx_pipe(self) -> None:
-        for fd in self._phy_rx:
-            if fd >= 0:
-                os.close(fd)
+        if self._phy_rx[0] >= 0:
+            os.close(self._phy_rx[0])
         self._phy_rx = (-1, -1)
 
     def _make_runtime_dir(self) -> None:
@@ -806,6 +826,11 @@ class SimBoard:
                 continue
             if self._pipe < 0 or self._board_exited():
                 return True
+            code = self._phy_rx_exited()
+            if code is not None:
+                # The board would go on deaf: stop it, and say why.
+                raise SimError(f"the PHY's receiver (simhw/phy_rx.py) exited (code {code}); "
+                               "the board receives nothing any more")
         return False
 
     def _reboot_board(self) -> None:
@@ -824,6 +849,11 @@ class SimBoard:
         self.board_returncode = None
         self.up = False
         self._buf.clear()
+        try:
+            self._start_phy_rx(self._spawn_args[0])
+        except SimError as e:
+            self._error(f"the board did not come back after RESET: {e}")
+            return
         self._spawn(*self._spawn_args)
         try:
             self.wait_ready()
