@@ -238,7 +238,8 @@ class NetKernel:
         return list(self.iter_counters())
 
     def iter_counters(self):
-        """counters() one pair at a time (reports: one layer's dict alive at a time)."""
+        """counters() one pair at a time (reports: no more than one small layer's dict alive
+        at a time)."""
         yield "rx_frames", self.rx_frames
         yield "rx_bytes", self.rx_bytes
         yield "turns", self.turns
@@ -254,9 +255,8 @@ class NetKernel:
             for name, value in self.ism.counters():
                 yield "ism." + name, value
         for layer in self.stack.layers():
-            values = self.stack.layer_counters(layer)
-            for name in sorted(values):
-                yield "%s.%s" % (layer, name), values[name]
+            for name, value in self.stack.layer_report(layer):
+                yield "%s.%s" % (layer, name), value
 
     def stats(self):
         """name=value pairs of this kernel and every layer of its stack (allocates)."""

@@ -84,8 +84,16 @@ class Stack:
         """The layers' names, sorted."""
         return ("arp", "eth", "icmp", "ip", "tcp", "udp")
 
+    def layer_report(self, layer):
+        """One layer's counters as (name, value) pairs, by name, for a report. TCP's, the
+        most, come one at a time; the others' dicts are small."""
+        if layer == "tcp":
+            return self.tcp.report()
+        values = self.layer_counters(layer)
+        return ((name, values[name]) for name in sorted(values))
+
     def layer_counters(self, layer):
-        """One layer's counters (a new dict: a report can take them a layer at a time)."""
+        """One layer's counters (a new dict)."""
         if layer == "eth":
             return self.iface.eth_counters()
         if layer == "arp":

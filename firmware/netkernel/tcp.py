@@ -161,6 +161,13 @@ _COUNTER_NAMES = (
     "conn_timeouts", "zero_window_probes", "keepalive_probes", "keepalive_timeouts",
     "time_wait_reuse", "time_wait_recycled", "tx_blocked",
 )
+# What the report says of the pools and the receive credit, besides the counters above.
+_STATE_NAMES = (
+    "connections", "max_connections", "rx_chunks", "rx_chunks_free", "rx_chunks_low",
+    "tx_chunks", "tx_chunks_free", "tx_chunks_low", "rcv_credit_free", "rcv_credit_waits",
+    "rcv_credit_overcommits",
+)
+_REPORT_NAMES = tuple(sorted(_COUNTER_NAMES + _STATE_NAMES))
 
 
 class _Segment:
@@ -1643,21 +1650,42 @@ class Tcp:
         return len(self.conns)
 
     def counters(self):
-        d = {}
-        for name in _COUNTER_NAMES:
-            d[name] = getattr(self, name)
-        d["connections"] = len(self.conns)
-        d["max_connections"] = self.config.tcp_max_connections
-        for name, pool in (("rx", self.rx_pool), ("tx", self.tx_pool)):
-            d[name + "_chunks"] = pool.size
-            d[name + "_chunks_free"] = pool.nfree
-            d[name + "_chunks_low"] = pool.low
+        """The counters and the pools' state, as a dict (tests, tools)."""
+        return dict(self.report())
+
+    def report(self):
+        """The same as (name, value) pairs, by name, one at a time: a stats report builds
+        no dict of them (on a busy board's heap that dict was the largest piece of memory a
+        stats request asked for, and did not always find)."""
         credit = self.credit
-        if credit is not None:
-            d["rcv_credit_free"] = credit.free
-            d["rcv_credit_waits"] = credit.waits
-            d["rcv_credit_overcommits"] = credit.overcommits
-        return d
+        for name in _REPORT_NAMES:
+            if name == "connections":
+                yield name, len(self.conns)
+            elif name == "max_connections":
+                yield name, self.config.tcp_max_connections
+            elif name == "rx_chunks":
+                yield name, self.rx_pool.size
+            elif name == "rx_chunks_free":
+                yield name, self.rx_pool.nfree
+            elif name == "rx_chunks_low":
+                yield name, self.rx_pool.low
+            elif name == "tx_chunks":
+                yield name, self.tx_pool.size
+            elif name == "tx_chunks_free":
+                yield name, self.tx_pool.nfree
+            elif name == "tx_chunks_low":
+                yield name, self.tx_pool.low
+            elif name == "rcv_credit_free":
+                if credit is not None:
+                    yield name, credit.free
+            elif name == "rcv_credit_waits":
+                if credit is not None:
+                    yield name, credit.waits
+            elif name == "rcv_credit_overcommits":
+                if credit is not None:
+                    yield name, credit.overcommits
+            else:
+                yield name, getattr(self, name)
 
     # ---- segments in -------------------------------------------------------------------
 

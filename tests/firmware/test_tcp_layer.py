@@ -150,6 +150,16 @@ def test_counters_and_connection_count():
     assert st.tcp.connection_count() == 1
 
 
+def test_the_report_gives_every_counter_once_by_name_without_a_dict():
+    st, lsn, p = server()
+    p.send(SYN, now=1000)
+    pairs = list(st.tcp.report())
+    names = [name for name, _ in pairs]
+    assert names == sorted(names) and len(set(names)) == len(names)
+    assert dict(pairs) == st.tcp.counters()
+    assert dict(pairs)["rx_chunks"] == st.tcp.rx_pool.size
+
+
 def test_malformed_headers_are_dropped_and_counted():
     st, lsn, p = server()
     p.send(SYN, now=1000, hlen=16)                     # data offset below 20
