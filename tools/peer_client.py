@@ -26,9 +26,10 @@ def udp_echo(ip: str) -> str:
             data = os.urandom(size)
             s.sendto(data, (ip, 7))
             try:
-                ok += s.recvfrom(65535)[0] == data
+                back = s.recvfrom(65535)[0]
             except TimeoutError:
-                pass       # counted as not back
+                back = None      # lost: counted as not back
+            ok += back == data
     sizes = ", ".join(str(n) for n in UDP_SIZES)
     return f"UDP echo: {ok}/{len(UDP_SIZES)} datagrams back byte-exact ({sizes} bytes)"
 

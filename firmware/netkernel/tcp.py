@@ -161,13 +161,21 @@ _COUNTER_NAMES = (
     "conn_timeouts", "zero_window_probes", "keepalive_probes", "keepalive_timeouts",
     "time_wait_reuse", "time_wait_recycled", "tx_blocked",
 )
-# What the report says of the pools and the receive credit, besides the counters above.
-_STATE_NAMES = (
-    "connections", "max_connections", "rx_chunks", "rx_chunks_free", "rx_chunks_low",
-    "tx_chunks", "tx_chunks_free", "tx_chunks_low", "rcv_credit_free", "rcv_credit_waits",
-    "rcv_credit_overcommits",
-)
-_REPORT_NAMES = tuple(sorted(_COUNTER_NAMES + _STATE_NAMES))
+# What the report says, by name: (name, part of the Tcp, attribute of it). Besides the
+# counters, the pools' and the receive credit's state; attribute None: the part's length.
+_REPORT = tuple(sorted(tuple((name, None, name) for name in _COUNTER_NAMES) + (
+    ("connections", "conns", None),
+    ("max_connections", "config", "tcp_max_connections"),
+    ("rx_chunks", "rx_pool", "size"),
+    ("rx_chunks_free", "rx_pool", "nfree"),
+    ("rx_chunks_low", "rx_pool", "low"),
+    ("tx_chunks", "tx_pool", "size"),
+    ("tx_chunks_free", "tx_pool", "nfree"),
+    ("tx_chunks_low", "tx_pool", "low"),
+    ("rcv_credit_free", "credit", "free"),
+    ("rcv_credit_waits", "credit", "waits"),
+    ("rcv_credit_overcommits", "credit", "overcommits"),
+)))
 
 
 class _Segment:
@@ -1657,35 +1665,10 @@ class Tcp:
         """The same as (name, value) pairs, by name, one at a time: a stats report builds
         no dict of them (on a busy board's heap that dict was the largest piece of memory a
         stats request asked for, and did not always find)."""
-        credit = self.credit
-        for name in _REPORT_NAMES:
-            if name == "connections":
-                yield name, len(self.conns)
-            elif name == "max_connections":
-                yield name, self.config.tcp_max_connections
-            elif name == "rx_chunks":
-                yield name, self.rx_pool.size
-            elif name == "rx_chunks_free":
-                yield name, self.rx_pool.nfree
-            elif name == "rx_chunks_low":
-                yield name, self.rx_pool.low
-            elif name == "tx_chunks":
-                yield name, self.tx_pool.size
-            elif name == "tx_chunks_free":
-                yield name, self.tx_pool.nfree
-            elif name == "tx_chunks_low":
-                yield name, self.tx_pool.low
-            elif name == "rcv_credit_free":
-                if credit is not None:
-                    yield name, credit.free
-            elif name == "rcv_credit_waits":
-                if credit is not None:
-                    yield name, credit.waits
-            elif name == "rcv_credit_overcommits":
-                if credit is not None:
-                    yield name, credit.overcommits
-            else:
-                yield name, getattr(self, name)
+        for name, part, attr in _REPORT:
+            owner = self if part is None else getattr(self, part)
+            if owner is not None:          # (no credit without a receive budget)
+                yield name, len(owner) if attr is None else getattr(owner, attr)
 
     # ---- segments in -------------------------------------------------------------------
 
