@@ -161,9 +161,10 @@ _COUNTER_NAMES = (
     "conn_timeouts", "zero_window_probes", "keepalive_probes", "keepalive_timeouts",
     "time_wait_reuse", "time_wait_recycled", "tx_blocked",
 )
-# What the report says, by name: (name, part of the Tcp, attribute of it). Besides the
-# counters, the pools' and the receive credit's state; attribute None: the part's length.
-_REPORT = tuple(sorted(tuple((name, None, name) for name in _COUNTER_NAMES) + (
+# What the report says of the pools and the receive credit besides the counters above:
+# (name, part of the Tcp, its attribute; None: the part's length). A literal of constants,
+# so a frozen image keeps it in flash.
+_STATE = (
     ("connections", "conns", None),
     ("max_connections", "config", "tcp_max_connections"),
     ("rx_chunks", "rx_pool", "size"),
@@ -175,7 +176,8 @@ _REPORT = tuple(sorted(tuple((name, None, name) for name in _COUNTER_NAMES) + (
     ("rcv_credit_free", "credit", "free"),
     ("rcv_credit_waits", "credit", "waits"),
     ("rcv_credit_overcommits", "credit", "overcommits"),
-)))
+)
+_REPORT_NAMES = tuple(sorted(_COUNTER_NAMES + tuple(entry[0] for entry in _STATE)))
 
 
 class _Segment:
@@ -1665,8 +1667,14 @@ class Tcp:
         """The same as (name, value) pairs, by name, one at a time: a stats report builds
         no dict of them (on a busy board's heap that dict was the largest piece of memory a
         stats request asked for, and did not always find)."""
-        for name, part, attr in _REPORT:
-            owner = self if part is None else getattr(self, part)
+        for name in _REPORT_NAMES:
+            owner = self
+            attr = name
+            for entry in _STATE:
+                if entry[0] == name:
+                    owner = getattr(self, entry[1])
+                    attr = entry[2]
+                    break
             if owner is not None:          # (no credit without a receive budget)
                 yield name, len(owner) if attr is None else getattr(owner, attr)
 
