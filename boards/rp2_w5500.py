@@ -1,6 +1,7 @@
 # Shared by the RP2040/RP2350 boards with a W5500 on SPI (W5500-EVB-Pico wiring by default).
 # Board files set the pins and call make_hardware(); this module is deployed with them.
 from machine import SPI, Pin, Timer, unique_id
+from machine import idle as wait_for_event
 
 # Set by boot.py when it could add a second USB CDC interface (runtime USB, rp2.md §9):
 # host data then travels there and the REPL stays on the first port for mpremote.
@@ -10,6 +11,8 @@ DATA_CDC = None
 class Hardware:
     """The W5500's SPI bus and pins, core 0's tick timer and the USB data stream."""
 
+    DOORBELLS = True     # an idle kernel on core 1 blocks on a lock core 0 releases
+
     def __init__(self, spi_id, sck, mosi, miso, cs, rst, intn, baudrate):
         # 24 MHz is the fastest the default 48 MHz clk_peri gives (rp2.md §6); asking for
         # 20 MHz would give 12 MHz.
@@ -18,6 +21,30 @@ class Hardware:
         self.cs = Pin(cs, Pin.OUT, value=1)
         self.rst = Pin(rst, Pin.OUT, value=1)
         self.intn = Pin(intn, Pin.IN, Pin.PULL_UP)
+        self._alarm = Timer()
+
+    def idle(self, timeout_ms):
+        """Core 0 has nothing to do: sleep (WFE) until an interrupt (INTn, USB, a timer),
+        the other core's event or about a millisecond. True if the host's bytes are waiting.
+
+        Twice: machine.idle() sets a wake-up alarm only when none is set, and setting one
+        sends an event that ends that same wait at once (pico-sdk's
+        best_effort_wfe_or_timeout); alone, every other call would return without sleeping."""
+        wait_for_event()
+        wait_for_event()
+        cdc = DATA_CDC
+        return cdc is not None and cdc._rb.readable() > 0
+
+    def wait_event(self):
+        """An idle kernel on core 1: sleep (WFE) until an event or about a millisecond."""
+        wait_for_event()
+
+    def alarm(self, ms, callback):
+        """One hard-IRQ ``callback`` in ``ms`` ms, replacing the last one (None: none)."""
+        if callback is None:
+            self._alarm.deinit()
+        else:
+            self._alarm.init(mode=Timer.ONE_SHOT, period=ms, callback=callback, hard=True)
 
     def timer(self, period_ms, callback):
         # Soft timer: the callback runs on core 0's main thread (rp2.md §4).

@@ -476,16 +476,25 @@ class Hardware:
     @micropython.native
     def idle(self, timeout_ms):
         """Core 0 has nothing to do: wait for USB input or an interrupt, at most
-        timeout_ms (an rp2 board waits for an interrupt the same way)."""
-        hangup = woke = False
+        timeout_ms (an rp2 board waits for an interrupt the same way). True if the host's
+        bytes are waiting."""
+        hangup = woke = usb = False
         for fd, ev in self._idle_poll.ipoll(timeout_ms):   # ipoll: no list per wait
             if fd != sim_config.USB_FD:
                 self._wake.drain()
                 woke = True
-            elif not ev & select.POLLIN:
+            elif ev & select.POLLIN:
+                usb = True
+            else:
                 hangup = True       # no host on the pty: poll() would return at once
         if hangup and not woke:
             time.sleep_ms(timeout_ms)
+        return usb
+
+    def wake_core0(self):
+        """End core 0's idle wait (another core put frames on its ring): on an RP2040
+        the event every released lock sends does it."""
+        self._wake.set()
 
     def timer(self, period_ms, callback):
         t = _TickTimer(period_ms, callback)

@@ -30,6 +30,9 @@ class ArpCache:
         self._state = bytearray(entries)
         self._deadline = [0] * entries        # VALID: expiry; PENDING: next request allowed
         self._used = [0] * entries            # last use, for LRU replacement
+        # No entry's deadline is before _due (when _timed): expire() looks no sooner.
+        self._due = 0
+        self._timed = False
         self.learned = 0       # new VALID entries
         self.updated = 0       # VALID entries refreshed (same or new MAC)
         self.changed = 0       # ... of which the MAC changed
@@ -39,14 +42,7 @@ class ArpCache:
 
     def find(self, ip, off):
         """Index of the (non-free) entry for ip[off:off+4], or -1."""
-        state = self._state
-        ips = self.ips
-        i = 0
-        while i < self.size:
-            if state[i] != _FREE and wire.equal(ips, 4 * i, ip, off, 4):
-                return i
-            i += 1
-        return -1
+        return wire.find4(self.ips, self._state, self.size, ip, off)
 
     def lookup(self, ip, off, now):
         """Index of a live VALID entry for ip[off:off+4] (its MAC at macs[6*i]), or -1."""
@@ -80,9 +76,15 @@ class ArpCache:
             self.learned += 1
         wire.copy(self.macs, 6 * i, mac, mac_off, 6)
         self._state[i] = _VALID
-        self._deadline[i] = time.ticks_add(now, self.lifetime_ms)
+        self._set_deadline(i, time.ticks_add(now, self.lifetime_ms))
         self._used[i] = now
         return True
+
+    def _set_deadline(self, i, at):
+        self._deadline[i] = at
+        if not self._timed or time.ticks_diff(at, self._due) < 0:
+            self._due = at
+            self._timed = True
 
     def refresh(self, ip, ip_off, mac, mac_off, now):
         """ip -> mac seen in IPv4 traffic from an on-link peer (smoltcp fills its cache so).
@@ -116,7 +118,7 @@ class ArpCache:
             i = self._claim(now)
             wire.copy(self.ips, 4 * i, ip, off, 4)
         self._state[i] = _PENDING
-        self._deadline[i] = time.ticks_add(now, self.retry_ms)
+        self._set_deadline(i, time.ticks_add(now, self.retry_ms))
         self._used[i] = now
         return True
 
@@ -148,26 +150,33 @@ class ArpCache:
 
     def expire(self, now):
         """Free entries past their deadline (VALID: lifetime over; PENDING: wait over)."""
+        if not self._timed or time.ticks_diff(self._due, now) > 0:
+            return            # per poll, so nothing before the earliest deadline
         state = self._state
-        i = 0
-        while i < self.size:
-            if state[i] != _FREE and time.ticks_diff(self._deadline[i], now) <= 0:
-                if state[i] == _VALID:
-                    self.expired += 1
-                state[i] = _FREE
-            i += 1
-
-    def next_deadline(self, now):
-        """Milliseconds until the next entry deadline: 0 overdue, -1 none."""
-        state = self._state
-        best = -1
+        timed = False
+        due = 0
         i = 0
         while i < self.size:
             if state[i] != _FREE:
-                d = time.ticks_diff(self._deadline[i], now)
-                best = wire.earliest(best, d if d > 0 else 0)
+                d = self._deadline[i]
+                if time.ticks_diff(d, now) <= 0:
+                    if state[i] == _VALID:
+                        self.expired += 1
+                    state[i] = _FREE
+                elif not timed or time.ticks_diff(d, due) < 0:
+                    due = d
+                    timed = True
             i += 1
-        return best
+        self._due = due
+        self._timed = timed
+
+    def next_deadline(self, now):
+        """Milliseconds until the next entry deadline (or sooner: a refreshed entry's
+        deadline moved on and is looked at when the old one passes): 0 overdue, -1 none."""
+        if not self._timed:
+            return -1
+        d = time.ticks_diff(self._due, now)
+        return d if d > 0 else 0
 
     def flush(self):
         i = 0

@@ -25,7 +25,7 @@
 # dispatcher, which is rare, waits for a helper's batch), no lock is taken twice.
 import _thread
 from array import array
-from time import sleep_us, ticks_ms, ticks_us
+from time import sleep_us, ticks_diff, ticks_ms, ticks_us
 
 from micropython import const
 
@@ -56,6 +56,10 @@ _C_DROP_RED = const(4)         # Dispatcher.counters_ index of drop_red
 # Thread control words: [0] run, [1] stopped, shared by core 0 and the thread.
 _RUN = const(0)
 _STOPPED = const(1)
+# A sleeping kernel's words (array "i"), shared the same way: [0] 1 while it waits on its
+# doorbell, [1] the ticks_ms by which core 0 must ring it (its stack's next deadline).
+_SLEEPING = const(0)
+_DUE = const(1)
 
 
 def default_pool_slots(ncores, ring_capacity):
@@ -139,12 +143,14 @@ class _Direct:
         return fn(*args)
 
 
-def _core_loop(kernel, ctl, idle_us, pacer, helper):
+def _core_loop(kernel, ctl, wait_event, pacer, helper, bell, sleep_state):
     """Kernels 1..N-1: turn after turn; with an empty ring, a batch read for the dispatcher
-    (``helper``: the Cores, or None) or else a short sleep. ``pacer`` (a simulated board's,
-    or None) slows the core down to the board's speed."""
+    (``helper``: the Cores, or None), else sleep until there is work (kernel.sleep: on
+    ``bell``, its doorbell, where there is one). ``pacer`` (a simulated board's, or None)
+    slows the core down to the board's speed."""
     core = kernel.core
     ring = kernel.rx
+    intn = helper.intn if helper is not None else None
     while ctl[_RUN]:
         if pacer is not None:
             pacer.begin()
@@ -161,7 +167,10 @@ def _core_loop(kernel, ctl, idle_us, pacer, helper):
             pacer.end()
         if not more:
             kernel.idle_sleeps += 1
-            sleep_us(idle_us)
+            try:
+                kernel.sleep(wait_event, intn, helper, bell, sleep_state)
+            except Exception:
+                kernel.errors += 1
     ctl[_STOPPED] = 1
 
 
@@ -169,12 +178,21 @@ class Cores:
     def __init__(self, nic, ncores, mac, ip, prefix, gateway, stack_config, log,
                  tx_mode=TX_LOCK, pool_slots=0, ring_capacity=16, flow_capacity=256,
                  handoff_bytes=9216, tx_slots=8, idle_us=100, thread_stack=16384,
-                 intn=None, dispatch_help=True, allocate_lock=None):
+                 intn=None, dispatch_help=True, allocate_lock=None, wait_event=None,
+                 wake_core0=None, doorbells=False):
         """``intn``: the W5500's INTn pin (read by helping cores); ``dispatch_help``: let
         kernels 1..N-1 read frames for the dispatcher when their rings are empty;
         ``allocate_lock``: the board's maker of the locks the cores share (the chip's, the
         dispatcher's; a simulated board's paced cores hold them at their own speed), else
-        `_thread.allocate_lock`."""
+        `_thread.allocate_lock`; ``wait_event``: the board's wait of an idle kernel's core
+        for an interrupt or the other core (rp2: machine.idle(), WFE), else a sleep of
+        ``idle_us``; ``wake_core0``: the board's way to end core 0's idle wait when a
+        helping core put frames on kernel 0's ring (None where the other core's event
+        does, as on rp2: every lock released sends one); ``doorbells``: an idle kernel
+        1..N-1 sleeps in a blocking acquire of its doorbell lock, which core 0 holds and
+        releases when the kernel has work (on rp2 a blocked acquire is a WFE that no alarm
+        wakes: machine.idle() sets one, and each alarm set wakes the other core, so two
+        cores waiting that way wake each other without end)."""
         if ncores < 1:
             raise ValueError("kernels must be >= 1")
         if tx_mode not in (TX_LOCK, TX_RING):
@@ -183,6 +201,16 @@ class Cores:
         self.log = log            # the frame log is written here, where frames arrive
         self.tx_mode = tx_mode
         self.idle_us = idle_us
+        if wait_event is None:
+            def wait_event():
+                sleep_us(idle_us)
+        self.wait_event = wait_event
+        self.wake_core0 = wake_core0
+        self.bells = [_thread.allocate_lock() if doorbells and k > 0 else None
+                      for k in range(ncores)]
+        self.bell_held = bytearray(ncores)
+        self.sleep_state = [array("i", [0, 0]) for _ in range(ncores)]
+        self.bell_rings = 0
         self.thread_stack = thread_stack
         self.raw_nic = nic
         if allocate_lock is None:
@@ -259,13 +287,21 @@ class Cores:
             ctl = self.ctl[k]
             ctl[_RUN] = 1
             ctl[_STOPPED] = 0
-            _thread.start_new_thread(_core_loop, (self.kernels[k], ctl, self.idle_us,
+            bell = self.bells[k]
+            if bell is not None and not self.bell_held[k]:
+                bell.acquire()
+                self.bell_held[k] = 1
+            _thread.start_new_thread(_core_loop, (self.kernels[k], ctl, self.wait_event,
                                                   pacer() if pacer else None,
-                                                  self if self.helping else None))
+                                                  self if self.helping else None,
+                                                  bell, self.sleep_state[k]))
 
     def stop(self):
         for k in range(1, self.ncores):
             self.ctl[k][_RUN] = 0
+            if self.bell_held[k]:
+                self.bell_held[k] = 0
+                self.bells[k].release()
         start = ticks_ms()
         for k in range(1, self.ncores):
             while not self.ctl[k][_STOPPED]:
@@ -315,6 +351,34 @@ class Cores:
             more = True
         return more
 
+    def ring_bells(self, now):
+        """(core 0, after each turn and each idle wake) Ring the doorbell of a sleeping
+        kernel with work waiting (frames, a datagram handed over, work from core 0 or the
+        host) or whose deadline came; take back the doorbell of one that woke. Returns the
+        ms until the earliest sleeping kernel's deadline (-1: none sleeps)."""
+        best = -1
+        k = 1
+        while k < self.ncores:
+            bell = self.bells[k]
+            if bell is None:
+                return -1
+            st = self.sleep_state[k]
+            if not self.bell_held[k]:
+                # Rung earlier: taken back once the kernel is awake (it held the bell for a
+                # moment; a failed try is retried at the next call).
+                if not st[_SLEEPING] and bell.acquire(0):
+                    self.bell_held[k] = 1
+            elif st[_SLEEPING]:
+                left = ticks_diff(st[_DUE], now)
+                if left <= 0 or self.kernels[k].has_work():
+                    self.bell_held[k] = 0
+                    self.bell_rings += 1
+                    bell.release()
+                elif best < 0 or left < best:
+                    best = left
+            k += 1
+        return best
+
     def help(self, core, now):
         """(Kernel ``core`` >= 1, its ring empty) Read a batch for the dispatcher when INTn
         is low or the last batch left frames waiting, unless another core is at it. True if
@@ -336,6 +400,8 @@ class Cores:
             # transactions saved per helping batch.
             self.dispatch(now, core)
             self.dispatch_busy.since(t0)
+            if self.wake_core0 is not None and self.kernels[0].rx.depth():
+                self.wake_core0()
             return self.dispatched[core] != before
         finally:
             lock.release()

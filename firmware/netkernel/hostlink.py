@@ -5,6 +5,7 @@
 # resynchronises at the next delimiter. The I2O messaging unit uses the KIND_I2O_* kinds; besides
 # then the link carries diagnostics: echo, raw frame transmit, counters, the TCP test client.
 import struct
+from time import ticks_ms
 
 from micropython import const
 
@@ -46,12 +47,14 @@ class HostLink:
         self._part_i = 0          # and how much of it (len + 1: its separator too) is out
         self._sep = 0x20          # what follows each part: a space, or a newline (lines)
         self.replies_cut = 0      # text replies replaced by a newer request before the end
+        self.rx_at = ticks_ms()   # when the host last sent bytes
 
     def poll(self):
         """Read what the host sent (one chunk) and act on every complete frame in it; send
         more of a text reply in progress."""
         n = self._stream.readinto(self._rx)
         if n:
+            self.rx_at = ticks_ms()
             self.deframer.feed(self._rx, n)
         self.pump_text()
         return n
@@ -181,6 +184,10 @@ class HostLink:
             self._part_i = i
         r[1] = 0 if last else 1
         return n, last
+
+    def idle(self):
+        """True when no frame is partly written and no text reply is being paged."""
+        return self._pend == 0 and self._text is None
 
     def busy(self):
         """Write more of a partly written frame; True while some of it is still left."""

@@ -436,14 +436,7 @@ class Interface:
         return not (self._subnet_bcast and wire.equal(buf, off, self._bcast, 0, 4))
 
     def _on_link(self, buf, off):
-        ip = self.ip
-        mask = self.netmask
-        i = 0
-        while i < 4:
-            if (buf[off + i] ^ ip[i]) & mask[i]:
-                return False
-            i += 1
-        return True
+        return wire.masked_equal(buf, off, self.ip, 0, self.netmask)
 
     # == ICMP ================================================================================
 

@@ -25,7 +25,7 @@ from micropython import const
 from netkernel import msgunit as mu_mod
 from netkernel.proto import i2o
 from netkernel.tcp import CLOSED, ESTABLISHED, TIME_WAIT
-from netkernel.wire import copy
+from netkernel.wire import copy, equal
 
 _OUT = const(3)               # msgunit.OUT_OFF: where a message starts in a staging buffer
 _BATCH = const(8)             # inbound messages per turn
@@ -81,6 +81,7 @@ class SocketIsm:
             n = 255
         self.nslots = n
         self.kind = bytearray(n)
+        self._no_slots = bytes(n)         # kind when every slot is free (idle())
         self.gen = bytearray(b"\x01" * n)     # generation 0 never used: handle 0 is invalid
         self.flags = bytearray(n)
         self.obj = [None] * n
@@ -158,6 +159,17 @@ class SocketIsm:
             self.msgs += 1
             done += 1
         self._service(now)
+
+    def idle(self):
+        """True when no host socket is open and no message waits: the kernel's core may
+        then sleep until its stack's next deadline (a socket's data or credit may move on
+        without a frame or a message, so with any open the core looks again soon)."""
+        return (self.cur < 0 and self.inring.depth() == 0 and not self.mu.ctl[self.iop].pending()
+                and equal(self.kind, 0, self._no_slots, 0, self.nslots))
+
+    def has_messages(self):
+        """A message from the host, or a request of the message unit, waits."""
+        return self.inring.depth() > 0 or self.mu.ctl[self.iop].pending()
 
     def _give(self, m):
         self.retring.push(m)   # cannot be full: it holds every MFA of this IOP

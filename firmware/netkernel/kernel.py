@@ -10,7 +10,7 @@
 # frames of each flow: a connection's frames are all counted on one kernel.
 import _thread
 from array import array
-from time import ticks_us
+from time import ticks_add, ticks_diff, ticks_ms, ticks_us
 
 from micropython import const
 
@@ -24,6 +24,13 @@ _BATCH = const(16)
 _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
 _EVENTS = const(32)       # closed connections waiting for the dispatcher
+# An idle kernel sleeps until its stack's next deadline, at most _SLEEP_MAX_MS; with host
+# sockets open (their data and credit move without frames) or receive credit owed, at most
+# _SLEEP_BUSY_MS.
+_SLEEP_MAX_MS = const(200)
+_SLEEP_BUSY_MS = const(2)
+_SLEEPING = const(0)      # cores.Cores.sleep_state
+_DUE = const(1)
 # Handoff.state: datagram length, 1 = full (set by its producer, cleared by the owner), owner.
 _H_LEN = const(0)
 _H_FULL = const(1)
@@ -135,6 +142,47 @@ class NetKernel:
         stack.poll(now)
         self.busy.since(t0)
         return ring.depth() > 0
+
+    def has_work(self):
+        """Frames on the ring, a datagram handed over, work from core 0 or the host."""
+        hs = self.hand_state
+        ism = self.ism
+        return bool(self.rx.depth() or self.todo.pending()
+                    or (hs[_H_FULL] and hs[_H_CORE] == self.core)
+                    or (ism is not None and ism.has_messages()))
+
+    def sleep(self, wait_event, intn, cores, bell=None, state=None):
+        """(Kernels 1..N-1, after a turn that left nothing waiting) Sleep until there is
+        work (has_work()), a batch to read for the dispatcher (``intn`` low or
+        ``cores.backlog``; both None without dispatch help) or the stack's next deadline.
+        With a doorbell (``bell``, held by core 0, and ``state``: Cores.sleep_state) the
+        core blocks on it until core 0 rings; else it waits for events (``wait_event()``:
+        the board's wait for an interrupt or the other core, at most about a ms)."""
+        start = ticks_ms()
+        stack = self.stack
+        ism = self.ism
+        limit = stack.poll_at(start)
+        if limit < 0 or limit > _SLEEP_MAX_MS:
+            limit = _SLEEP_MAX_MS
+        if limit > _SLEEP_BUSY_MS and ((ism is not None and not ism.idle())
+                                       or stack.tcp.credit_waiting()):
+            limit = _SLEEP_BUSY_MS
+        if bell is not None:
+            state[_DUE] = ticks_add(start, limit)
+            state[_SLEEPING] = 1
+            # Looked at after saying so: core 0 rings for anything that comes after.
+            if not self.has_work() and (intn is None or (intn() and not cores.backlog)):
+                bell.acquire()
+                bell.release()
+            state[_SLEEPING] = 0
+            return
+        ring = self.rx
+        while ticks_diff(ticks_ms(), start) < limit:
+            if ring.depth() or self.has_work():
+                return
+            if intn is not None and (intn() == 0 or cores.backlog):
+                return
+            wait_event()
 
     def run_on_core(self, fn):
         """(core 0) Have ``fn(kernel)`` run on this kernel's own core: at once for kernel 0,

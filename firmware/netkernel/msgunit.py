@@ -355,6 +355,19 @@ class MsgUnit:
             self._serve_exec()
         self._send_posted()
 
+    def idle(self):
+        """True when nothing is owed to the host or waits for core 0: no reply, FREE,
+        FAIL or bring-up step, no EXEC request, no frame an ISM gave back."""
+        if (not self._ready_sent or self._resetting or self._init_owed or self._fail_n
+                or self._cur != _EXEC_NONE or self._exec.depth() or self.out_post.depth()):
+            return False
+        k = 0
+        while k < self.niop:
+            if self._free_n[k] or self.ret[k].depth():
+                return False
+            k += 1
+        return True
+
     def _collect_returns(self):
         for k in range(self.niop):
             ret = self.ret[k]

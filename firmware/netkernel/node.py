@@ -12,8 +12,10 @@
 # pool made from it here at boot; the addresses and settings of config.py; and optionally
 # tx_mode ("lock" | "ring"), pool_slots, flow_capacity, tx_slots, idle_us, dispatch_help
 # (bool, default on: netkernel.cores), and stack (StackConfig overrides).
+import _thread
 import gc
 import time
+from array import array
 
 from micropython import const
 
@@ -26,8 +28,18 @@ from netkernel.msgunit import MsgUnit
 from netkernel.services import Services
 from netkernel.stack import StackConfig
 from netkernel.w5500 import RX_RELEASE_BYTES, W5500, W5500Error
+from netkernel_native import node_wake_irq
 
-_TICK_MS = const(10)
+_TICK_MS = const(100)       # a safety net only: an idle core 0 looks at INTn itself
+_SLEEP_MAX_MS = const(200)  # core 0 idle: its longest sleep without a deadline...
+_SLEEP_BUSY_MS = const(2)   # ...and with host sockets open or the host link mid-reply
+_W_INTN = const(0)          # Node.wakes: INTn low
+_W_WORK = const(1)          # frames for kernel 0 or work for the message unit
+_W_DUE = const(2)           # a deadline
+_W_EVENT = const(3)         # the host's bytes
+_W_WAITS = const(4)         # the board's idle waits (each ends at an event or ~1 ms)
+_W_DOZES = const(5)         # blocked on the bell (Node._doze)
+_HOST_QUIET_MS = const(200) # core 0 dozes only when the host sent nothing for this long
 _LINK_CHECK_MS = const(500)
 _MAX_KERNELS = const(4)
 _EINVAL = const(22)
@@ -158,7 +170,10 @@ class Node:
                            thread_stack=cfg["thread_stack"],
                            intn=self.hw.intn,
                            dispatch_help=cfg.get("dispatch_help", True),
-                           allocate_lock=getattr(self.hw, "allocate_lock", None))
+                           allocate_lock=getattr(self.hw, "allocate_lock", None),
+                           wait_event=getattr(self.hw, "wait_event", None),
+                           wake_core0=getattr(self.hw, "wake_core0", None),
+                           doorbells=getattr(self.hw, "DOORBELLS", False))
         self.kernels = self.cores.kernels
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
@@ -170,19 +185,35 @@ class Node:
         self._busy_last = [0] * (nk + 3)   # kernels, then dispatcher, chip I/O, core 0 idle
         self._busy_at = time.ticks_us()
         self._wake = True
+        # Where the board has a wake-up alarm, an idle core 0 with a quiet host dozes: it
+        # blocks on this lock until an IRQ (INTn, the alarm) releases it (Node._doze).
+        self._bell = _thread.allocate_lock() if hasattr(self.hw, "alarm") else None
+        self._dozing = False
+        self.irqs = 0
+        # One bound method for every IRQ registration (INTn, the doze alarm).
+        self._on_irq = self._on_hard_irq if self._bell is not None else self._on_event
         self.idle = BusyTime()      # core 0 waiting for work
+        self.wakes = array("I", bytes(4 * 6))   # why core 0's idle waits ended (_W_*)
         self._pacer = None          # a simulated board's core speed (start())
         self._next_link_check = 0
         self.link_up = False
         self.errors = 0
 
     def _on_event(self, _):
+        # INTn and the tick as soft IRQs (where core 0 does not doze).
         self._wake = True
+        self.irqs += 1
+
+    # INTn and the doze alarm as hard IRQs (where core 0 dozes): machine code, which no
+    # pending Ctrl-C can interrupt. A dozing core 0 blocks on its bell: ring it (once:
+    # only this core's IRQs do).
+    _on_hard_irq = node_wake_irq
 
     def start(self):
         self.nic.init(self.mac)
         self.link_up = self.nic.link_up()
-        self.hw.intn.irq(handler=self._on_event, trigger=self.hw.intn.IRQ_FALLING)
+        self.hw.intn.irq(handler=self._on_irq, trigger=self.hw.intn.IRQ_FALLING,
+                         hard=self._bell is not None)
         self._timer = self.hw.timer(_TICK_MS, self._on_event)
         self.kernel.stack.announce(time.ticks_ms())
         pacer = getattr(self.hw, "pacer", None)     # a simulated board's core speed
@@ -197,23 +228,106 @@ class Node:
 
     def run(self):
         """Run until KeyboardInterrupt (Ctrl-C on the REPL, SIGINT on the simulated board)."""
-        # Idle: wait for an interrupt or the host's next bytes (where the board can; the
-        # simulated one can), at most 1 ms, so the kernels' rings get their turn as before.
-        idle = getattr(self.hw, "idle", None) or getattr(self.hw.usb(), "poll", None)
+        idle = getattr(self.hw, "idle", None)
         pacer = self._pacer
         while True:
             if pacer is not None:
                 pacer.begin()
-            more = self.turn(time.ticks_ms())
+            now = time.ticks_ms()
+            more = self.turn(now)
             if pacer is not None:
                 pacer.end()
             if not more:
                 t0 = time.ticks_us()
                 if idle is not None:
-                    idle(1)
+                    self._sleep(now, idle)
                 else:
                     time.sleep_ms(1)
                 self.idle.since(t0)
+
+    def _sleep(self, now, idle):
+        """Core 0 has nothing to do: wait for events (``idle(ms)``, the board's wait for an
+        interrupt, the other core or the host, True if the host sent bytes) until INTn is
+        low, the host sent something, a helping core read frames for kernel 0, a kernel
+        posted a reply, or the next deadline (kernel 0's timers, the link check, a sleeping
+        kernel's)."""
+        kernel = self.kernel
+        limit = kernel.stack.poll_at(now)
+        if limit < 0 or limit > _SLEEP_MAX_MS:
+            limit = _SLEEP_MAX_MS
+        d = time.ticks_diff(self._next_link_check, now)
+        if d < limit:
+            limit = d
+        if limit > _SLEEP_BUSY_MS and (not self.link.idle() or not self._isms_idle()
+                                       or not self.msgunit.idle()
+                                       or kernel.stack.tcp.credit_waiting()):
+            limit = _SLEEP_BUSY_MS
+        due = self.cores.ring_bells(now)     # a sleeping kernel's deadline
+        if due >= 0 and due < limit:
+            limit = due
+        if (limit > _SLEEP_BUSY_MS and self._bell is not None
+                and time.ticks_diff(now, self.link.rx_at) > _HOST_QUIET_MS):
+            self._doze(now, limit)
+            return
+        # What another core may change while we sleep, read without calls (each call costs
+        # ~1k instructions on the RP2040, and an idle core 0 looks ~2 times a ms): frames a
+        # helping core put on kernel 0's ring, replies a kernel posted for the host.
+        ring = kernel.rx.idx
+        post = self.msgunit.out_post.idx
+        intn = self.hw.intn
+        wakes = self.wakes
+        while not self._wake:
+            if intn() == 0:
+                self._wake = True
+                wakes[_W_INTN] += 1
+                return
+            if ring[0] != ring[1] or post[0] != post[1]:
+                wakes[_W_WORK] += 1
+                return
+            left = limit - time.ticks_diff(time.ticks_ms(), now)
+            if left <= 0:
+                wakes[_W_DUE] += 1
+                return
+            wakes[_W_WAITS] += 1
+            if idle(left):
+                wakes[_W_EVENT] += 1
+                return
+
+    def _doze(self, now, limit):
+        """Sleep on the bell until INTn falls or the board's alarm rings after ``limit``
+        ms: a blocked acquire waits in WFE and wakes for nothing else (machine.idle()
+        wakes about twice a millisecond, and each look costs ~10k instructions). The
+        host's USB bytes wait until then, so only a host quiet for _HOST_QUIET_MS does."""
+        bell = self._bell
+        kernel = self.kernel
+        ring = kernel.rx.idx
+        post = self.msgunit.out_post.idx
+        bell.acquire()              # free: only this core holds it
+        self.hw.alarm(limit, self._on_irq)
+        self._dozing = True
+        # Looked at after _dozing is set: an IRQ from here on releases the bell.
+        if (not self._wake and self.hw.intn() and ring[0] == ring[1]
+                and post[0] == post[1]):
+            self.wakes[_W_DOZES] += 1
+            bell.acquire()          # until an IRQ releases it; held again then
+        self._dozing = False
+        try:
+            bell.release()
+        except RuntimeError:        # an IRQ came first and released it
+            pass
+        self.hw.alarm(0, None)
+        if self.hw.intn() == 0:
+            self._wake = True
+
+    def _isms_idle(self):
+        # Any kernel's: what another core's ISM posts for the host is sent from core 0.
+        ks = self.kernels
+        i = 0
+        while i < len(ks):
+            if not ks[i].ism.idle():
+                return False
+            i += 1
+        return True
 
     def turn(self, now):
         """One bounded turn of core 0's loop; returns True if work is still waiting."""
@@ -224,6 +338,7 @@ class Node:
                 self._wake = True   # batch full: come back after the link's turn
             self.link.poll()        # what the host asks may touch the chip too
             self.msgunit.pump()     # I2O: frees, replies, bring-up
+            self.cores.ring_bells(now)   # kernels asleep with work waiting
             if time.ticks_diff(now, self._next_link_check) >= 0:
                 self._next_link_check = time.ticks_add(now, _LINK_CHECK_MS)
                 self._check_link()
@@ -344,6 +459,11 @@ class Node:
         yield "disp.busy_pct=%d nic.io_pct=%d core0.idle_pct=%d" % (
             pct(nk, c.dispatch_busy.total_us()), pct(nk + 1, n.io_busy.total_us()),
             pct(nk + 2, self.idle.total_us()))
+        w = self.wakes
+        yield ("core0.wake_intn=%d core0.wake_work=%d core0.wake_due=%d core0.wake_event=%d "
+               "core0.idle_waits=%d core0.dozes=%d core0.irqs=%d bell_rings=%d" % (
+                   w[_W_INTN], w[_W_WORK], w[_W_DUE], w[_W_EVENT], w[_W_WAITS], w[_W_DOZES],
+                   self.irqs, c.bell_rings))
         for i, k in enumerate(self.kernels):
             busy = pct(i, k.busy_total_us())
             owned = 0

@@ -55,6 +55,9 @@ class Reassembler:
         self._size = [0] * max_datagrams      # region length: 20 + furthest fragment end
         self._end = [0] * max_datagrams       # payload length once the last fragment came
         self._deadline = [0] * max_datagrams
+        # No datagram times out before _due (when _timed): expired() looks no sooner.
+        self._due = 0
+        self._timed = False
         self._active = bytearray(max_datagrams)
         self._nholes = bytearray(max_datagrams)
         self._hole_lo = array("H", [0] * (max_datagrams * _HOLES))
@@ -136,7 +139,11 @@ class Reassembler:
         self.base[s] = self._used
         self._size[s] = 0
         self._end[s] = _NO_END
-        self._deadline[s] = time.ticks_add(now, self.timeout_ms)
+        at = time.ticks_add(now, self.timeout_ms)
+        self._deadline[s] = at
+        if not self._timed or time.ticks_diff(at, self._due) < 0:
+            self._due = at
+            self._timed = True
         self._nholes[s] = 1
         self._hole_lo[s * _HOLES] = 0
         self._hole_hi[s * _HOLES] = _NO_END
@@ -299,11 +306,22 @@ class Reassembler:
 
     def expired(self, now):
         """A slot whose time is up (the caller reports and releases it), or -1."""
+        if not self._timed or time.ticks_diff(self._due, now) > 0:
+            return -1         # per poll, so nothing before the earliest deadline
+        timed = False
+        due = 0
         s = 0
         while s < self.slots:
-            if self._active[s] and time.ticks_diff(self._deadline[s], now) <= 0:
-                return s
+            if self._active[s]:
+                d = self._deadline[s]
+                if time.ticks_diff(d, now) <= 0:
+                    return s      # the due stays: the next call looks again
+                if not timed or time.ticks_diff(d, due) < 0:
+                    due = d
+                    timed = True
             s += 1
+        self._due = due
+        self._timed = timed
         return -1
 
     def time_out(self, s):
@@ -328,14 +346,13 @@ class Reassembler:
         return n
 
     def next_deadline(self, now):
-        best = -1
-        s = 0
-        while s < self.slots:
-            if self._active[s]:
-                d = time.ticks_diff(self._deadline[s], now)
-                best = wire.earliest(best, d if d > 0 else 0)
-            s += 1
-        return best
+        """Milliseconds until the next datagram times out: 0 overdue, -1 none."""
+        if self._timed and time.ticks_diff(self._due, now) <= 0:
+            self.expired(now)     # the due may be stale (released since): look again
+        if not self._timed:
+            return -1
+        d = time.ticks_diff(self._due, now)
+        return d if d > 0 else 0
 
     def in_progress(self):
         n = 0

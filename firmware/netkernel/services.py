@@ -65,8 +65,10 @@ class Services:
             self.udp_echoes += 1
 
     def poll(self, now):
-        self._accept(self._echo, _KIND_ECHO)
-        self._accept(self._discard, _KIND_DISCARD)
+        if self._echo.queue:
+            self._accept(self._echo, _KIND_ECHO)
+        if self._discard.queue:
+            self._accept(self._discard, _KIND_DISCARD)
         conns = self._conns
         i = 0
         while i < len(conns):
@@ -112,7 +114,7 @@ class Services:
                 room = sock.send_space()
         else:
             while True:
-                n = sock.recv_into(buf, 0, _CHUNK)
+                n = sock.recv_into(None, 0, _CHUNK)
                 if n == 0:
                     break
                 self.discard_bytes += n

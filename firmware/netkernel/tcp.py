@@ -403,13 +403,18 @@ class TcpSocket:
         return k
 
     def recv_into(self, buf, off, n):
-        """Copy up to n received bytes into buf[off:]; 0 when nothing is waiting."""
+        """Copy up to n received bytes into buf[off:] (None: drop them unread, as a
+        discard service does); 0 when nothing is waiting."""
         rx = self.rx
         if rx is None:
             return 0
         asm = self.asm
         parked = asm is not None and asm.count > 0
-        k = rx.read_into(buf, off, n, parked)
+        if buf is None:
+            k = n if n < rx.used else rx.used
+            rx.discard(k, parked)
+        else:
+            k = rx.read_into(buf, off, n, parked)
         if k:
             if not parked:
                 rx.drop_unused()          # no data parked past the read: its chunks go back
@@ -1899,6 +1904,11 @@ class Tcp:
             c.rcv_allow += g
             c.ack_now = True
             c._output(now)
+
+    def credit_waiting(self):
+        """True if a connection waits for receive credit (poll() serves it)."""
+        credit = self.credit
+        return credit is not None and credit.waiting()
 
     def poll_at(self, now):
         best = -1

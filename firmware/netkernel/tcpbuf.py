@@ -20,10 +20,14 @@
 # application writes again later.
 #
 # Offsets handed to these classes are always small ints (at most the buffer size), never
-# sequence numbers. Nothing here allocates after construction.
+# sequence numbers. Nothing here allocates after construction. The walks over a ring's
+# chunks are machine code (netkernel_native's ring_*): per segment they were a fifth of the
+# receive path's interpreted lines.
+from array import array
+
 from micropython import const
 
-from netkernel.wire import copy
+from netkernel_native import ring_discard, ring_drop_unused, ring_peek, ring_room, ring_store
 
 CHUNK = const(512)
 _SHIFT = const(9)               # CHUNK == 1 << _SHIFT
@@ -33,7 +37,8 @@ _NONE = const(0xFF)             # a ring slot with no chunk (a pool has fewer th
 
 class ChunkPool:
     """A kernel's TCP buffer memory: ``nchunks`` chunks of CHUNK bytes in one bytearray,
-    made at boot; ``free`` is a stack of the free chunks' numbers."""
+    made at boot; ``free`` is a stack of the free chunks' numbers, ``st`` holds how many
+    (nfree) and the fewest there were (low), where machine code updates them."""
 
     def __init__(self, nchunks):
         if not 0 < nchunks < _NONE:
@@ -41,21 +46,31 @@ class ChunkPool:
         self.mem = bytearray(nchunks << _SHIFT)
         self.free = bytearray(range(nchunks))
         self.size = nchunks
-        self.nfree = nchunks
-        self.low = nchunks         # fewest free chunks seen
+        self.st = array("H", [nchunks, nchunks])
         self.short = 0             # writes refused because the pool was empty
 
+    @property
+    def nfree(self):
+        return self.st[0]
+
+    @property
+    def low(self):
+        """The fewest free chunks seen."""
+        return self.st[1]
+
     def take(self):
-        n = self.nfree - 1
-        self.nfree = n
-        if n < self.low:
-            self.low = n
+        st = self.st
+        n = st[0] - 1
+        st[0] = n
+        if n < st[1]:
+            st[1] = n
         return self.free[n]
 
     def give(self, c):
-        n = self.nfree
+        st = self.st
+        n = st[0]
         self.free[n] = c
-        self.nfree = n + 1
+        st[0] = n + 1
 
 
 class ChunkRing:
@@ -90,45 +105,13 @@ class ChunkRing:
     def _room(self, p, n, reserve=0):
         """How many of n bytes from position p the chunks held and the pool's free ones,
         less ``reserve`` of them, can store (n <= free space)."""
-        m = self.map
-        spare = self.pool.nfree - reserve
-        got = 0
-        size = self.size
-        while got < n:
-            if p >= size:
-                p -= size
-            k = CHUNK - (p & _MASK)
-            if m[p >> _SHIFT] == _NONE:
-                if spare <= 0:
-                    break
-                spare -= 1
-            got += k
-            p += k
-        return got if got < n else n
+        return ring_room(self.map, self.size, p, n, self.pool.st[0] - reserve)
 
     def _store(self, p, src, off, n):
         """Copy src[off:off+n] to position p on, taking chunks where none is held yet (the
         caller checked with _room that the pool has them)."""
-        m = self.map
         pool = self.pool
-        mem = pool.mem
-        size = self.size
-        while n > 0:
-            if p >= size:
-                p -= size
-            o = p & _MASK
-            k = CHUNK - o
-            if k > n:
-                k = n
-            s = p >> _SHIFT
-            c = m[s]
-            if c == _NONE:
-                c = pool.take()
-                m[s] = c
-            copy(mem, (c << _SHIFT) + o, src, off, k)
-            p += k
-            off += k
-            n -= k
+        ring_store(self.map, self.size, p, pool.mem, pool.free, pool.st, src, off, n)
 
     def writable(self):
         """Bytes write() would take now: the free space, as far as chunks can be had."""
@@ -174,21 +157,10 @@ class ChunkRing:
 
     def peek_into(self, dst, doff, rel, n):
         """Copy n bytes starting ``rel`` bytes after the head to dst[doff:], not consuming."""
-        m = self.map
-        mem = self.pool.mem
-        size = self.size
-        p = self._pos(rel)
-        while n > 0:
-            if p >= size:
-                p -= size
-            o = p & _MASK
-            k = CHUNK - o
-            if k > n:
-                k = n
-            copy(dst, doff, mem, (m[p >> _SHIFT] << _SHIFT) + o, k)
-            p += k
-            doff += k
-            n -= k
+        p = self.head + rel
+        if p >= self.size:
+            p -= self.size
+        ring_peek(self.map, self.size, p, self.pool.mem, dst, doff, n)
 
     def read_into(self, dst, doff, n, parked=False):
         """Move up to n bytes from the head into dst[doff:]; returns how many. ``parked``:
@@ -214,58 +186,20 @@ class ChunkRing:
             n = self.used
         if n <= 0:
             return
-        m = self.map
-        pool = self.pool
-        slots = self.slots
-        size = self.size
-        head = self.head
-        end = head + n
         left = self.used - n
-        new_head = end - size if end >= size else end
-        s = head >> _SHIFT
-        if parked and head & _MASK:
-            s += 1
-        last = end >> _SHIFT      # the chunk under the new head may hold what follows
-        while s < last:
-            j = s if s < slots else s - slots
-            c = m[j]
-            # Kept if it holds any of what is left (the ring's last bytes may have come
-            # round to just behind the old head) or the new head.
-            d = (j << _SHIFT) - new_head
-            if d < 0:
-                d += size
-            if c != _NONE and left <= d <= size - CHUNK:
-                pool.give(c)
-                m[j] = _NONE
-            s += 1
-        self.head = new_head
+        pool = self.pool
+        self.head = ring_discard(self.map, self.slots, self.head, n, left, parked,
+                                 pool.free, pool.st)
         self.used = left
 
     def drop_unused(self):
         """Give back every chunk that holds none of the ``used`` bytes (nothing may be parked
         past them); an empty ring starts again at position 0, filling whole chunks."""
-        m = self.map
-        pool = self.pool
-        slots = self.slots
         used = self.used
         if used == 0:
             self.head = 0
-            first = 0
-            span = 0              # slots holding data
-        else:
-            first = self.head >> _SHIFT
-            span = ((self.head + used - 1) >> _SHIFT) - first + 1
-        j = 0
-        while j < slots:
-            d = j - first
-            if d < 0:
-                d += slots
-            if d >= span:
-                c = m[j]
-                if c != _NONE:
-                    pool.give(c)
-                    m[j] = _NONE
-            j += 1
+        pool = self.pool
+        ring_drop_unused(self.map, self.slots, self.head, used, pool.free, pool.st)
 
     def chunks(self):
         """Chunks this ring holds (for tests and counters)."""

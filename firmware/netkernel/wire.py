@@ -16,7 +16,8 @@ from micropython import const
 
 # The byte work is machine code, kept outside this package (netkernel_native says why).
 from netkernel_native import (  # noqa: F401 - re-exported: the layers import them from here
-    checksum, copy, equal, fill, pseudo_header_sum, seq_add, seq_delta, seq_put)
+    checksum, copy, equal, fill, find4, get16, masked_equal, pseudo_header_sum, put16,
+    seq_add, seq_delta, seq_put)
 
 # Ethernet II
 _ETH_DST = const(0)
@@ -111,11 +112,3 @@ def earliest(a, b):
         return a
     return a if a < b else b
 
-
-def get16(buf, off):
-    return (buf[off] << 8) | buf[off + 1]
-
-
-def put16(buf, off, value):
-    buf[off] = (value >> 8) & 0xFF
-    buf[off + 1] = value & 0xFF

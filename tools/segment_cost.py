@@ -1,0 +1,154 @@
+# The receive path's cost per TCP segment, counted: run inside the MicroPython unix port
+# under valgrind (tools/bench.py's "yardstick" does both), so the figure is the same on
+# every run and every machine.
+#
+#   micropython tools/segment_cost.py record FILE    (MICROPYPATH=firmware)
+#   micropython tools/segment_cost.py handshake|all FILE
+#
+# A sender stack streams bulk data into a receiver's discard service (port 9), back to back
+# in one process; every call the receiver gets (a frame in, a poll) is recorded with its
+# time. Then a second receiver, alike in everything (its RFC 6528 key too, so its sequence
+# numbers are the same), replays them from the file with nothing listening to what it
+# sends, in a process of its own (the recording would fill the heap the collector scans).
+# Two runs, one replaying the handshake only and one replaying everything, differ by the
+# cost of the data segments alone: their frames in, the ACKs out, the discard service
+# reading. Printed: "segments=<data segments> calls=<calls> replayed=<replayed>".
+# The recorder's TCP counters (FILE.tcp) are checked after a whole replay: a replay that
+# went another way would count something else.
+import struct
+import sys
+import time
+
+from netkernel.stack import Stack, StackConfig
+
+_MAC_TX = b"\x02\x00\x00\x00\x00\x0a"
+_MAC_RX = b"\x02\x00\x00\x00\x00\x0b"
+_IP_TX = bytes([10, 9, 0, 1])
+_IP_RX = bytes([10, 9, 0, 2])
+_GW = bytes([10, 9, 0, 254])
+_KEY = b"segment-cost-key"
+_MSS = 1460
+_SEGMENTS = 400
+_DISCARD = 9
+
+
+class _Cable:
+    """Frames one way, copied as they are sent (recording is allowed to allocate)."""
+
+    def __init__(self):
+        self.frames = []
+
+    def send(self, buf, n):
+        self.frames.append(bytes(buf[:n if n >= 60 else 60]))
+        return True
+
+
+def _receiver(send):
+    # A kernel of the 2-kernel RP2040 board: boards/rp2040.py's pools, node.rx_budget()'s
+    # receive budget (3 segments).
+    rx = Stack(send, _MAC_RX, _IP_RX, 24, _GW, StackConfig(
+        services=True, tcp_max_connections=16, tcp_rx_pool=8192, tcp_tx_pool=4096,
+        reasm_max_bytes=4096, tcp_rx_budget=3 * _MSS))
+    rx.tcp.secret = _KEY
+    return rx
+
+
+def record():
+    """The receiver's calls for _SEGMENTS full data segments: (frame or None, now)."""
+    to_rx = _Cable()
+    to_tx = _Cable()
+    tx = Stack(to_rx.send, _MAC_TX, _IP_TX, 24, _GW, StackConfig(services=False))
+    rx = _receiver(to_tx.send)
+    calls = []
+    now = time.ticks_ms()
+    sock = tx.tcp.connect(_IP_RX, 0, _DISCARD, now)
+    out = bytearray(_MSS)
+    segments = 0
+    handshake = -1
+    for _ in range(100000):
+        if handshake < 0 and sock.state >= 4:      # ESTABLISHED: the handshake is over
+            handshake = len(calls)
+        if handshake >= 0 and segments < _SEGMENTS:
+            sock.send(out, 0, _MSS)
+        while to_rx.frames or to_tx.frames:
+            if to_rx.frames:
+                f = to_rx.frames.pop(0)
+                if len(f) > 54 + 20:
+                    segments += 1
+                calls.append((f, now))
+                rx.input(f, len(f), now)
+            if to_tx.frames:
+                f = to_tx.frames.pop(0)
+                tx.input(f, len(f), now)
+        tx.poll(now)
+        calls.append((None, now))
+        rx.poll(now)
+        if segments >= _SEGMENTS and sock.send_space() == sock.tx.size:
+            break
+        now = time.ticks_add(now, 1)
+    return calls, handshake, segments, rx
+
+
+def _discard(buf, n):
+    return True
+
+
+def save(path):
+    """Record, and write the calls: per call a 2-byte frame length (0: a poll), a 4-byte
+    time, the frame; the handshake's call count and the data segments first."""
+    calls, handshake, segments, recorded = record()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<III", len(calls), handshake, segments))
+        for frame, now in calls:
+            f.write(struct.pack("<HI", len(frame) if frame else 0, now))
+            if frame:
+                f.write(frame)
+    return recorded.tcp.counters()
+
+
+def replay(path, whole):
+    """Replay the recording (the handshake only unless ``whole``) into a new receiver, one
+    frame at a time through one buffer, so the heap holds nothing but the receiver."""
+    rx = _receiver(_discard)
+    head = bytearray(12)
+    buf = bytearray(1536)
+    with open(path, "rb") as f:
+        f.readinto(head)
+        ncalls, handshake, segments = struct.unpack("<III", head)
+        count = ncalls if whole else handshake
+        rec = memoryview(head)[:6]
+        i = 0
+        while i < count:
+            f.readinto(rec)
+            n, now = struct.unpack("<HI", rec)
+            if n == 0:
+                rx.poll(now)
+            else:
+                f.readinto(memoryview(buf)[:n])
+                rx.input(buf, n, now)
+            i += 1
+    return rx, segments, ncalls, count
+
+
+def main():
+    mode, path = sys.argv[1], sys.argv[2]
+    if mode == "record":
+        counters = save(path)
+        with open(path + ".tcp", "w") as f:
+            for k in counters:
+                f.write("%s %d\n" % (k, counters[k]))
+        return
+    rx, segments, ncalls, count = replay(path, mode == "all")
+    if mode == "all":
+        # The replay must have done what the recording did, or the count measures something
+        # else (a segment out of window, a challenge ACK...).
+        got = rx.tcp.counters()
+        with open(path + ".tcp") as f:
+            for line in f:
+                k, v = line.split()
+                if got[k] != int(v):
+                    raise SystemExit("replay differs: tcp.%s %d != %s" % (k, got[k], v))
+    print("segments=%d calls=%d replayed=%d" % (segments, ncalls, count))
+
+
+main()
