@@ -16,7 +16,8 @@ STAMP  := $(VENV)/.installed
 BOARD  ?= w5500_evb_pico
 PORT   ?= auto
 
-DEBIAN_PACKAGES := iproute2 ethtool tcpdump iputils-ping iputils-arping procps util-linux curl apache2-utils
+# (valgrind: make bench's counted yardstick, instructions per segment on the unix port)
+DEBIAN_PACKAGES := iproute2 ethtool tcpdump iputils-ping iputils-arping procps util-linux curl apache2-utils valgrind
 
 # Non-root users get a private user + network + mount namespace for everything that touches
 # the network; root runs directly.

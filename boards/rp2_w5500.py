@@ -68,6 +68,11 @@ class _CdcStream:
     def __init__(self, cdc):
         self._cdc = cdc
 
+    def any(self):
+        """Bytes waiting from the host (usb-device-cdc's receive buffer: a read of an empty
+        CDC costs a memoryview and a dozen calls)."""
+        return self._cdc._rb.readable()
+
     def readinto(self, buf):
         return self._cdc.readinto(buf) or 0
 

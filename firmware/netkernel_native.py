@@ -244,6 +244,57 @@ def tcp_frame_check(buf: ptr8, n: int, mac: ptr8, ip: ptr8, bcast: ptr8) -> int:
 
 
 @micropython.viper
+def ipv4_finish(t: ptr8, proto: int, l4_len: int, ip_id: int, src: ptr8, dst: ptr8,
+                frag: int):
+    """Complete a frame built in place (Ethernet at 0, IPv4 at 14, the transport header and
+    its payload from 34 on, l4_len bytes): the IPv4 header with its checksum, then the
+    transport checksum (TCP, UDP: with the pseudo header; UDP's 0 sent as 0xFFFF; ICMP)."""
+    total = 20 + l4_len
+    t[14] = 0x45
+    t[15] = 0
+    t[16] = total >> 8
+    t[17] = total & 0xFF
+    t[18] = (ip_id >> 8) & 0xFF
+    t[19] = ip_id & 0xFF
+    t[20] = frag >> 8
+    t[21] = frag & 0xFF
+    t[22] = 64
+    t[23] = proto
+    t[24] = 0
+    t[25] = 0
+    i = 0
+    while i < 4:
+        t[26 + i] = src[i]
+        t[30 + i] = dst[i]
+        i += 1
+    v = int(checksum(t, 14, 20, 0)) ^ 0xFFFF
+    t[24] = v >> 8
+    t[25] = v & 0xFF
+    if proto == 6:
+        field = 34 + 16
+    elif proto == 17:
+        field = 34 + 6
+    elif proto == 1:
+        field = 34 + 2
+    else:
+        return
+    t[field] = 0
+    t[field + 1] = 0
+    acc = 0
+    if proto != 1:
+        acc = proto + l4_len
+        i = 26
+        while i < 34:
+            acc += (t[i] << 8) | t[i + 1]
+            i += 2
+    v = int(checksum(t, 34, l4_len, acc)) ^ 0xFFFF
+    if v == 0 and proto == 17:
+        v = 0xFFFF
+    t[field] = v >> 8
+    t[field + 1] = v & 0xFF
+
+
+@micropython.viper
 def masked_equal(a: ptr8, aoff: int, b: ptr8, boff: int, mask: ptr8) -> bool:
     """a[aoff:aoff+4] and b[boff:boff+4] alike in every bit of mask[0:4] (same subnet)."""
     i = 0

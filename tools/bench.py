@@ -35,6 +35,18 @@ scale.conn_per_s_2k         conn/s     ``--kernels 2``: 400 connections to echo,
                                        closing one after another
 ==========================  =========  ====================================================
 
+and the counted yardstick (no board, no namespace: the MicroPython unix port under valgrind,
+tools/segment_cost.py), the same on every run and every machine:
+
+==========================  =========  ====================================================
+count.stack_instr_per_seg   instr      instructions per 1,460-byte TCP segment into the
+                                       discard service through one kernel's stack
+                                       (frame in, ACK out, the service's read), counted
+count.kernel_instr_per_seg  instr      the same frames through a one-kernel board's path:
+                                       a NIC that reads them from the recording (no SPI
+                                       bus), the dispatcher, the rings, the kernel's turn
+==========================  =========  ====================================================
+
 plus the host-link figures ``e2e.http_req_per_s``, ``e2e.bulk_to_host_mbps`` and
 ``e2e.bulk_from_host_mbps`` (host applications on TwinStack sockets: tools/bench_host.py says
 how each is measured).
@@ -66,11 +78,13 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -581,6 +595,63 @@ def wait_conns(stats: Callable[[], dict[str, int]], want: int, timeout: float = 
     if n != want:
         log.warning("board still has %d TCP connections (wanted %d)", n, want)
     return n
+
+
+# -- the counted yardstick -------------------------------------------------------------------
+
+COUNT_STACK = "count.stack_instr_per_seg"
+COUNT_KERNEL = "count.kernel_instr_per_seg"
+COUNT_FIGURES = (COUNT_STACK, COUNT_KERNEL)
+COUNT_HEAP = "2m"          # the unix port's heap for the replay (the receiver alone fits)
+
+
+def valgrind_instructions(args: Sequence[str]) -> tuple[int, str]:
+    """Instructions a MicroPython run executes (valgrind's "I refs"), and its output."""
+    env = dict(os.environ, MICROPYPATH="firmware")
+    r = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                        "--cachegrind-out-file=/dev/null", str(micropython_path()),
+                        "-X", f"heapsize={COUNT_HEAP}", "tools/segment_cost.py", *args],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    m = re.search(r"I\s+refs:\s+([\d,]+)", r.stderr)
+    if r.returncode != 0 or not m:
+        raise RuntimeError(f"segment_cost {' '.join(args)}: {r.stdout}{r.stderr[-2000:]}")
+    return int(m.group(1).replace(",", "")), r.stdout
+
+
+def micropython_path() -> Path:
+    """The MicroPython unix port of the project's venv, else the one on PATH."""
+    venv = Path(sys.executable).parent / "micropython"
+    return venv if venv.exists() else Path(shutil.which("micropython") or "micropython")
+
+
+def run_count(only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
+    """The counted yardstick: record a bulk transfer once, replay it under valgrind with the
+    handshake only and whole; the difference over the data segments is their cost."""
+    todo = [n for n in COUNT_FIGURES if not only or n in only]
+    if not todo:
+        return {}, []
+    if shutil.which("valgrind") is None:
+        log.warning("count.*: valgrind is not installed (apt-get install valgrind)")
+        return {}, list(todo)
+    out: Figures = {}
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = str(Path(tmp) / "bulk.rec")
+        env = dict(os.environ, MICROPYPATH="firmware")
+        subprocess.run([str(micropython_path()), "tools/segment_cost.py", "record", rec],
+                       cwd=ROOT, env=env, check=True, timeout=300)
+        for name in todo:
+            path = ["kernel"] if name == COUNT_KERNEL else []
+            try:
+                base, _ = valgrind_instructions(["handshake", rec, *path])
+                whole, text = valgrind_instructions(["all", rec, *path])
+                segments = int(re.search(r"segments=(\d+)", text).group(1))
+                out[name] = figure(round((whole - base) / segments), "instr",
+                                   segments=segments, port="unix", tool="valgrind")
+            except (RuntimeError, AttributeError, subprocess.SubprocessError) as e:
+                log.warning("%s: %s", name, e)
+                failed.append(name)
+    return out, failed
 
 
 MEASUREMENTS: list[tuple[str, Callable[[Board], dict[str, Any]]]] = [
@@ -1107,7 +1178,7 @@ def run_stack(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]
 
 
 ALL_FIGURES = (tuple(n for n, _ in MEASUREMENTS) + E2E_FIGURES + SCALE_FIGURES
-               + SCALE_PACED_FIGURES)
+               + SCALE_PACED_FIGURES + COUNT_FIGURES)
 
 
 def run_e2e(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
@@ -1138,7 +1209,10 @@ def run_e2e(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
 
 def run_bench(netns: str, results: Path, only: Sequence[str] = ()) -> int:
     """Start the boards, measure, stop them, merge and print. Exit status 0 if all worked."""
-    measured, failed = run_stack(netns, only)
+    measured, failed = run_count(only)
+    staged, stack_failed = run_stack(netns, only)
+    measured.update(staged)
+    failed += stack_failed
     hosted, host_failed = run_e2e(netns, only)
     measured.update(hosted)
     failed += host_failed

@@ -3,7 +3,7 @@
 # every run and every machine.
 #
 #   micropython tools/segment_cost.py record FILE    (MICROPYPATH=firmware)
-#   micropython tools/segment_cost.py handshake|all FILE
+#   micropython tools/segment_cost.py handshake|all FILE [kernel]
 #
 # A sender stack streams bulk data into a receiver's discard service (port 9), back to back
 # in one process; every call the receiver gets (a frame in, a poll) is recorded with its
@@ -12,7 +12,9 @@
 # sends, in a process of its own (the recording would fill the heap the collector scans).
 # Two runs, one replaying the handshake only and one replaying everything, differ by the
 # cost of the data segments alone: their frames in, the ACKs out, the discard service
-# reading. Printed: "segments=<data segments> calls=<calls> replayed=<replayed>".
+# reading. With ``kernel`` the frames take a one-kernel board's path instead: a NIC that
+# reads the recording (no SPI bus), the dispatcher, the rings, the net kernel's turn.
+# Printed: "segments=<data segments> calls=<calls> replayed=<replayed>".
 # The recorder's TCP counters (FILE.tcp) are checked after a whole replay: a replay that
 # went another way would count something else.
 import struct
@@ -43,12 +45,15 @@ class _Cable:
         return True
 
 
-def _receiver(send):
+def _receiver_config():
     # A kernel of the 2-kernel RP2040 board: boards/rp2040.py's pools, node.rx_budget()'s
     # receive budget (3 segments).
-    rx = Stack(send, _MAC_RX, _IP_RX, 24, _GW, StackConfig(
-        services=True, tcp_max_connections=16, tcp_rx_pool=8192, tcp_tx_pool=4096,
-        reasm_max_bytes=4096, tcp_rx_budget=3 * _MSS))
+    return StackConfig(services=True, tcp_max_connections=16, tcp_rx_pool=8192,
+                       tcp_tx_pool=4096, reasm_max_bytes=4096, tcp_rx_budget=3 * _MSS)
+
+
+def _receiver(send):
+    rx = Stack(send, _MAC_RX, _IP_RX, 24, _GW, _receiver_config())
     rx.tcp.secret = _KEY
     return rx
 
@@ -106,28 +111,97 @@ def save(path):
     return recorded.tcp.counters()
 
 
-def replay(path, whole):
-    """Replay the recording (the handshake only unless ``whole``) into a new receiver, one
-    frame at a time through one buffer, so the heap holds nothing but the receiver."""
+class _Recording:
+    """The recorded calls, read one at a time: a frame into a caller's buffer, or a poll."""
+
+    def __init__(self, path, whole):
+        self.f = open(path, "rb")
+        head = bytearray(12)
+        self.f.readinto(head)
+        self.ncalls, handshake, self.segments = struct.unpack("<III", head)
+        self.count = self.ncalls if whole else handshake
+        self.done = 0
+        self.rec = memoryview(head)[:6]
+        self.n = -1           # the next call read ahead: frame length (0 a poll), its time
+        self.now = 0
+
+    def peek(self):
+        """The next call's frame length (0: a poll), or -1 at the end; it stays next."""
+        if self.n < 0 and self.done < self.count:
+            self.f.readinto(self.rec)
+            self.n, self.now = struct.unpack("<HI", self.rec)
+        return self.n
+
+    def take_frame(self, buf):
+        n = self.n
+        self.f.readinto(memoryview(buf)[:n])
+        self.n = -1
+        self.done += 1
+        return n
+
+    def take_poll(self):
+        self.n = -1
+        self.done += 1
+        return self.now
+
+
+class _RecordedNic:
+    """The kernel path's chip: frames come from the recording up to the next poll, what is
+    sent goes nowhere (a driver's calls without the SPI bus)."""
+
+    def __init__(self, recording):
+        self.recording = recording
+
+    def views(self, buf):
+        return None
+
+    def recv_into(self, buf):
+        if self.recording.peek() <= 0:
+            return 0
+        return self.recording.take_frame(buf)
+
+    def send(self, buf, n):
+        return True
+
+    def clear_interrupt(self):
+        pass
+
+    def rx_release(self):
+        pass
+
+
+def replay_stack(recording):
+    """Each call into a new receiver's Stack: input() a frame, poll()."""
     rx = _receiver(_discard)
-    head = bytearray(12)
     buf = bytearray(1536)
-    with open(path, "rb") as f:
-        f.readinto(head)
-        ncalls, handshake, segments = struct.unpack("<III", head)
-        count = ncalls if whole else handshake
-        rec = memoryview(head)[:6]
-        i = 0
-        while i < count:
-            f.readinto(rec)
-            n, now = struct.unpack("<HI", rec)
-            if n == 0:
-                rx.poll(now)
-            else:
-                f.readinto(memoryview(buf)[:n])
-                rx.input(buf, n, now)
-            i += 1
-    return rx, segments, ncalls, count
+    while True:
+        n = recording.peek()
+        if n < 0:
+            return rx
+        if n == 0:
+            rx.poll(recording.take_poll())
+        else:
+            rx.input(buf, recording.take_frame(buf), recording.now)
+
+
+def replay_kernel(recording):
+    """The same frames through a one-kernel board's path: the dispatcher reads them from the
+    NIC into frame slots and rings them to the kernel, whose turn runs them through the
+    stack and then polls it, once per recorded poll (the frames before a poll are the ones
+    the recorder delivered in that turn)."""
+    from netkernel.cores import Cores
+
+    cores = Cores(_RecordedNic(recording), 1, _MAC_RX, _IP_RX, 24, _GW, _receiver_config(),
+                  0, ring_capacity=6, flow_capacity=16, handoff_bytes=4096)
+    rx = cores.kernels[0].stack
+    rx.tcp.secret = _KEY
+    while True:
+        n = recording.peek()
+        if n < 0:
+            return rx
+        cores.turn(recording.now, True)     # the frames before the next poll, and the poll
+        if recording.peek() == 0:
+            recording.take_poll()
 
 
 def main():
@@ -138,7 +212,9 @@ def main():
             for k in counters:
                 f.write("%s %d\n" % (k, counters[k]))
         return
-    rx, segments, ncalls, count = replay(path, mode == "all")
+    recording = _Recording(path, mode == "all")
+    kernel = len(sys.argv) > 3 and sys.argv[3] == "kernel"
+    rx = replay_kernel(recording) if kernel else replay_stack(recording)
     if mode == "all":
         # The replay must have done what the recording did, or the count measures something
         # else (a segment out of window, a challenge ACK...).
@@ -148,7 +224,8 @@ def main():
                 k, v = line.split()
                 if got[k] != int(v):
                     raise SystemExit("replay differs: tcp.%s %d != %s" % (k, got[k], v))
-    print("segments=%d calls=%d replayed=%d" % (segments, ncalls, count))
+    print("segments=%d calls=%d replayed=%d" % (recording.segments, recording.ncalls,
+                                                recording.count))
 
 
 main()

@@ -52,6 +52,7 @@ _EVENT_BATCH = const(8)
 _PROTO_TCP = const(6)
 _STOP_WAIT_MS = const(2000)
 _C_DROP_RED = const(4)         # Dispatcher.counters_ index of drop_red
+_WRAP = const(0xFFFF)          # rings.SpscRing's index wrap
 
 # Thread control words: [0] run, [1] stopped, shared by core 0 and the thread.
 _RUN = const(0)
@@ -250,6 +251,12 @@ class Cores:
             self.kernels.append(kern)
         for kern in self.kernels:
             kern.peers = self.kernels
+        # What the per-frame and per-turn loops walk, gathered once: each kernel's receive
+        # ring, its ring's indices (a depth without a call), its return and event rings.
+        self._rx_rings = [k.rx for k in self.kernels]
+        self._rx_idx = [k.rx.idx for k in self.kernels]
+        self._rets = [k.ret for k in self.kernels]
+        self._events = [k.events for k in self.kernels]
         # Kernel 0 tells the dispatcher of closed connections itself, unless another core
         # may be dispatching meanwhile: then through its event ring, like the others.
         self.kernels[0].closes_direct = not self.helping
@@ -354,8 +361,9 @@ class Cores:
     def ring_bells(self, now):
         """(core 0, after each turn and each idle wake) Ring the doorbell of a sleeping
         kernel with work waiting (frames, a datagram handed over, work from core 0 or the
-        host) or whose deadline came; take back the doorbell of one that woke. Returns the
-        ms until the earliest sleeping kernel's deadline (-1: none sleeps)."""
+        host, frames in the chip to read for the dispatcher) or whose deadline came; take
+        back the doorbell of one that woke. Returns the ms until the earliest sleeping
+        kernel's deadline (-1: none sleeps)."""
         best = -1
         k = 1
         while k < self.ncores:
@@ -370,7 +378,10 @@ class Cores:
                     self.bell_held[k] = 1
             elif st[_SLEEPING]:
                 left = ticks_diff(st[_DUE], now)
-                if left <= 0 or self.kernels[k].has_work():
+                # Frames waiting in the chip (INTn low, or the last batch left some): a
+                # sleeping kernel wakes to read them (dispatch help) while core 0 works.
+                if (left <= 0 or self.kernels[k].has_work()
+                        or (self.helping and (self.backlog or self.intn() == 0))):
                     self.bell_held[k] = 0
                     self.bell_rings += 1
                     bell.release()
@@ -420,15 +431,13 @@ class Cores:
 
     def _collect_returns(self):
         pool = self.pool
-        kernels = self.kernels
-        k = 0
-        while k < self.ncores:
-            ret = kernels[k].ret
-            s = ret.pop()
-            while s >= 0:
-                pool.release(s)
+        for ret in self._rets:
+            idx = ret.idx
+            if idx[0] != idx[1]:          # most turns: nothing back, and no call
                 s = ret.pop()
-            k += 1
+                while s >= 0:
+                    pool.release(s)
+                    s = ret.pop()
 
     def _log_frame(self, buf, n, core):
         # core: the kernel it goes to, -1 every kernel (ARP), -2 dropped by the dispatcher
@@ -446,15 +455,17 @@ class Cores:
         disp = self.disp
         nic = self.nic
         kernels = self.kernels
+        rings = self._rx_rings
+        ridx = self._rx_idx
         depths = self.depths
         nk = self.ncores
-        mine = kernels[me].rx
+        mine = ridx[me]
         drop_buf = self.drop_bufs[me]
         stop = disp.red_min       # our kernel runs after this batch: never overfill its ring
         more = True
         got = 0
         while got < _RX_BATCH:
-            if mine.depth() >= stop:
+            if (mine[0] - mine[1]) & _WRAP >= stop:
                 break
             s = pool.take()
             if s < 0:
@@ -481,7 +492,8 @@ class Cores:
             op = disp.classify(buf, n)
             k = 0
             while k < nk:
-                depths[k] = kernels[k].rx.depth()
+                idx = ridx[k]
+                depths[k] = (idx[0] - idx[1]) & _WRAP
                 k += 1
             # Free slots as the frame found them (its own slot counted as free).
             core = disp.steer(buf, n, op, now, depths, pool.nfree + 1)
@@ -497,7 +509,7 @@ class Cores:
             if self.log:
                 self._log_frame(buf, n, core)
             if core >= 0 and core < nk:
-                if not kernels[core].rx.push(s):
+                if not rings[core].push(s):
                     self.drop_full[core] += 1
                     pool.release(s)
             elif core == ALL_CORES:
@@ -505,7 +517,7 @@ class Cores:
                 pool.refs[s] = nk
                 k = 0
                 while k < nk:
-                    if not kernels[k].rx.push(s):
+                    if not rings[k].push(s):
                         self.drop_full[k] += 1
                         pool.release(s)
                     k += 1
@@ -525,10 +537,10 @@ class Cores:
     def _collect_events(self):
         disp = self.disp
         ip = self.ip
-        kernels = self.kernels
-        k = 0
-        while k < self.ncores:
-            ev = kernels[k].events
+        for ev in self._events:
+            idx = ev.ring.idx
+            if idx[0] == idx[1]:          # most turns: no connection closed
+                continue
             data = ev.data
             i = 0
             while i < _EVENT_BATCH:
@@ -539,7 +551,6 @@ class Cores:
                                  wire.get16(data, o + 6))
                 self.flows_closed += 1
                 i += 1
-            k += 1
 
     # -- reports ---------------------------------------------------------------------------
 

@@ -23,6 +23,9 @@ class HostLink:
         wire_tx(buf, n), stats_text() (parts), flows_text() (lines),
         configure(text) -> (status, text), start_tcp_test(ip, port, nbytes, on_done)."""
         self._stream = stream
+        # The stream's cheap "bytes waiting?" where it has one (rp2's CDC: a read of an
+        # empty CDC costs a memoryview and a dozen calls, on every turn of core 0).
+        self._any = getattr(stream, "any", None)
         self._node = node
         self._rx = bytearray(_RX_CHUNK)
         self._reply = bytearray(lf.MAX_PAYLOAD)
@@ -52,11 +55,13 @@ class HostLink:
     def poll(self):
         """Read what the host sent (one chunk) and act on every complete frame in it; send
         more of a text reply in progress."""
-        n = self._stream.readinto(self._rx)
+        any_ = self._any
+        n = self._stream.readinto(self._rx) if any_ is None or any_() else 0
         if n:
             self.rx_at = ticks_ms()
             self.deframer.feed(self._rx, n)
-        self.pump_text()
+        if self._text is not None:
+            self.pump_text()
         return n
 
     def _on_frame(self, buf, n):

@@ -192,8 +192,22 @@ class Interface:
     # == Ethernet ============================================================================
 
     def input(self, buf, n, now):
-        """One received Ethernet frame (buf[0:n], no FCS), through every layer to completion."""
+        """One received Ethernet frame (buf[0:n], no FCS), through every layer to completion.
+
+        A plain TCP segment for us (most frames) goes straight to TCP: one machine-code
+        check does what the layers below would (wire.tcp_frame_check), and the counters
+        and the neighbour refresh are theirs. Anything else takes the layers one by one,
+        which count what is wrong with it."""
         self.eth_rx += 1
+        if n <= len(buf) and self._have_ip:
+            l4 = wire.tcp_frame_check(buf, n, self.mac, self.ip, self._bcast)
+            if l4 > 0:
+                self.ip_rx += 1
+                self.ip_delivered += 1
+                if wire.masked_equal(buf, _IP + 12, self.ip, 0, self.netmask):
+                    self.arp.refresh(buf, _IP + 12, buf, 6, now)
+                self.stack.tcp.input(buf, _IP, L4_OFF, l4, now)
+                return
         if n > len(buf):
             self.eth_bad_length += 1
             return
@@ -555,6 +569,14 @@ class Interface:
         if not self._link_dst(d, now):
             return False
         t = self.tx
+        if (hdr is t and hdr_off == L4_OFF and l4_len + 20 <= _MTU
+                and (data_len == 0 or (data is t and data_off == L4_OFF + hdr_len))):
+            # Built in place, one frame (every segment TCP sends): the headers and both
+            # checksums in one machine-code pass.
+            wire.ipv4_finish(t, proto, l4_len, self.ip_id, self.ip, d, _DF if df else 0)
+            self.ip_id = (self.ip_id + self.ip_id_step) & 0xFFFF
+            self.ip_tx += 1
+            return self._transmit(L4_OFF + l4_len)
         if not (hdr is t and hdr_off == L4_OFF):
             wire.copy(t, L4_OFF, hdr, hdr_off, hdr_len)
         self._ip_header(proto, d)

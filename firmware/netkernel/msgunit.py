@@ -332,6 +332,8 @@ class MsgUnit:
     # -- the pump (core 0, once per turn of Node) --------------------------------------------
 
     def pump(self):
+        if self.idle() and self.link.idle():
+            return                    # (a frame partly written goes on in _send_posted)
         link = self.link
         if not self._ready_sent:
             r = self._init_reply
@@ -357,13 +359,22 @@ class MsgUnit:
 
     def idle(self):
         """True when nothing is owed to the host or waits for core 0: no reply, FREE,
-        FAIL or bring-up step, no EXEC request, no frame an ISM gave back."""
+        FAIL or bring-up step, no EXEC request, no frame an ISM gave back. (Ring depths
+        read from their indices: this runs on every turn of core 0.)"""
         if (not self._ready_sent or self._resetting or self._init_owed or self._fail_n
-                or self._cur != _EXEC_NONE or self._exec.depth() or self.out_post.depth()):
+                or self._cur != _EXEC_NONE):
             return False
+        idx = self._exec.idx
+        if idx[0] != idx[1]:
+            return False
+        idx = self.out_post.idx
+        if idx[0] != idx[1]:
+            return False
+        free_n = self._free_n
         k = 0
-        while k < self.niop:
-            if self._free_n[k] or self.ret[k].depth():
+        for ret in self.ret:
+            idx = ret.idx
+            if free_n[k] or idx[0] != idx[1]:
                 return False
             k += 1
         return True

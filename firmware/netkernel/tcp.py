@@ -610,7 +610,8 @@ class TcpSocket:
         seen (its data is dropped), as RFC 9293 asks.
         """
         d = seq_delta(g.buf, g.off + 4, self.seq, _RCV_NXT)
-        w = self._rcv_space()
+        rx = self.rx
+        w = rx.size - rx.used if rx is not None else self.tcp.config.tcp_rx_buffer
         flags = g.flags
         g.rel = d
         if flags & _RST:
@@ -1227,7 +1228,10 @@ class TcpSocket:
         if st == SYN_SENT or st == SYN_RCVD:
             self._output_syn(now)
             return
-        if st != FIN_WAIT_2 and st != TIME_WAIT:    # (there our FIN is acked)
+        # (In FIN-WAIT-2 and TIME-WAIT our FIN is acked.) With nothing unsent and no FIN
+        # queued there is nothing for _output_data to do: most calls (every ACK) skip it.
+        if (st != FIN_WAIT_2 and st != TIME_WAIT
+                and (self.tx.used != self.snd_nxt_off or self.fin_queued)):
             self._output_data(now)
         if self.ack_now and not self.blocked:
             # A pure ACK carries SND.MAX, not SND.NXT (BSD): after an RTO pulled SND.NXT
@@ -1412,7 +1416,11 @@ class TcpSocket:
         if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2) or \
                 self.fin_received:
             return 0
-        w = self.rx.size if read and self.rx is not None else self._rcv_space()
+        rx = self.rx
+        if rx is None:
+            w = self.tcp.config.tcp_rx_buffer
+        else:
+            w = rx.size if read else rx.size - rx.used
         cap = self._rcv_cap()
         if w > cap:
             w = cap

@@ -442,3 +442,28 @@ def test_paced_scale_figures_come_from_boards_at_the_paced_core_speed(monkeypatc
     calls.clear()
     assert bench.run_scale_paced("ns", ["stack.bulk_mbps"]) == ({}, [])
     assert calls == []
+
+
+def _segment_cost(*args: str) -> str:
+    import subprocess
+
+    r = subprocess.run([str(bench.micropython_path()), "tools/segment_cost.py", *args],
+                       cwd=ROOT, env=dict(os.environ, MICROPYPATH="firmware"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_the_counted_yardstick_replays_what_it_recorded(tmp_path):
+    """The replay behind count.*_instr_per_seg takes the recorded frames the recorder's
+    way, through the stack and through the kernel path (the TCP counters are compared
+    inside; a replay that went another way exits non-zero)."""
+    rec = str(tmp_path / "bulk.rec")
+    _segment_cost("record", rec)
+    for path in ((), ("kernel",)):
+        out = _segment_cost("all", rec, *path)
+        segments = int(out.split("segments=")[1].split()[0])
+        assert segments >= 400
+        calls = out.split("calls=")[1].split()[0]
+        assert f"replayed={calls}" in out
+    assert "replayed=" in _segment_cost("handshake", rec)
