@@ -93,21 +93,21 @@ class LockedNic:
         finally:
             lock.release()
 
+    # (recv_into and clear_interrupt keep their frame within 11 words, so MicroPython puts
+    # it on the C stack: a larger one is taken from the heap on every call.)
     def recv_into(self, buf):
-        lock = self.lock
-        lock.acquire()
+        self.lock.acquire()
         try:
             return self.nic.recv_into(buf)
         finally:
-            lock.release()
+            self.lock.release()
 
     def clear_interrupt(self):
-        lock = self.lock
-        lock.acquire()
+        self.lock.acquire()
         try:
             self.nic.clear_interrupt()
         finally:
-            lock.release()
+            self.lock.release()
 
     def rx_release(self):
         # Only the dispatcher (one core at a time) receives, so it may ask without the lock
@@ -430,14 +430,17 @@ class Cores:
             lock.release()
 
     def _collect_returns(self):
-        pool = self.pool
         for ret in self._rets:
             idx = ret.idx
             if idx[0] != idx[1]:          # most turns: nothing back, and no call
-                s = ret.pop()
-                while s >= 0:
-                    pool.release(s)
-                    s = ret.pop()
+                self._release_returned(ret)
+
+    def _release_returned(self, ret):
+        pool = self.pool
+        s = ret.pop()
+        while s >= 0:
+            pool.release(s)
+            s = ret.pop()
 
     def _log_frame(self, buf, n, core):
         # core: the kernel it goes to, -1 every kernel (ARP), -2 dropped by the dispatcher
