@@ -40,8 +40,8 @@ EMULATOR_HEAP_BYTES = const(53248)
 BOOT_HEAP_BYTES = const(65536)
 _HELD_BACK_PIECE = const(16)          # bytes of a held-back piece...
 _HELD_BACK_PIECE_COST = const(48)     # ...and the least heap one takes (object and data)
-HEAP_BYTES = const(308672)
-KERNEL_HEAP_BYTES = const(18500)
+HEAP_BYTES = const(304464)
+KERNEL_HEAP_BYTES = const(15500)
 # The PHY's transmit FIFO (simhw/wire.py): frames the chip was told to SEND, waiting for the
 # PHY thread. A few full-size frames; a sender waits while it is full.
 TX_FIFO_BYTES = const(8192)

@@ -203,95 +203,35 @@ def tcp_frame_check(buf: ptr8, n: int, mac: ptr8, ip: ptr8, bcast: ptr8) -> int:
     (our MAC, IPv4 without options or fragmentation, our address, a unicast source
     that is not us or the subnet's broadcast, both checksums right), else -1: then the
     interface's full path looks at it and counts what is wrong."""
-    if n < 54:
-        return -1
-    i = 0
-    while i < 6:
-        if buf[i] != mac[i]:
-            return -1
-        i += 1
-    if buf[6] & 1 or buf[12] != 0x08 or buf[13] != 0 or buf[14] != 0x45:
+    if n < 54 or buf[6] & 1 or buf[12] != 0x08 or buf[13] != 0 or buf[14] != 0x45:
         return -1
     if buf[23] != 6 or (buf[20] & 0x3F) or buf[21]:
         return -1
     total = (buf[16] << 8) | buf[17]
     if total < 40 or total > n - 14:
         return -1
-    i = 0
-    while i < 4:
-        if buf[30 + i] != ip[i]:
-            return -1
-        i += 1
     b0 = buf[26]
     if b0 == 0 or b0 == 127 or b0 >= 224:
         return -1
-    if (buf[26] == ip[0] and buf[27] == ip[1] and buf[28] == ip[2] and buf[29] == ip[3]):
-        return -1
-    if (buf[26] == bcast[0] and buf[27] == bcast[1] and buf[28] == bcast[2]
-            and buf[29] == bcast[3]):
-        return -1
-    if int(checksum(buf, 14, 20, 0)) != 0xFFFF:
+    i = 0
+    same_ip = 0
+    same_bcast = 0
+    while i < 6:
+        if buf[i] != mac[i]:
+            return -1
+        if i < 4:
+            if buf[30 + i] != ip[i]:
+                return -1
+            same_ip += int(buf[26 + i] == ip[i])
+            same_bcast += int(buf[26 + i] == bcast[i])
+        i += 1
+    if same_ip == 4 or same_bcast == 4 or int(checksum(buf, 14, 20, 0)) != 0xFFFF:
         return -1
     l4 = total - 20
-    acc = 6 + l4
-    i = 26
-    while i < 34:
-        acc += (buf[i] << 8) | buf[i + 1]
-        i += 2
+    acc = int(pseudo_header_sum(buf, 14, 6, l4))
     if int(checksum(buf, 34, l4, acc)) != 0xFFFF:
         return -1
     return l4
-
-
-@micropython.viper
-def ipv4_finish(t: ptr8, proto: int, l4_len: int, ip_id: int, src: ptr8, dst: ptr8,
-                frag: int):
-    """Complete a frame built in place (Ethernet at 0, IPv4 at 14, the transport header and
-    its payload from 34 on, l4_len bytes): the IPv4 header with its checksum, then the
-    transport checksum (TCP, UDP: with the pseudo header; UDP's 0 sent as 0xFFFF; ICMP)."""
-    total = 20 + l4_len
-    t[14] = 0x45
-    t[15] = 0
-    t[16] = total >> 8
-    t[17] = total & 0xFF
-    t[18] = (ip_id >> 8) & 0xFF
-    t[19] = ip_id & 0xFF
-    t[20] = frag >> 8
-    t[21] = frag & 0xFF
-    t[22] = 64
-    t[23] = proto
-    t[24] = 0
-    t[25] = 0
-    i = 0
-    while i < 4:
-        t[26 + i] = src[i]
-        t[30 + i] = dst[i]
-        i += 1
-    v = int(checksum(t, 14, 20, 0)) ^ 0xFFFF
-    t[24] = v >> 8
-    t[25] = v & 0xFF
-    if proto == 6:
-        field = 34 + 16
-    elif proto == 17:
-        field = 34 + 6
-    elif proto == 1:
-        field = 34 + 2
-    else:
-        return
-    t[field] = 0
-    t[field + 1] = 0
-    acc = 0
-    if proto != 1:
-        acc = proto + l4_len
-        i = 26
-        while i < 34:
-            acc += (t[i] << 8) | t[i + 1]
-            i += 2
-    v = int(checksum(t, 34, l4_len, acc)) ^ 0xFFFF
-    if v == 0 and proto == 17:
-        v = 0xFFFF
-    t[field] = v >> 8
-    t[field + 1] = v & 0xFF
 
 
 @micropython.viper

@@ -53,6 +53,7 @@ _PROTO_TCP = const(6)
 _STOP_WAIT_MS = const(2000)
 _C_DROP_RED = const(4)         # Dispatcher.counters_ index of drop_red
 _WRAP = const(0xFFFF)          # rings.SpscRing's index wrap
+_HEX_PIECE = const(64)         # frame bytes per piece of a logged frame's hex
 
 # Thread control words: [0] run, [1] stopped, shared by core 0 and the thread.
 _RUN = const(0)
@@ -444,11 +445,18 @@ class Cores:
 
     def _log_frame(self, buf, n, core):
         # core: the kernel it goes to, -1 every kernel (ARP), -2 dropped by the dispatcher
-        line = "netkernel: rx core=%d len=%d dst=%s src=%s type=0x%04x" % (
-            core, n, _mac_str(buf, 0), _mac_str(buf, 6), (buf[12] << 8) | buf[13])
+        print("netkernel: rx core=%d len=%d dst=%s src=%s type=0x%04x" % (
+            core, n, _mac_str(buf, 0), _mac_str(buf, 6), (buf[12] << 8) | buf[13]), end="")
         if self.log == LOG_HEX:
-            line += " data=" + bytes(buf[:n]).hex()
-        print(line)
+            # In pieces: a 1,514-byte frame is 3 KB of hex, more than the RP2040-sized heap
+            # may hold in one piece.
+            print(" data=", end="")
+            o = 0
+            while o < n:
+                e = o + _HEX_PIECE if o + _HEX_PIECE < n else n
+                print(bytes(buf[o:e]).hex(), end="")
+                o = e
+        print()
 
     def dispatch(self, now, me):
         """(The dispatch lock's holder, on core ``me``) Read up to _RX_BATCH frames from

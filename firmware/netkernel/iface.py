@@ -569,14 +569,6 @@ class Interface:
         if not self._link_dst(d, now):
             return False
         t = self.tx
-        if (hdr is t and hdr_off == L4_OFF and l4_len + 20 <= _MTU
-                and (data_len == 0 or (data is t and data_off == L4_OFF + hdr_len))):
-            # Built in place, one frame (every segment TCP sends): the headers and both
-            # checksums in one machine-code pass.
-            wire.ipv4_finish(t, proto, l4_len, self.ip_id, self.ip, d, _DF if df else 0)
-            self.ip_id = (self.ip_id + self.ip_id_step) & 0xFFFF
-            self.ip_tx += 1
-            return self._transmit(L4_OFF + l4_len)
         if not (hdr is t and hdr_off == L4_OFF):
             wire.copy(t, L4_OFF, hdr, hdr_off, hdr_len)
         self._ip_header(proto, d)
@@ -769,35 +761,39 @@ class Interface:
         c.update(self.arp.counters())
         return c
 
+    def ip_report(self):
+        """The IPv4 counters as (name, value) pairs, one at a time (a report must not need
+        the ~300-byte dict of them in one piece: a busy board may not have it)."""
+        yield "rx", self.ip_rx
+        yield "too_short", self.ip_too_short
+        yield "bad_version", self.ip_bad_version
+        yield "bad_ihl", self.ip_bad_ihl
+        yield "bad_checksum", self.ip_bad_checksum
+        yield "bad_length", self.ip_bad_length
+        yield "truncated", self.ip_truncated
+        yield "bad_src", self.ip_bad_src
+        yield "not_for_us", self.ip_not_for_us
+        yield "l2_bcast_unicast", self.ip_l2_bcast_unicast
+        yield "bcast_not_udp", self.ip_bcast_not_udp
+        yield "unknown_protocol", self.ip_unknown_protocol
+        yield "options", self.ip_options
+        yield "delivered", self.ip_delivered
+        yield "tcp_too_short", self.ip_tcp_too_short
+        yield "tcp_bad_checksum", self.ip_tcp_bad_checksum
+        yield "udp_bad_checksum", self.ip_udp_bad_checksum
+        yield "tx", self.ip_tx
+        yield "tx_fragmented", self.ip_tx_fragmented
+        yield "tx_fragments", self.ip_tx_fragments
+        yield "tx_no_route", self.ip_tx_no_route
+        yield "tx_unresolved", self.ip_tx_unresolved
+        yield "tx_df_drop", self.ip_tx_df_drop
+        yield "tx_too_big", self.ip_tx_too_big
+        r = self.reasm.counters()
+        for name in sorted(r):
+            yield name, r[name]
+
     def ip_counters(self):
-        c = {
-            "rx": self.ip_rx,
-            "too_short": self.ip_too_short,
-            "bad_version": self.ip_bad_version,
-            "bad_ihl": self.ip_bad_ihl,
-            "bad_checksum": self.ip_bad_checksum,
-            "bad_length": self.ip_bad_length,
-            "truncated": self.ip_truncated,
-            "bad_src": self.ip_bad_src,
-            "not_for_us": self.ip_not_for_us,
-            "l2_bcast_unicast": self.ip_l2_bcast_unicast,
-            "bcast_not_udp": self.ip_bcast_not_udp,
-            "unknown_protocol": self.ip_unknown_protocol,
-            "options": self.ip_options,
-            "delivered": self.ip_delivered,
-            "tcp_too_short": self.ip_tcp_too_short,
-            "tcp_bad_checksum": self.ip_tcp_bad_checksum,
-            "udp_bad_checksum": self.ip_udp_bad_checksum,
-            "tx": self.ip_tx,
-            "tx_fragmented": self.ip_tx_fragmented,
-            "tx_fragments": self.ip_tx_fragments,
-            "tx_no_route": self.ip_tx_no_route,
-            "tx_unresolved": self.ip_tx_unresolved,
-            "tx_df_drop": self.ip_tx_df_drop,
-            "tx_too_big": self.ip_tx_too_big,
-        }
-        c.update(self.reasm.counters())
-        return c
+        return dict(self.ip_report())
 
     def icmp_counters(self):
         return {

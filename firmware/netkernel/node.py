@@ -640,6 +640,10 @@ def main(board):
         print()
         hw = node.hw.counters()
         if hw:
-            _log("hw " + " ".join("%s=%d" % kv for kv in sorted(hw.items())))
+            # Part by part too: the RP2040-sized heap may hold no large piece by now.
+            print("netkernel: hw", end="")
+            for k in sorted(hw):
+                print(" %s=%d" % (k, hw[k]), end="")
+            print()
         node.stop()
         _log("down")

@@ -85,10 +85,13 @@ class Stack:
         return ("arp", "eth", "icmp", "ip", "tcp", "udp")
 
     def layer_report(self, layer):
-        """One layer's counters as (name, value) pairs, by name, for a report. TCP's, the
-        most, come one at a time; the others' dicts are small."""
+        """One layer's counters as (name, value) pairs for a report (in the same order on
+        every kernel). TCP's and IP's, the most, come one at a time; the others' dicts are
+        small."""
         if layer == "tcp":
             return self.tcp.report()
+        if layer == "ip":
+            return self.iface.ip_report()
         values = self.layer_counters(layer)
         return ((name, values[name]) for name in sorted(values))
 

@@ -16,8 +16,8 @@ from micropython import const
 
 # The byte work is machine code, kept outside this package (netkernel_native says why).
 from netkernel_native import (  # noqa: F401 - re-exported: the layers import them from here
-    checksum, copy, equal, fill, find4, get16, ipv4_finish, masked_equal, pseudo_header_sum,
-    put16, seq_add, seq_delta, seq_put, tcp_frame_check)
+    checksum, copy, equal, fill, find4, get16, masked_equal, pseudo_header_sum, put16,
+    seq_add, seq_delta, seq_put, tcp_frame_check)
 
 # Ethernet II
 _ETH_DST = const(0)

@@ -184,10 +184,10 @@ def test_ping_from_peer_reaches_the_board(sim_board):
 # configurations `twinstack sim` can start. The simulated board must leave the same within
 # 10 %, and where it cannot match, less (boards/sim.py's heap model).
 RP2040_HEAP_FREE_AT_BOOT = {
-    ("--kernels", "2", "--no-services"): 45_216,     # the default configuration
-    ("--kernels", "2", "--services"): 41_600,
-    ("--kernels", "1", "--services"): 115_728,
-    ("--kernels", "1", "--no-services"): 117_600,
+    ("--kernels", "2", "--no-services"): 37_152,     # the default configuration
+    ("--kernels", "2", "--services"): 33_408,
+    ("--kernels", "1", "--services"): 107_792,
+    ("--kernels", "1", "--no-services"): 109_664,
 }
 
 

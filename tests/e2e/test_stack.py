@@ -252,7 +252,7 @@ def test_a_paced_board_sends_through_the_phys_fifo_without_loss(sim_board):
     assert stats(board)["errors"] == 0
     board.stop()
     line = next((x for x in board.log_lines() if x.startswith("netkernel: hw ")), None)
-    assert line is not None, board.log_lines()[-10:]
+    assert line is not None, "\n".join(board.log_lines()[-40:])
     hw = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
     assert hw["wire_tx"] > 200 and hw["wire_tx_queued"] == hw["wire_tx"], hw
     assert hw["wire_tx_errors"] == 0, hw
