@@ -523,7 +523,7 @@ def put_key(key: ptr8, src: ptr8, src_off: int, dst: ptr8, dst_off: int, proto: 
 @micropython.viper
 def node_wake_irq(node, _):
     node._wake = True
-    node.irqs = int(node.irqs) + 1
+    node.irqs = (int(node.irqs) + 1) & 0x3FFFFFFF   # a small int: no heap in an IRQ
     if node._dozing:
         node._dozing = False
         node._bell.release()

@@ -40,6 +40,7 @@ _W_EVENT = const(3)         # the host's bytes
 _W_WAITS = const(4)         # the board's idle waits (each ends at an event or ~1 ms)
 _W_DOZES = const(5)         # blocked on the bell (Node._doze)
 _HOST_QUIET_MS = const(200) # core 0 dozes only when the host sent nothing for this long
+_SLEEP_CONNS_MS = const(10) # core 0 idle while another kernel has connections (_sleep)
 _LINK_CHECK_MS = const(500)
 _MAX_KERNELS = const(4)
 _EINVAL = const(22)
@@ -202,7 +203,7 @@ class Node:
     def _on_event(self, _):
         # INTn and the tick as soft IRQs (where core 0 does not doze).
         self._wake = True
-        self.irqs += 1
+        self.irqs = (self.irqs + 1) & 0x3FFFFFFF
 
     # INTn and the doze alarm as hard IRQs (where core 0 dozes): machine code, which no
     # pending Ctrl-C can interrupt. A dozing core 0 blocks on its bell: ring it (once:
@@ -265,6 +266,10 @@ class Node:
         due = self.cores.ring_bells(now)     # a sleeping kernel's deadline
         if due >= 0 and due < limit:
             limit = due
+        if limit > _SLEEP_CONNS_MS and self._other_kernels_connected():
+            # A kernel awake now may arm a timer (a delayed ACK) and go to sleep while this
+            # core waits: its deadline is seen at the next look, at most this far off.
+            limit = _SLEEP_CONNS_MS
         if (limit > _SLEEP_BUSY_MS and self._bell is not None
                 and time.ticks_diff(now, self.link.rx_at) > _HOST_QUIET_MS):
             self._doze(now, limit)
@@ -318,6 +323,15 @@ class Node:
         self.hw.alarm(0, None)
         if self.hw.intn() == 0:
             self._wake = True
+
+    def _other_kernels_connected(self):
+        ks = self.kernels
+        i = 1
+        while i < len(ks):
+            if ks[i].stack.tcp.conns:
+                return True
+            i += 1
+        return False
 
     def _isms_idle(self):
         # Any kernel's: what another core's ISM posts for the host is sent from core 0.
@@ -595,6 +609,7 @@ class Node:
     def _wait_applied(self, kernel, what):
         deadline = time.ticks_add(time.ticks_ms(), _SETTING_WAIT_MS)
         while kernel.todo_pending():
+            self.cores.ring_bells(time.ticks_ms())   # a sleeping kernel wakes for it
             if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
                 raise ValueError("busy: kernel %d has not applied %s" % (kernel.core, what))
             time.sleep_ms(1)
