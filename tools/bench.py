@@ -605,23 +605,24 @@ COUNT_FIGURES = (COUNT_STACK, COUNT_KERNEL)
 COUNT_HEAP = "2m"          # the unix port's heap for the replay (the receiver alone fits)
 
 
+def micropython_path() -> str:
+    """The MicroPython unix port, found as ``twinstack sim`` finds it."""
+    from twinstack.sim.launcher import find_micropython
+
+    return find_micropython(ROOT)
+
+
 def valgrind_instructions(args: Sequence[str]) -> tuple[int, str]:
     """Instructions a MicroPython run executes (valgrind's "I refs"), and its output."""
     env = dict(os.environ, MICROPYPATH="firmware")
     r = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
-                        "--cachegrind-out-file=/dev/null", str(micropython_path()),
+                        "--cachegrind-out-file=/dev/null", micropython_path(),
                         "-X", f"heapsize={COUNT_HEAP}", "tools/segment_cost.py", *args],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     m = re.search(r"I\s+refs:\s+([\d,]+)", r.stderr)
     if r.returncode != 0 or not m:
         raise RuntimeError(f"segment_cost {' '.join(args)}: {r.stdout}{r.stderr[-2000:]}")
     return int(m.group(1).replace(",", "")), r.stdout
-
-
-def micropython_path() -> Path:
-    """The MicroPython unix port of the project's venv, else the one on PATH."""
-    venv = Path(sys.executable).parent / "micropython"
-    return venv if venv.exists() else Path(shutil.which("micropython") or "micropython")
 
 
 def run_count(only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
@@ -638,7 +639,7 @@ def run_count(only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         rec = str(Path(tmp) / "bulk.rec")
         env = dict(os.environ, MICROPYPATH="firmware")
-        subprocess.run([str(micropython_path()), "tools/segment_cost.py", "record", rec],
+        subprocess.run([micropython_path(), "tools/segment_cost.py", "record", rec],
                        cwd=ROOT, env=env, check=True, timeout=300)
         for name in todo:
             path = ["kernel"] if name == COUNT_KERNEL else []

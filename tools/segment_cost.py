@@ -22,6 +22,7 @@ import sys
 import time
 
 from netkernel.stack import Stack, StackConfig
+from netkernel.tcp import ESTABLISHED
 
 _MAC_TX = b"\x02\x00\x00\x00\x00\x0a"
 _MAC_RX = b"\x02\x00\x00\x00\x00\x0b"
@@ -71,7 +72,7 @@ def record():
     segments = 0
     handshake = -1
     for _ in range(100000):
-        if handshake < 0 and sock.state >= 4:      # ESTABLISHED: the handshake is over
+        if handshake < 0 and sock.state >= ESTABLISHED:    # the handshake is over
             handshake = len(calls)
         if handshake >= 0 and segments < _SEGMENTS:
             sock.send(out, 0, _MSS)

@@ -454,7 +454,7 @@ class Cores:
             o = 0
             while o < n:
                 e = o + _HEX_PIECE if o + _HEX_PIECE < n else n
-                print(bytes(buf[o:e]).hex(), end="")
+                print(buf[o:e].hex(), end="")
                 o = e
         print()
 

@@ -204,7 +204,7 @@ class Interface:
             if l4 > 0:
                 self.ip_rx += 1
                 self.ip_delivered += 1
-                if wire.masked_equal(buf, _IP + 12, self.ip, 0, self.netmask):
+                if self._on_link(buf, _IP + 12):
                     self.arp.refresh(buf, _IP + 12, buf, 6, now)
                 self.stack.tcp.input(buf, _IP, L4_OFF, l4, now)
                 return

@@ -164,7 +164,7 @@ class SocketIsm:
         """True when no host socket is open and no message waits: the kernel's core may
         then sleep until its stack's next deadline (a socket's data or credit may move on
         without a frame or a message, so with any open the core looks again soon)."""
-        return (self.cur < 0 and self.inring.depth() == 0 and not self.mu.ctl[self.iop].pending()
+        return (self.cur < 0 and not self.has_messages()
                 and equal(self.kind, 0, self._no_slots, 0, self.nslots))
 
     def has_messages(self):

@@ -108,7 +108,7 @@ class NetKernel:
         ridx = self.rx.idx
         stack = self.stack
         if ridx[0] != ridx[1]:
-            # The ring's pop and the return ring's push, inline: per frame they were calls.
+            # The ring's pop inline: per frame it was a call.
             ring = self.rx
             items = ring.items
             mask = ring.mask
@@ -188,9 +188,8 @@ class NetKernel:
                 bell.release()
             state[_SLEEPING] = 0
             return
-        ring = self.rx
         while ticks_diff(ticks_ms(), start) < limit:
-            if ring.depth() or self.has_work():
+            if self.has_work():
                 return
             if intn is not None and (intn() == 0 or cores.backlog):
                 return

@@ -447,7 +447,7 @@ def test_paced_scale_figures_come_from_boards_at_the_paced_core_speed(monkeypatc
 def _segment_cost(*args: str) -> str:
     import subprocess
 
-    r = subprocess.run([str(bench.micropython_path()), "tools/segment_cost.py", *args],
+    r = subprocess.run([bench.micropython_path(), "tools/segment_cost.py", *args],
                        cwd=ROOT, env=dict(os.environ, MICROPYPATH="firmware"),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
