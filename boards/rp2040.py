@@ -2,7 +2,7 @@
 # Boards built on an RP2040 state it as theirs (w5500_evb_pico), and so does the simulated
 # board, which stands for one. The node sizes every pool from it at boot and allocates them
 # all then; docs/memory.md gives what each costs on the RP2040 and how they add up (the
-# default configuration boots with 37 KB free; connections take pooled sockets and chunks).
+# default configuration boots with 36 KB free; connections take pooled sockets and chunks).
 BUDGET = {
     "kernels": 2,               # one net kernel per core (config.py's KERNELS overrides it)
     "thread_stack": 8192,       # core 1's C stack, taken from the heap by _thread

@@ -3,9 +3,19 @@
 from machine import SPI, Pin, Timer, unique_id
 from machine import idle as wait_for_event
 
-# Set by boot.py when it could add a second USB CDC interface (runtime USB, rp2.md §9):
-# host data then travels there and the REPL stays on the first port for mpremote.
+# Set by start_data_port() (boot.py) when it could add a second USB CDC interface (runtime
+# USB, rp2.md §9): host data then travels there and the REPL stays on the first port.
 DATA_CDC = None
+
+
+def start_data_port(txbuf=2048, rxbuf=2048):
+    """Add the host-data CDC interface beside the REPL's (boot.py, before USB starts);
+    False without micropython-lib's usb-device-cdc."""
+    global DATA_CDC
+    from netkernel.usbcdc import open_data_port    # frozen: its code stays out of the heap
+
+    DATA_CDC = open_data_port(txbuf, rxbuf)
+    return DATA_CDC is not None
 
 
 class Hardware:
@@ -33,7 +43,7 @@ class Hardware:
         wait_for_event()
         wait_for_event()
         cdc = DATA_CDC
-        return cdc is not None and cdc._rb.readable() > 0
+        return cdc is not None and cdc._rb._n > 0
 
     def wait_event(self):
         """An idle kernel on core 1: sleep (WFE) until an event or about a millisecond."""
@@ -53,31 +63,10 @@ class Hardware:
     def usb(self):
         if DATA_CDC is None:
             raise OSError("no USB data interface: install usb-device-cdc (make deploy does)")
-        return _CdcStream(DATA_CDC)
+        return DATA_CDC
 
     def counters(self):
         return {}
-
-    def close(self):
-        pass
-
-
-class _CdcStream:
-    """The CDC interface as the non-blocking stream the host link expects."""
-
-    def __init__(self, cdc):
-        self._cdc = cdc
-
-    def any(self):
-        """Bytes waiting from the host (usb-device-cdc's receive buffer: a read of an empty
-        CDC costs a memoryview and a dozen calls)."""
-        return self._cdc._rb.readable()
-
-    def readinto(self, buf):
-        return self._cdc.readinto(buf) or 0
-
-    def write(self, buf):
-        return self._cdc.write(buf) or 0
 
     def close(self):
         pass

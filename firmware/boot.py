@@ -3,12 +3,7 @@
 # (reference/rp2.md §9). Boards without runtime USB skip this.
 try:
     import rp2_w5500
-    import usb.device
-    from usb.device.cdc import CDCInterface
-
-    _cdc = CDCInterface()
-    _cdc.init(timeout=0, txbuf=2048, rxbuf=2048)
-    usb.device.get().init(_cdc, builtin_driver=True)
-    rp2_w5500.DATA_CDC = _cdc
 except ImportError:
     pass
+else:
+    rp2_w5500.start_data_port()

@@ -31,9 +31,9 @@ class HostLink:
         self._reply = bytearray(lf.MAX_PAYLOAD)
         self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
         self._out_view = memoryview(self._out)
-        # KIND_WIRE_TX frames are copied into a buffer the node lends (it has views made).
-        self._frame = node.wire_tx_buffer() if hasattr(node, "wire_tx_buffer") \
-            else bytearray(1536)
+        # KIND_WIRE_TX frames are copied into a buffer the node lends (it has views made),
+        # asked for at the first one: the link is made before the kernels that own it.
+        self._frame = None if hasattr(node, "wire_tx_buffer") else bytearray(1536)
         self.deframer = lf.Deframer(self._on_frame)
         self.unknown_kind = 0
         self.bad_request = 0
@@ -76,8 +76,7 @@ class HostLink:
         elif kind == lf.KIND_ECHO_REQUEST:
             r = self._reply
             r[0] = lf.KIND_ECHO_REPLY
-            for i in range(1, n):
-                r[i] = buf[i]
+            copy(r, 1, buf, 1, n - 1)
             self.send(r, n)
         elif kind == lf.KIND_WIRE_TX:
             length = n - 1
@@ -85,8 +84,9 @@ class HostLink:
                 self.bad_request += 1
                 return
             f = self._frame
-            for i in range(length):
-                f[i] = buf[i + 1]
+            if f is None:
+                f = self._frame = self._node.wire_tx_buffer()
+            copy(f, 0, buf, 1, length)
             self._node.wire_tx(f, length)
             self.wire_tx_frames += 1
         elif kind == lf.KIND_STATS_REQUEST:

@@ -26,6 +26,7 @@ from micropython import const
 from netkernel.proto import i2o
 from netkernel.proto import linkframe as lf
 from netkernel.rings import Mailbox, SpscRing, pow2_at_least
+from netkernel.wire import copy
 
 OUT_OFF = const(3)             # where a message starts in an outbound staging buffer
 _IN_FREE = const(0)            # inbound MFA states
@@ -220,8 +221,7 @@ class MsgUnit:
             return
         slot = self.in_bufs[iop][mfa]
         size = words * 4
-        for i in range(size):
-            slot[i] = buf[4 + i]
+        copy(slot, 0, buf, 4, size)
         self.in_lens[iop][mfa] = size
         st[mfa] = _IN_USE
         self.posts += 1
@@ -255,8 +255,7 @@ class MsgUnit:
         if w > i2o.FAIL_COPY_WORDS:
             w = i2o.FAIL_COPY_WORDS
         r[o + 4] = w
-        for j in range(w * 4):
-            r[o + 8 + j] = buf[off + j]
+        copy(r, o + 8, buf, off, w * 4)
 
     def _send_fails(self):
         r = self._fails
@@ -279,8 +278,7 @@ class MsgUnit:
             b[p + 1] = r[o + 3]
             b[p + 2] = r[o + 1]
             b[p + 3] = 0
-            for j in range(4 * w):
-                b[p + 4 + j] = r[o + 8 + j]
+            copy(b, p + 4, r, o + 8, 4 * w)
             self.post_out(m, nbytes)
             self._fail_head = (self._fail_head + 1) % _FAIL_SLOTS
             self._fail_n -= 1
@@ -587,8 +585,7 @@ class MsgUnit:
                 k = len(piece) - o
                 if k > room - n:
                     k = room - n
-                for i in range(k):
-                    b[p + n + i] = piece[o + i]
+                copy(b, p + n, piece, o, k)
                 n += k
                 o += k
                 self._piece_off = o
@@ -610,8 +607,7 @@ class MsgUnit:
         i2o.put_status(b, OUT_OFF, rs, detail)
         if data is not None:       # else the caller has written the payload already
             p = OUT_OFF + i2o.REPLY_BYTES
-            for i in range(n):
-                b[p + i] = data[off + i]
+            copy(b, p, data, off, n)
         self.post_out(m, i2o.REPLY_BYTES + n)
 
     def counters(self):

@@ -157,6 +157,7 @@ class Node:
         self.msgunit = MsgUnit(self, nk, frame_bytes=cfg["i2o_frame_bytes"],
                                inbound_depth=cfg["i2o_inbound_depth"],
                                outbound_max=cfg["i2o_outbound_max"])
+        self.link = HostLink(self.hw.usb(), self)     # its buffers too (2 KB pieces)
         # Flow entries: every connection the kernels may hold, and some UDP flows.
         flows = 16 if nk == 1 else nk * stack_config.tcp_max_connections + 16
         self.cores = Cores(self.nic, nk, self.mac, self.ip, cfg["prefix"],
@@ -178,7 +179,6 @@ class Node:
         self.kernels = self.cores.kernels
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
-        self.link = HostLink(self.hw.usb(), self)
         self.msgunit.link = self.link
         self.link.msgunit = self.msgunit
         for k in self.kernels:

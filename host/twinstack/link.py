@@ -77,7 +77,8 @@ class Link:
         self.port.reset_input_buffer()
         self._frames: deque[tuple[int, bytes]] = deque()
         self._deframer = lf.Deframer(self._on_frame)
-        self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
+        self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD) + 2)   # + usb_fill's 00s
+        self._bytes_out = 0
 
     def _on_frame(self, buf: bytearray, n: int) -> None:
         self._frames.append((buf[0], bytes(buf[1:n])))
@@ -90,13 +91,15 @@ class Link:
     def send(self, kind: int, body: bytes = b"") -> None:
         payload = bytes([kind]) + body
         n = lf.encode_into(payload, len(payload), self._out)
-        self.port.write(self._out[:n])
-        self.port.flush()
+        k = lf.usb_fill(self._bytes_out, n)
+        self._out[n:n + k] = bytes(k)
+        self.send_raw(self._out[:n + k])
 
-    def send_raw(self, data: bytes) -> None:
+    def send_raw(self, data: bytes | bytearray) -> None:
         """Write bytes as they are (tests use this to send garbage)."""
         self.port.write(data)
         self.port.flush()
+        self._bytes_out += len(data)
 
     def recv(self, timeout: float = 2.0) -> tuple[int, bytes]:
         """The next frame as (kind, body); raises LinkTimeout."""

@@ -57,6 +57,7 @@ class Transport:
         self._thread = threading.Thread(target=self._run, name=f"twinstack-reader {url}",
                                         daemon=True)
         self.frames_out = 0
+        self.bytes_out = 0
 
     @property
     def errors(self) -> int:
@@ -125,15 +126,21 @@ class Transport:
     def send(self, kind: int, *parts: bytes | bytearray | memoryview) -> None:
         """Frame kind + parts and write it; raises ConnectionResetError if the link is lost."""
         frame = lf.encode(bytes((kind,)) + b"".join(parts))
-        self.write(frame)
+        self.write(frame, fill=True)
 
-    def write(self, data: bytes) -> None:
-        """Write bytes as they are (whole frames, or garbage in tests)."""
+    def write(self, data: bytes, *, fill: bool = False) -> None:
+        """Write bytes as they are (whole frames, or garbage in tests); ``fill``: end them
+        off a USB packet boundary (:func:`~twinstack.proto.linkframe.usb_fill`)."""
         if not self.alive:
             raise ConnectionResetError("the link to the board is closed")
         try:
             with self._wlock:
+                if fill:
+                    k = lf.usb_fill(self.bytes_out, len(data))
+                    if k:
+                        data = data + bytes(k)
                 self.port.write(data)
+                self.bytes_out += len(data)
                 self.frames_out += 1
         except (OSError, ValueError, TypeError, AttributeError) as e:
             self._fail(e)

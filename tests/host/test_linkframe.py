@@ -1,6 +1,7 @@
 """The link framing as the host sees it: the same file as the firmware's, run by CPython."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,44 @@ def test_link_over_loop_url_echoes_its_own_frames():
         assert link.errors == 1
         with pytest.raises(LinkTimeout):
             link.recv(0.1)
+
+
+def test_usb_fill_keeps_writes_and_stream_off_packet_boundaries():
+    # The board reads in USB transfers of several packets, which end at a short packet:
+    # a write (or the stream) ending on a full packet would wait there for the next one.
+    for total in range(0, 3 * lf.USB_PACKET):
+        for n in range(1, 3 * lf.USB_PACKET):
+            k = lf.usb_fill(total, n)
+            assert 0 <= k <= 2
+            assert (n + k) % lf.USB_PACKET and (total + n + k) % lf.USB_PACKET
+    assert lf.usb_fill(0, 5) == 0
+
+
+def test_frames_sent_never_end_on_a_usb_packet_boundary():
+    # Link and Transport append idle fill (00s, which the deframer skips) where needed.
+    from twinstack.link import Link
+    from twinstack.transport import Transport
+
+    with Link("loop://") as link:
+        for size in range(1, 200):
+            link.send(lf.KIND_ECHO_REQUEST, bytes(size))
+            assert link._bytes_out % lf.USB_PACKET, size
+            assert link.recv(1.0) == (lf.KIND_ECHO_REQUEST, bytes(size))
+        assert link.errors == 0
+    got: list[tuple[int, bytes]] = []
+    t = Transport("loop://", lambda kind, body: got.append((kind, body)), lambda t, e: None)
+    t.start()                 # its reader drains loop://, whose queue is bounded
+    try:
+        for size in range(1, 130):
+            t.send(lf.KIND_ECHO_REQUEST, bytes(size))
+            assert t.bytes_out % lf.USB_PACKET
+        deadline = time.monotonic() + 5
+        while len(got) < 129 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got == [(lf.KIND_ECHO_REQUEST, bytes(size)) for size in range(1, 130)]
+        assert t.errors == 0
+    finally:
+        t.close()
 
 
 def test_paged_reply_skips_frames_of_other_kinds():

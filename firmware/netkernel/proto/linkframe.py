@@ -57,6 +57,20 @@ KIND_I2O_INIT = const(0x14)      # host -> board: bring-up / reset (i2o.INIT_FMT
 KIND_I2O_INIT_REPLY = const(0x15)  # board -> host: i2o.INIT_REPLY_FMT
 KIND_I2O_READY = const(0x16)     # board -> host: epoch(4), once at boot
 
+USB_PACKET = const(64)           # full-speed bulk packet: the board's USB transfers are a
+                                 # whole number of them and end early on a short packet
+
+
+def usb_fill(total, n):
+    """How many 00 bytes (idle fill) a writer appends to n bytes after ``total`` bytes so
+    that neither this write nor the stream ends on a USB packet boundary: the board reads
+    in transfers of several packets, and a transfer ends at a short packet or when full."""
+    k = 0
+    while (n + k) % USB_PACKET == 0 or (total + n + k) % USB_PACKET == 0:
+        k += 1
+    return k
+
+
 # Worst case encoded size of a payload of n bytes: delimiters, CRC, one code byte per 254.
 def encoded_size(n):
     return n + 2 + (n + 2) // 254 + 1 + 2
