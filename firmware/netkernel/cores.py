@@ -162,8 +162,9 @@ def _core_loop(kernel, ctl, wait_event, pacer, helper, bell, sleep_state):
             helped = helper is not None and ring.depth() == 0 and \
                 helper.help(core, ticks_ms())
             more = kernel.turn(ticks_ms()) or helped
-        except Exception:          # count and carry on: the core must keep its flows
+        except Exception as e:     # count and carry on: the core must keep its flows
             kernel.errors += 1
+            kernel.last_error = e
             more = False
         if pacer is not None:
             pacer.end()
@@ -227,6 +228,7 @@ class Cores:
                         log == LOG_OFF and intn is not None)
         self.intn = intn
         self.disp_lock = allocate_lock() if self.helping else None
+        self._locked_by_turn = False   # core 0's turn holds disp_lock (unlock_after_error)
         self.backlog = False      # the last batch stopped with frames maybe still waiting
         self.disp = Dispatcher(ncores, self.ip, flow_capacity=flow_capacity,
                                ring_capacity=ring_capacity)
@@ -327,36 +329,53 @@ class Cores:
         """Core 0's share: returns, closed flows, interrupt ack + RX batch (unless another
         core is reading one), other cores' TX, kernel 0. True if work is still waiting."""
         self.turns += 1
-        more = False
         lock = self.disp_lock
-        if lock is None or lock.acquire(0):
-            try:
-                self._collect_returns()
-                self._collect_events()
-                if rx and lock is not None and self.kernels[0].rx.depth() > 0:
-                    # A helper filled kernel 0's ring since its last turn: work through it
-                    # first and leave the chip to cores with empty rings (measured: core 0
-                    # read 62 % of the frames and was the last to finish; now about half).
-                    more = True
-                elif rx:
-                    t0 = ticks_us()
-                    intn = self.intn
-                    if intn is None or intn() == 0:   # a tick with INTn high: no ack
-                        self.nic.clear_interrupt()
-                    more = self.dispatch(now, 0)
-                    self.nic.rx_release()      # what the batch read, back to the chip
-                    self.dispatch_busy.since(t0)
-            finally:
-                if lock is not None:
-                    lock.release()
-        elif rx:
-            more = True    # another core is dispatching: look again next turn
+        if lock is None:
+            more = self._dispatch_turn(now, rx)
+        elif lock.acquire(0):
+            # No try/finally here (it would put this frame over 11 words, a heap
+            # allocation per call): a turn that raises leaves the lock to unlock_after_error.
+            self._locked_by_turn = True
+            more = self._dispatch_turn(now, rx)
+            self._locked_by_turn = False
+            lock.release()
+        else:
+            more = rx      # another core is dispatching: look again next turn
         txq = self.txq
         if txq is not None:
             if txq.drain(self.raw_nic.send, _TX_BATCH) == _TX_BATCH:
                 more = True
         if self.kernels[0].turn(now):
             more = True
+        return more
+
+    def unlock_after_error(self):
+        """(Core 0, after its turn raised) Release the dispatch lock if the turn held it."""
+        if self._locked_by_turn:
+            self._locked_by_turn = False
+            self.disp_lock.release()
+
+    def _dispatch_turn(self, now, rx):
+        """(The dispatch lock's holder, core 0) Returns and closed flows back; a batch read
+        from the chip if ``rx``. True if frames are still waiting. (Apart from turn(): a
+        bytecode function whose frame is over 11 words gets it from the heap on every
+        call, 30 to 200 us on the RP2040.)"""
+        self._collect_returns()
+        self._collect_events()
+        if not rx:
+            return False
+        if self.disp_lock is not None and self.kernels[0].rx.depth() > 0:
+            # A helper filled kernel 0's ring since its last turn: work through it first and
+            # leave the chip to cores with empty rings (measured: core 0 read 62 % of the
+            # frames and was the last to finish; now about half).
+            return True
+        t0 = ticks_us()
+        intn = self.intn
+        if intn is None or intn() == 0:   # a tick with INTn high: no ack
+            self.nic.clear_interrupt()
+        more = self.dispatch(now, 0)
+        self.nic.rx_release()      # what the batch read, back to the chip
+        self.dispatch_busy.since(t0)
         return more
 
     def ring_bells(self, now):
@@ -546,22 +565,24 @@ class Cores:
         return more
 
     def _collect_events(self):
-        disp = self.disp
-        ip = self.ip
         for ev in self._events:
             idx = ev.ring.idx
-            if idx[0] == idx[1]:          # most turns: no connection closed
-                continue
-            data = ev.data
-            i = 0
-            while i < _EVENT_BATCH:
-                o = ev.pop()
-                if o < 0:
-                    break
-                disp.flow_closed(_PROTO_TCP, data, o, ip, 0, wire.get16(data, o + 4),
-                                 wire.get16(data, o + 6))
-                self.flows_closed += 1
-                i += 1
+            if idx[0] != idx[1]:          # most turns: no connection closed, and no call
+                self._close_flows(ev)
+
+    def _close_flows(self, ev):
+        disp = self.disp
+        ip = self.ip
+        data = ev.data
+        i = 0
+        while i < _EVENT_BATCH:
+            o = ev.pop()
+            if o < 0:
+                break
+            disp.flow_closed(_PROTO_TCP, data, o, ip, 0, wire.get16(data, o + 4),
+                             wire.get16(data, o + 6))
+            self.flows_closed += 1
+            i += 1
 
     # -- reports ---------------------------------------------------------------------------
 

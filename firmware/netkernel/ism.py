@@ -98,6 +98,8 @@ class SocketIsm:
         self.bufs = mu.in_bufs[self.iop]
         self.lens = mu.in_lens[self.iop]
         self.inring = mu.post[self.iop]
+        self._in_idx = self.inring.idx        # read without calls: has_messages() runs on
+        self._box_seq = mu.ctl[self.iop].seq  # every look of a sleeping core
         self.retring = mu.ret[self.iop]
         # counters (kN.ism.* in the node's stats)
         self.msgs = 0
@@ -136,6 +138,14 @@ class SocketIsm:
             box.done()
         if not mu.ready:
             return
+        idx = self._in_idx
+        if self.cur >= 0 or idx[0] != idx[1]:
+            self._take_messages(now)
+        self._service(now)
+
+    def _take_messages(self, now):
+        # Apart from turn(): its handler and locals would put turn()'s frame over 11
+        # words, which costs a heap allocation on every call.
         ring = self.inring
         done = 0
         while done < _BATCH:
@@ -158,7 +168,6 @@ class SocketIsm:
             self.cur = -1
             self.msgs += 1
             done += 1
-        self._service(now)
 
     def idle(self):
         """True when no host socket is open and no message waits: the kernel's core may
@@ -169,7 +178,9 @@ class SocketIsm:
 
     def has_messages(self):
         """A message from the host, or a request of the message unit, waits."""
-        return self.inring.depth() > 0 or self.mu.ctl[self.iop].pending()
+        idx = self._in_idx
+        seq = self._box_seq
+        return idx[0] != idx[1] or seq[0] != seq[1]
 
     def _give(self, m):
         self.retring.push(m)   # cannot be full: it holds every MFA of this IOP

@@ -104,64 +104,73 @@ class NetKernel:
         """One turn; True if frames are still waiting on this kernel's ring."""
         t0 = ticks_us()
         self.turns += 1
-        pool = self.pool
         ridx = self.rx.idx
-        stack = self.stack
         if ridx[0] != ridx[1]:
-            # The ring's pop inline: per frame it was a call.
-            ring = self.rx
-            items = ring.items
-            mask = ring.mask
-            ret = self.ret
-            lens = pool.lens
-            bufs = pool.bufs
-            slot_flows = pool.flows
-            flows = self.flow_frames
-            done = 0
-            nbytes = 0
-            while done < _BATCH:
-                t = ridx[1]
-                if t == ridx[0]:
-                    break
-                s = items[t & mask]
-                ridx[1] = (t + 1) & _WRAP
-                n = lens[s]
-                nbytes += n
-                f = slot_flows[s]
-                if f >= 0:
-                    flows[f] += 1
-                try:
-                    stack.input(bufs[s], n, now)
-                except Exception as e:    # a bug must not leak the slot or stop the core
-                    self.errors += 1
-                    self.last_error = e
-                ret.push(s)
-                done += 1
-            self.rx_frames += done
-            self.rx_bytes += nbytes
+            self._take_frames(now)
         hs = self.hand_state
         if hs[_H_FULL] and hs[_H_CORE] == self.core:
             self._take_handoff(now)
         if self.todo.pending():
             self._run_todo()
-        ism = self.ism
-        if ism is not None:
-            try:
-                ism.turn(now)         # before poll: what the host sent leaves this turn
-            except Exception as e:    # a bug must not stop the core
-                self.errors += 1
-                self.last_error = e
-        stack.poll(now)
+        if self.ism is not None:
+            # Before poll: what the host sent leaves this turn. A bug in it is counted by
+            # the core's loop (no handler here: with one this frame would be over 11
+            # words, and a bytecode frame that size comes from the heap on every call).
+            self.ism.turn(now)
+        self.stack.poll(now)
         self.busy.since(t0)
         return ridx[0] != ridx[1]
 
+    def _take_frames(self, now):
+        """Up to _BATCH frames off the ring, each through the stack and back to the pool.
+        (The ring's pop inline: per frame it was a call.)"""
+        pool = self.pool
+        ridx = self.rx.idx
+        stack = self.stack
+        ring = self.rx
+        items = ring.items
+        mask = ring.mask
+        ret = self.ret
+        lens = pool.lens
+        bufs = pool.bufs
+        slot_flows = pool.flows
+        flows = self.flow_frames
+        done = 0
+        nbytes = 0
+        while done < _BATCH:
+            t = ridx[1]
+            if t == ridx[0]:
+                break
+            s = items[t & mask]
+            ridx[1] = (t + 1) & _WRAP
+            n = lens[s]
+            nbytes += n
+            f = slot_flows[s]
+            if f >= 0:
+                flows[f] += 1
+            try:
+                stack.input(bufs[s], n, now)
+            except Exception as e:    # a bug must not leak the slot or stop the core
+                self.errors += 1
+                self.last_error = e
+            ret.push(s)
+            done += 1
+        self.rx_frames += done
+        self.rx_bytes += nbytes
+
     def has_work(self):
         """Frames on the ring, a datagram handed over, work from core 0 or the host."""
-        hs = self.hand_state
+        idx = self.rx.idx          # indices, not calls: core 0 asks on every look
+        if idx[0] != idx[1]:
+            return True
+        idx = self.todo.seq
+        if idx[0] != idx[1]:
+            return True
+        idx = self.hand_state
+        if idx[_H_FULL] and idx[_H_CORE] == self.core:
+            return True
         ism = self.ism
-        return bool(self.rx.depth() or self.todo.pending()
-                    or (hs[_H_FULL] and hs[_H_CORE] == self.core)
-                    or (ism is not None and ism.has_messages()))
+        return ism is not None and ism.has_messages()
 
     def sleep(self, wait_event, intn, cores, bell=None, state=None):
         """(Kernels 1..N-1, after a turn that left nothing waiting) Sleep until there is

@@ -368,13 +368,17 @@ class MsgUnit:
         idx = self.out_post.idx
         if idx[0] != idx[1]:
             return False
+        return self._iops_idle()
+
+    def _iops_idle(self):
         free_n = self._free_n
-        k = 0
-        for ret in self.ret:
-            idx = ret.idx
+        rets = self.ret
+        k = len(rets) - 1
+        while k >= 0:
+            idx = rets[k].idx
             if free_n[k] or idx[0] != idx[1]:
                 return False
-            k += 1
+            k -= 1
         return True
 
     def _collect_returns(self):

@@ -1859,6 +1859,21 @@ class Tcp:
 
     def poll(self, now):
         self.now = now
+        if self.conns:
+            allowed = self._poll_conns(now)
+        else:
+            allowed = 0
+            self.rcv_share = _MAX_WINDOW
+        credit = self.credit
+        if credit is not None:
+            credit.recount(self.config.tcp_rx_budget - allowed, now)
+            if credit.waiting():
+                self._serve_credit(now)
+
+    def _poll_conns(self, now):
+        """Every connection's timers and output; the receive budget's share per receiving
+        connection for the next turn (see _rcv_window). Returns the receive windows they
+        were allowed."""
         conns = self.conns
         receivers = 0
         allowed = 0
@@ -1874,14 +1889,9 @@ class Tcp:
                     receivers += 1
                 allowed += c.rcv_allow
             i -= 1
-        # The receive budget's share per connection (see _rcv_window), for the next turn.
         budget = self.config.tcp_rx_budget
         self.rcv_share = budget // receivers if budget > 0 and receivers > 0 else _MAX_WINDOW
-        credit = self.credit
-        if credit is not None:
-            credit.recount(budget - allowed, now)
-            if credit.waiting():
-                self._serve_credit(now)
+        return allowed
 
     def _serve_credit(self, now):
         """Credit to the connections waiting for it, first come first served; each one
