@@ -151,13 +151,13 @@ class Node:
         stack_config = StackConfig(services=cfg["services"], **stack)
         self.hw = board.open_hardware()
         self.nic = W5500(self.hw.spi, self.hw.cs, self.hw.rst)
+        self.link = HostLink(self.hw.usb(), self)     # its 2 KB buffers while there is room
         # The I2O messaging unit (core 0; one socket ISM per kernel is added below, all
         # before any thread starts). Its frame pools are made first, while the heap still
         # has large free blocks.
         self.msgunit = MsgUnit(self, nk, frame_bytes=cfg["i2o_frame_bytes"],
                                inbound_depth=cfg["i2o_inbound_depth"],
                                outbound_max=cfg["i2o_outbound_max"])
-        self.link = HostLink(self.hw.usb(), self)     # its buffers too (2 KB pieces)
         # Flow entries: every connection the kernels may hold, and some UDP flows.
         flows = 16 if nk == 1 else nk * stack_config.tcp_max_connections + 16
         self.cores = Cores(self.nic, nk, self.mac, self.ip, cfg["prefix"],
