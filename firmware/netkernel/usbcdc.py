@@ -24,8 +24,8 @@ def open_data_port(txbuf, rxbuf):
         return None
 
     class MovingBuffer(Buffer):
-        """usb-device's Buffer with its data moved by one memmove (a slice assignment)
-        where the original moves it a byte at a time in Python (~10 bytecodes a byte).
+        """usb-device's Buffer with its data moved by one machine-code copy where the
+        original moves it a byte at a time in Python (~10 bytecodes a byte).
         Straight-line code: a USB callback is scheduled, run by the VM at a jump, so it
         cannot come between reading the count and storing it here."""
 
