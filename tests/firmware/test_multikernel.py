@@ -618,3 +618,23 @@ def test_a_turn_that_raises_under_the_dispatch_lock_leaves_it_free():
         assert all(s.state == 4 for s in socks)
     finally:
         rig.stop()
+
+
+def test_a_socket_ism_that_raises_is_counted_and_the_stack_still_polls():
+    rig = Rig(peer_nagle=False)
+    try:
+        k = rig.node.kernels[0]
+        ism = k.ism
+
+        def failing(now):
+            raise ValueError("a bug in the ISM")
+
+        ism.turn = failing
+        errors = k.errors
+        now = time.ticks_add(time.ticks_ms(), 5)
+        k.turn(now)
+        del ism.turn
+        assert k.errors == errors + 1 and "ISM" in k.last_error
+        assert k.stack.tcp.now == now          # the poll after it ran
+    finally:
+        rig.stop()
