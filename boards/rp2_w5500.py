@@ -8,13 +8,13 @@ from machine import idle as wait_for_event
 DATA_CDC = None
 
 
-def start_data_port(txbuf=2048, rxbuf=2048):
+def start_data_port():
     """Add the host-data CDC interface beside the REPL's (boot.py, before USB starts);
     False without micropython-lib's usb-device-cdc."""
     global DATA_CDC
     from netkernel.usbcdc import open_data_port    # frozen: its code stays out of the heap
 
-    DATA_CDC = open_data_port(txbuf, rxbuf)
+    DATA_CDC = open_data_port(2048, 2048)          # bytes each way: a whole link frame
     return DATA_CDC is not None
 
 
@@ -43,7 +43,7 @@ class Hardware:
         wait_for_event()
         wait_for_event()
         cdc = DATA_CDC
-        return cdc is not None and cdc._rb._n > 0
+        return cdc is not None and cdc.any() > 0
 
     def wait_event(self):
         """An idle kernel on core 1: sleep (WFE) until an event or about a millisecond."""

@@ -31,9 +31,9 @@ class HostLink:
         self._reply = bytearray(lf.MAX_PAYLOAD)
         self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
         self._out_view = memoryview(self._out)
-        # KIND_WIRE_TX frames are copied into a buffer the node lends (it has views made),
-        # asked for at the first one: the link is made before the kernels that own it.
-        self._frame = None if hasattr(node, "wire_tx_buffer") else bytearray(1536)
+        # KIND_WIRE_TX frames are copied into a buffer the node lends (it has views made)
+        # once its kernels exist: the link is made before them.
+        self.wire_frame = None
         self.deframer = lf.Deframer(self._on_frame)
         self.unknown_kind = 0
         self.bad_request = 0
@@ -83,9 +83,7 @@ class HostLink:
             if length < 14 or length > 1514:
                 self.bad_request += 1
                 return
-            f = self._frame
-            if f is None:
-                f = self._frame = self._node.wire_tx_buffer()
+            f = self.wire_frame
             copy(f, 0, buf, 1, length)
             self._node.wire_tx(f, length)
             self.wire_tx_frames += 1

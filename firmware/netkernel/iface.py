@@ -199,7 +199,10 @@ class Interface:
         and the neighbour refresh are theirs. Anything else takes the layers one by one,
         which count what is wrong with it."""
         self.eth_rx += 1
-        if n <= len(buf) and self._have_ip:
+        if n > len(buf):
+            self.eth_bad_length += 1
+            return
+        if self._have_ip:
             l4 = wire.tcp_frame_check(buf, n, self.mac, self.ip, self._bcast)
             if l4 > 0:
                 self.ip_rx += 1
@@ -208,9 +211,6 @@ class Interface:
                     self.arp.refresh(buf, _IP + 12, buf, 6, now)
                 self.stack.tcp.input(buf, _IP, L4_OFF, l4, now)
                 return
-        if n > len(buf):
-            self.eth_bad_length += 1
-            return
         if n < 14:
             self.eth_too_short += 1
             return

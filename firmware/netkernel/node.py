@@ -180,6 +180,7 @@ class Node:
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
         self.msgunit.link = self.link
+        self.link.wire_frame = self.wire_tx_buffer()
         self.link.msgunit = self.msgunit
         for k in self.kernels:
             k.ism = SocketIsm(k, self.msgunit)

@@ -14,7 +14,7 @@ _OUT_XFER = const(512)
 
 def open_data_port(txbuf, rxbuf):
     """Add the host-data CDC interface beside the REPL's (before USB starts) and return it
-    (``any``/``readinto``/``write``/``close``: the host link's stream); None without
+    (``any``/``readinto``/``write``: the host link's stream); None without
     micropython-lib's usb-device-cdc."""
     try:
         import usb.device
@@ -82,10 +82,6 @@ def _data_path(cdc, dev, rb, wb):
     usbd = dev._usbd
     other = dev._xfer_cb
     up = bytearray(3)           # configured by the host; OUT and IN transfer in flight
-    rbuf = rb._b
-    wbuf = wb._b
-    rlen = len(rbuf)
-    wlen = len(wbuf)
 
     # Each transfer starter claims its endpoint's flag before it looks at anything: a
     # check and a set with no jump between, so a callback run in between cannot start the
@@ -95,13 +91,11 @@ def _data_path(cdc, dev, rb, wb):
         up[1] = 1
         if busy:
             return
-        n = rb._n
-        room = min(rlen - n, _OUT_XFER) & ~(_PACKET - 1)
+        room = min(rb.writable(), _OUT_XFER) & ~(_PACKET - 1)
         if room <= 0 or not up[0]:
             up[1] = 0
             return
-        rb._w = n
-        if not usbd.submit_xfer(cdc.ep_d_out, rbuf[n:n + room]):
+        if not usbd.submit_xfer(cdc.ep_d_out, rb.pend_write(room)):
             up[1] = 0
 
     def tx_start():
@@ -109,11 +103,10 @@ def _data_path(cdc, dev, rb, wb):
         up[2] = 1
         if busy:
             return
-        n = wb._n
-        if n == 0 or not up[0]:
+        if wb._n == 0 or not up[0]:
             up[2] = 0
             return
-        if not usbd.submit_xfer(cdc.ep_d_in, wbuf[:n]):
+        if not usbd.submit_xfer(cdc.ep_d_in, wb.pend_read()):
             up[2] = 0
 
     def xfer_done(ep, res, nbytes):
@@ -128,31 +121,24 @@ def _data_path(cdc, dev, rb, wb):
                 if wb._n == 0 and nbytes & (_PACKET - 1) == 0:
                     # A transfer that ended on a full packet is ended for the host by a
                     # zero-length packet (its read may be waiting for a short one).
-                    if usbd.submit_xfer(ep, wbuf[:0]):
+                    if usbd.submit_xfer(ep, wb.pend_read()):   # empty
                         return
             up[2] = 0
             tx_start()
         else:
             other(ep, res, nbytes)
 
-    def any_():
-        return rb._n
-
+    # Buffer's own readinto and write: a callback that ends a transfer between their
+    # pend_ and finish_ is what its finish_ methods are made for.
     def readinto(buf):
-        n = min(rb._n, len(buf))
-        if n <= 0:
-            return 0
-        buf[:n] = rbuf[:n]
-        rb.finish_read(n)
-        rx_start()            # a full buffer had stopped reading
+        n = rb.readinto(buf)
+        if n:
+            rx_start()        # a full buffer had stopped reading
         return n
 
     def write(buf):
-        n = wb._n             # straight-line up to the store, like MovingBuffer
-        k = min(wlen - n, len(buf))
-        wbuf[n:n + k] = buf[:k]
-        wb._n = n + k
-        if k > 0:
+        k = wb.write(buf)
+        if k:
             tx_start()
         return k
 
@@ -161,12 +147,7 @@ def _data_path(cdc, dev, rb, wb):
     cdc._wb = wb
     cdc._rx_start = rx_start
     cdc._tx_start = tx_start
-    cdc.any = any_
+    cdc.any = rb.readable
     cdc.readinto = readinto
     cdc.write = write
-    cdc.close = _nothing
     dev._xfer_cb = xfer_done
-
-
-def _nothing():
-    pass

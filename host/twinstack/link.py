@@ -77,7 +77,7 @@ class Link:
         self.port.reset_input_buffer()
         self._frames: deque[tuple[int, bytes]] = deque()
         self._deframer = lf.Deframer(self._on_frame)
-        self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD) + 2)   # + usb_fill's 00s
+        self._out = bytearray(lf.encoded_size(lf.MAX_PAYLOAD))
         self._bytes_out = 0
 
     def _on_frame(self, buf: bytearray, n: int) -> None:
@@ -91,9 +91,7 @@ class Link:
     def send(self, kind: int, body: bytes = b"") -> None:
         payload = bytes([kind]) + body
         n = lf.encode_into(payload, len(payload), self._out)
-        k = lf.usb_fill(self._bytes_out, n)
-        self._out[n:n + k] = bytes(k)
-        self.send_raw(self._out[:n + k])
+        self.send_raw(lf.with_usb_fill(self._bytes_out, self._out[:n]))
 
     def send_raw(self, data: bytes | bytearray) -> None:
         """Write bytes as they are (tests use this to send garbage)."""

@@ -136,9 +136,7 @@ class Transport:
         try:
             with self._wlock:
                 if fill:
-                    k = lf.usb_fill(self.bytes_out, len(data))
-                    if k:
-                        data = data + bytes(k)
+                    data = lf.with_usb_fill(self.bytes_out, data)
                 self.port.write(data)
                 self.bytes_out += len(data)
                 self.frames_out += 1

@@ -71,6 +71,12 @@ def usb_fill(total, n):
     return k
 
 
+def with_usb_fill(total, data):
+    """``data`` (bytes to write after ``total`` bytes) with usb_fill's 00s appended."""
+    k = usb_fill(total, len(data))
+    return bytes(data) + bytes(k) if k else data
+
+
 # Worst case encoded size of a payload of n bytes: delimiters, CRC, one code byte per 254.
 def encoded_size(n):
     return n + 2 + (n + 2) // 254 + 1 + 2
