@@ -11,16 +11,34 @@
 #
 # What is here is byte work and the table walks of the per-frame path: the Internet
 # checksum, copies and compares, 32-bit sequence arithmetic (wire.py re-exports these), the
-# classifier program's interpreter and the flow hashes (dispatch.py), the flow table's
-# probes (flowtable.py binds them as its methods: a viper function binds `self` like a
+# classifier program's interpreter and the flow hashes (dispatcher/steering.py), the flow table's
+# probes (dispatcher/flowtable.py binds them as its methods: a viper function binds `self` like a
 # method), and the link's CRC and COBS (proto/linkframe.py). Callers keep their names;
 # nothing here keeps state.
 import micropython
 from micropython import const
 
+# Packet layout: copies of wire's (const() inlines only within a module).
+_ETH_SRC = const(6)
+_ETH_TYPE = const(12)
+_ETH_HLEN = const(14)
+_ETHERTYPE_IPV4 = const(0x0800)
+_IP_VIHL = const(0)
+_IP_LEN = const(2)
+_IP_FRAG = const(6)
+_IP_PROTO = const(9)
+_IP_SRC = const(12)
+_IP_DST = const(16)
+_IP_HLEN = const(20)     # without options
+_IP_VIHL_NOOPT = const(0x45)   # version 4, IHL 5
+_IP_MF = const(0x2000)
+_IP_OFFSET_MASK = const(0x1FFF)
+_PROTO_TCP = const(6)
+_TCP_HLEN = const(20)
+
 # ---------------------------------------------------------------------------------------
 # Flow key and classifier program (the layout and the instruction set are described in
-# dispatch.py, which re-exports these names).
+# dispatcher/steering.py, which re-exports these names).
 
 KEY_LEN = const(13)
 OP_IHL_SHIFT = const(8)
@@ -48,10 +66,9 @@ IHL = const(20)
 NEED = const(21)
 RET = const(22)
 FAIL = const(23)
-_ETH_HLEN = const(14)
 _FAR = const(0x10000)       # L4 base before IHL: every L4-relative access is out of bounds
 
-# Flow table layout (flowtable.py re-exports the public names).
+# Flow table layout (dispatcher/flowtable.py re-exports the public names).
 NIL = const(0xFFFF)
 F_USED = const(0x01)
 F_PINNED = const(0x02)       # a connection (TCP): the owner is binding, never redirected
@@ -115,8 +132,8 @@ def checksum(buf: ptr8, off: int, n: int, acc: int) -> int:
 def pseudo_header_sum(buf: ptr8, ip_off: int, proto: int, length: int) -> int:
     """Sum of the IPv4 pseudo header (addresses from the IPv4 header at ip_off)."""
     acc = proto + length
-    i = ip_off + 12
-    while i < ip_off + 20:
+    i = ip_off + _IP_SRC
+    while i < ip_off + (_IP_DST + 4):
         acc += (buf[i] << 8) | buf[i + 1]
         i += 2
     while acc >> 16:
@@ -203,14 +220,19 @@ def tcp_frame_check(buf: ptr8, n: int, mac: ptr8, ip: ptr8, bcast: ptr8) -> int:
     (our MAC, IPv4 without options or fragmentation, our address, a unicast source
     that is not us or the subnet's broadcast, both checksums right), else -1: then the
     interface's full path looks at it and counts what is wrong."""
-    if n < 54 or buf[6] & 1 or buf[12] != 0x08 or buf[13] != 0 or buf[14] != 0x45:
+    if (n < _ETH_HLEN + _IP_HLEN + _TCP_HLEN or buf[_ETH_SRC] & 1
+            or buf[_ETH_TYPE] != _ETHERTYPE_IPV4 >> 8
+            or buf[_ETH_TYPE + 1] != (_ETHERTYPE_IPV4 & 0xFF)
+            or buf[_ETH_HLEN + _IP_VIHL] != _IP_VIHL_NOOPT):
         return -1
-    if buf[23] != 6 or (buf[20] & 0x3F) or buf[21]:
+    if (buf[_ETH_HLEN + _IP_PROTO] != _PROTO_TCP
+            or (buf[_ETH_HLEN + _IP_FRAG] & ((_IP_MF | _IP_OFFSET_MASK) >> 8))
+            or buf[_ETH_HLEN + _IP_FRAG + 1]):
         return -1
-    total = (buf[16] << 8) | buf[17]
-    if total < 40 or total > n - 14:
+    total = (buf[_ETH_HLEN + _IP_LEN] << 8) | buf[_ETH_HLEN + _IP_LEN + 1]
+    if total < _IP_HLEN + _TCP_HLEN or total > n - _ETH_HLEN:
         return -1
-    b0 = buf[26]
+    b0 = buf[_ETH_HLEN + _IP_SRC]
     if b0 == 0 or b0 == 127 or b0 >= 224:
         return -1
     i = 0
@@ -220,16 +242,17 @@ def tcp_frame_check(buf: ptr8, n: int, mac: ptr8, ip: ptr8, bcast: ptr8) -> int:
         if buf[i] != mac[i]:
             return -1
         if i < 4:
-            if buf[30 + i] != ip[i]:
+            if buf[(_ETH_HLEN + _IP_DST) + i] != ip[i]:
                 return -1
-            same_ip += int(buf[26 + i] == ip[i])
-            same_bcast += int(buf[26 + i] == bcast[i])
+            same_ip += int(buf[(_ETH_HLEN + _IP_SRC) + i] == ip[i])
+            same_bcast += int(buf[(_ETH_HLEN + _IP_SRC) + i] == bcast[i])
         i += 1
-    if same_ip == 4 or same_bcast == 4 or int(checksum(buf, 14, 20, 0)) != 0xFFFF:
+    if (same_ip == 4 or same_bcast == 4
+            or int(checksum(buf, _ETH_HLEN, _IP_HLEN, 0)) != 0xFFFF):
         return -1
-    l4 = total - 20
-    acc = int(pseudo_header_sum(buf, 14, 6, l4))
-    if int(checksum(buf, 34, l4, acc)) != 0xFFFF:
+    l4 = total - _IP_HLEN
+    acc = int(pseudo_header_sum(buf, _ETH_HLEN, _PROTO_TCP, l4))
+    if int(checksum(buf, _ETH_HLEN + _IP_HLEN, l4, acc)) != 0xFFFF:
         return -1
     return l4
 
@@ -397,13 +420,13 @@ def run_program(prog: ptr8, plen: int, buf: ptr8, n: int, key: ptr8) -> int:
         elif code == SETOP:
             op |= imm
         elif code == IHL:
-            if n < _ETH_HLEN + 20:
+            if n < _ETH_HLEN + _IP_HLEN:
                 return -1
-            ihl = buf[_ETH_HLEN] & 0x0F
+            ihl = buf[_ETH_HLEN + _IP_VIHL] & 0x0F
             hl = ihl << 2
-            total = (buf[_ETH_HLEN + 2] << 8) | buf[_ETH_HLEN + 3]
+            total = (buf[_ETH_HLEN + _IP_LEN] << 8) | buf[_ETH_HLEN + _IP_LEN + 1]
             # a frame may be longer than the datagram (Ethernet padding), never shorter
-            if ihl < 5 or _ETH_HLEN + hl > n or total < hl or _ETH_HLEN + total > n:
+            if ihl < _IP_HLEN >> 2 or _ETH_HLEN + hl > n or total < hl or _ETH_HLEN + total > n:
                 return -1
             l4 = _ETH_HLEN + hl
             l4len = total - hl

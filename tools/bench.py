@@ -54,9 +54,7 @@ how each is measured).
 The ``stack.*`` figures come from one board started as a user would (the default number of
 kernels, recorded in each figure's details), the ``e2e.*`` figures from one with a larger
 heap (``HOST_BOARD_ARGS``); the ``scale.*`` figures from a board per round, started with
-``--kernels 1`` and ``--kernels 2`` in turns (1, 2, 2, 1, ...), and the ``scale.paced.*``
-ones the same with ``--core-speed 10`` (``SCALE_PACED_SPEED``), their details adding where
-the paced cores' time went (``pacing``: the bus, lock waits, lock holds). For every scale
+``--kernels 1`` and ``--kernels 2`` in turns (1, 2, 2, 1, ...). For every scale
 measurement the details say how much CPU each party used over the run, as a share of one
 core (``cpu_share``): the load generator (``os.times()`` inside it), the board's process
 (``/proc/PID/stat``, its threads separately: kernels, dispatcher, emulator) and the whole
@@ -71,7 +69,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import json
 import logging
 import os
@@ -109,7 +106,6 @@ HEAP_SAMPLES = 150
 HEAP_ROUNDS = 5
 SCALE_CONNS = 16
 SCALE_BYTES_EACH = 2 * 1024 * 1024
-SCALE_PACED_BYTES_EACH = 1024 * 1024      # paced boards move 4 to 7 times less a second
 SCALE_CONN_COUNT = 400
 SCALE_CONN_PARALLEL = 8
 SCALE_TARGET = 1.85
@@ -673,22 +669,6 @@ SCALE_BULK_2K = "scale.bulk16_mbps_2k"
 SCALE_RATIO = "scale.ratio_2k_1k"
 SCALE_CONNS_2K = "scale.conn_per_s_2k"
 SCALE_FIGURES = (SCALE_BULK_1K, SCALE_BULK_2K, SCALE_RATIO, SCALE_CONNS_2K)
-# The same bulk figures on boards whose cores run at a tenth of a host core (twinstack sim
-# --core-speed): at host speed the machine's two cores, which also run the emulated chip's
-# PHY thread and the peer's TCP/IP, limit two kernels before the board's own cores do
-# (measured: 1.2 to 1.5 of 2 cores busy, the PHY thread alone a quarter of one). An RP2040
-# core is slower still (a hundredth of a host core or less, boards/sim.py). The emulated
-# chip is not paced: what it does for an SPI transaction (about 4 us of host time for a
-# register access, under the chip's lock) stands in for the bus, which on an RP2040 takes
-# about as long relative to its core as 0.5 us does at a tenth of a host core. The slower
-# the paced core, the less that excess weighs: at a third of a host core it was a quarter
-# of the 1-kernel board's time a frame, and two kernels measured 1.22 times one (one pair);
-# at a tenth it is about a tenth, and they measure 1.8 to 2.0 (README).
-SCALE_PACED_SPEED = 10
-SCALE_PACED = {SCALE_BULK_1K: "scale.paced.bulk16_mbps_1k",
-               SCALE_BULK_2K: "scale.paced.bulk16_mbps_2k",
-               SCALE_RATIO: "scale.paced.ratio_2k_1k"}
-SCALE_PACED_FIGURES = tuple(SCALE_PACED.values())
 # Both scale boards get the same, larger heap: 16 connections at once plus their TIME-WAIT
 # successors need more than the RP2040-sized budget holds (~8-12 connections), and these
 # figures measure CPU scaling, not memory.
@@ -700,8 +680,8 @@ HOST_BOARD_ARGS = ("--heap", "2M")
 # board of its own, and the 1- and 2-kernel rounds take turns (1, 2, 2, 1, 1, 2, ...):
 # this machine's speed drifts by 10 to 30 % within a minute, more than the effect
 # measured, and rounds taken in turns see the same drift. The ratio is the median of the
-# pairs' ratios (measured, paced: three 1-kernel rounds followed by three 2-kernel rounds
-# gave ratios of 1.62 to 1.91 from run to run; single pairs still vary by +-10 %, hence 5).
+# pairs' ratios (measured: three 1-kernel rounds followed by three 2-kernel rounds gave
+# ratios up to 18 % apart from run to run; single pairs still vary by +-10 %, hence 5).
 SCALE_ROUNDS = 5
 
 # What each scale figure needs measured, per number of kernels.
@@ -875,17 +855,14 @@ def kernel_split(before: Mapping[str, int], after: Mapping[str, int],
 def measure_bulk16(board: Board, kernels: int,
                    nbytes: int = SCALE_BYTES_EACH) -> dict[str, Any]:
     """SCALE_CONNS parallel connections into discard, ``nbytes`` each; MB/s over all of
-    them, with the CPU shares of the load generator, the board and the machine, and on a
-    paced board where its cores' time went (pace_split())."""
+    them, with the CPU shares of the load generator, the board and the machine."""
     ping_once(board)
     before = board_counters(board)
-    start = time.monotonic()
     with OwnerWatch(board, DISCARD_PORT) as watch, CpuMeter(board.pid) as meter:
         r = ns_client(board, "bulkn", board.ip, "--port", str(DISCARD_PORT), "--conns",
                       str(SCALE_CONNS), "--nbytes", str(nbytes), "--timeout", "240",
                       timeout=300)
     after = board_counters(board)
-    wall = time.monotonic() - start
     if r["finished"] != SCALE_CONNS:
         raise RuntimeError(f"bulk16 on {kernels} kernel(s): {r['finished']} of "
                            f"{SCALE_CONNS} connections finished: {r['errors']}; the board's "
@@ -897,37 +874,7 @@ def measure_bulk16(board: Board, kernels: int,
                   conn_seconds_min_max=[r["conn_seconds"][0], r["conn_seconds"][-1]],
                   loadgen_cpu_share=round(r["cpu_seconds"] / r["seconds"], 3), **cpu,
                   per_kernel=kernel_split(before, after, kernels),
-                  flow_owners=watch.best, **pace_split(before, after, wall))
-
-
-def pace_split(before: Mapping[str, int], after: Mapping[str, int],
-               seconds: float) -> dict[str, Any]:
-    """A paced board's shares of ``seconds`` of wall time (from its `hw.pace.*` counters,
-    boards/sim.py): each core's time on the chip's bus and waiting for a lock another core
-    held, and each shared lock's occupancy (its holders' own work, paced: lock 0 the
-    chip's, lock 1 the dispatcher's; the bus time under the chip's lock comes on top);
-    and each core's own work in seconds at host speed (``work_host_s``: the same bytes
-    should cost N kernels together what they cost one). Empty for a board at host speed."""
-    def delta(name: str) -> int:
-        return after.get(name, 0) - before.get(name, 0)
-
-    out: dict[str, Any] = {}
-    us = seconds * 1e6
-    for core in itertools.count():
-        key = f"hw.pace.c{core}."
-        if key + "bus_us" not in after:
-            break
-        out[f"c{core}.bus_pct"] = round(100 * delta(key + "bus_us") / us, 1)
-        out[f"c{core}.lock_wait_pct"] = round(100 * delta(key + "lock_wait_us") / us, 1)
-        out[f"c{core}.work_host_s"] = round(
-            (delta(key + "work_us") + delta(key + "held_us")) / 1e6, 3)
-    for lock in itertools.count():
-        key = f"hw.pace.lock{lock}."
-        if key + "held_us" not in after:
-            break
-        out[f"lock{lock}.held_pct"] = round(
-            100 * (delta(key + "held_us") + delta(key + "paid_us")) / us, 1)
-    return {"pacing": out} if out else {}
+                  flow_owners=watch.best)
 
 
 def median_round(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -1059,19 +1006,15 @@ def scale_schedule(plan: Mapping[int, set[str]],
     return [(k, tuple(kinds)) for k, kinds in boards]
 
 
-def run_scale(netns: str, only: Sequence[str] = (),
-              core_speed: int = 100) -> tuple[Figures, list[str]]:
-    """Boards with 1 and 2 kernels, their rounds in turns (scale_schedule()), their cores
-    at ``core_speed`` percent of a host core: the scale figures (with their details still
-    in them) and the names of what failed."""
+def run_scale(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
+    """Boards with 1 and 2 kernels, their rounds in turns (scale_schedule()): the scale
+    figures (with their details still in them) and the names of what failed."""
     bulk_rounds: dict[int, list[dict[str, Any] | None]] = {}   # None: not measured
     measured: dict[int, dict[str, dict[str, Any]]] = {}
     failed: list[str] = []
-    speed = ("--core-speed", str(core_speed)) if core_speed < 100 else ()
-    tag = "p" if speed else "k"
     for n, (kernels, what) in enumerate(scale_schedule(scale_plan(only), SCALE_ROUNDS)):
-        board = Board(f"{netns[:6]}{tag}{kernels}{n:x}",   # a netns name: at most 10
-                      ["--kernels", str(kernels), *speed, *SCALE_BOARD_ARGS])
+        board = Board(f"{netns[:6]}k{kernels}{n:x}",   # a netns name: at most 10
+                      ["--kernels", str(kernels), *SCALE_BOARD_ARGS])
         if "bulk" in what:        # a place for this round, kept empty if it fails
             bulk_rounds.setdefault(kernels, []).append(None)
         try:
@@ -1084,9 +1027,7 @@ def run_scale(netns: str, only: Sequence[str] = (),
                 start = time.monotonic()
                 try:
                     if kind == "bulk":
-                        got = bulk_rounds[kernels][-1] = measure_bulk16(
-                            board, kernels, SCALE_PACED_BYTES_EACH if speed
-                            else SCALE_BYTES_EACH)
+                        got = bulk_rounds[kernels][-1] = measure_bulk16(board, kernels)
                     else:
                         got = measure_conns_parallel(board, kernels)
                         measured.setdefault(kernels, {})[kind] = got
@@ -1118,17 +1059,6 @@ def run_scale(netns: str, only: Sequence[str] = (),
             bulk = measured.setdefault(kernels, {})["bulk"] = median_round(done)
             bulk["rounds"] = [r and r["value"] for r in rounds]   # None: the round failed
     return scale_figures(measured, only), list(dict.fromkeys(failed))   # each once
-
-
-def run_scale_paced(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
-    """The bulk scale figures again on boards at SCALE_PACED_SPEED (scale.paced.*)."""
-    base = [b for b, paced in SCALE_PACED.items() if not only or paced in only]
-    if not base:
-        return {}, []
-    figures, failed = run_scale(netns, base, core_speed=SCALE_PACED_SPEED)
-    return ({SCALE_PACED[b]: dict(f, core_speed_pct=SCALE_PACED_SPEED)
-             for b, f in figures.items()},
-            [f"paced {x}" for x in failed])
 
 
 def format_cpu(figures: Mapping[str, Mapping[str, Any]],
@@ -1179,7 +1109,7 @@ def run_stack(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]
 
 
 ALL_FIGURES = (tuple(n for n, _ in MEASUREMENTS) + E2E_FIGURES + SCALE_FIGURES
-               + SCALE_PACED_FIGURES + COUNT_FIGURES)
+               + COUNT_FIGURES)
 
 
 def run_e2e(netns: str, only: Sequence[str] = ()) -> tuple[Figures, list[str]]:
@@ -1217,10 +1147,9 @@ def run_bench(netns: str, results: Path, only: Sequence[str] = ()) -> int:
     hosted, host_failed = run_e2e(netns, only)
     measured.update(hosted)
     failed += host_failed
-    for run in (run_scale, run_scale_paced):
-        scaled, scale_failed = run(netns, only)
-        measured.update(scaled)
-        failed += scale_failed
+    scaled, scale_failed = run_scale(netns, only)
+    measured.update(scaled)
+    failed += scale_failed
     figures: Figures = {}
     details: dict[str, Any] = {}
     for name, m in measured.items():

@@ -25,25 +25,49 @@ from netkernel.arp import ArpCache
 from netkernel.reasm import Reassembler
 from netkernel.w5500 import FRAME_BUFFER_SIZE
 
-L4_OFF = const(34)             # transport header in tx: Ethernet 14 + IPv4 20
-
-_IP = const(14)                # IPv4 header in a frame
+# Packet layout: copies of wire's (const() inlines only within a module).
+_ETH_DST = const(0)
+_ETH_SRC = const(6)
+_ETH_TYPE = const(12)
+_ETH_HLEN = const(14)
 _ETHERTYPE_IPV4 = const(0x0800)
 _ETHERTYPE_ARP = const(0x0806)
-_ARP_FRAME = const(42)         # Ethernet + ARP; the NIC pads to 60
 _MTU = const(1500)
-_FRAG_MAX = const(1480)        # payload per fragment: (MTU - 20) rounded down to 8
-_TTL = const(64)
-_SUM_CHUNK = const(32768)      # keeps the viper checksum accumulator below 2**31
-_ARP_ENTRIES = const(8)        # default neighbour table size (config.arp_entries overrides)
-
-_DF = const(0x4000)
-_MF = const(0x2000)
-_OFFSET_MASK = const(0x1FFF)
+_ARP_HTYPE = const(0)
+_ARP_PTYPE = const(2)
+_ARP_HLEN = const(4)
+_ARP_PLEN = const(5)
+_ARP_OPER = const(6)
+_ARP_SHA = const(8)
+_ARP_SPA = const(14)
+_ARP_THA = const(18)
+_ARP_TPA = const(24)
+_ARP_LEN = const(28)
+_ARP_HTYPE_ETH = const(1)
+_ARP_REQUEST = const(1)
+_ARP_REPLY = const(2)
+_IP_VIHL = const(0)
+_IP_TOS = const(1)
+_IP_LEN = const(2)
+_IP_ID = const(4)
+_IP_FRAG = const(6)
+_IP_TTL = const(8)
+_IP_PROTO = const(9)
+_IP_CSUM = const(10)
+_IP_SRC = const(12)
+_IP_DST = const(16)
+_IP_HLEN = const(20)     # without options
+_IP_VIHL_NOOPT = const(0x45)   # version 4, IHL 5
+_IP_DF = const(0x4000)
+_IP_MF = const(0x2000)
+_IP_OFFSET_MASK = const(0x1FFF)
 _PROTO_ICMP = const(1)
 _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
-
+_ICMP_TYPE = const(0)
+_ICMP_CODE = const(1)
+_ICMP_CSUM = const(2)
+_ICMP_HLEN = const(8)
 _ICMP_ECHO_REPLY = const(0)
 _ICMP_UNREACH = const(3)
 _ICMP_ECHO_REQUEST = const(8)
@@ -51,6 +75,20 @@ _ICMP_TIME_EXCEEDED = const(11)
 _UNREACH_PROTOCOL = const(2)
 _UNREACH_PORT = const(3)
 _EXCEEDED_REASSEMBLY = const(1)
+_UDP_LEN = const(4)
+_UDP_CSUM = const(6)
+_UDP_HLEN = const(8)
+_TCP_CSUM = const(16)
+_TCP_HLEN = const(20)
+
+L4_OFF = const(_ETH_HLEN + _IP_HLEN)    # transport header in tx
+_IP = const(_ETH_HLEN)                  # IPv4 header in a frame
+_ARP = const(_ETH_HLEN)                 # ARP packet in a frame
+_ARP_FRAME = const(_ETH_HLEN + _ARP_LEN)    # the NIC pads to 60
+_FRAG_MAX = const((_MTU - _IP_HLEN) & ~7)   # payload per fragment: a multiple of 8
+_TTL = const(64)
+_SUM_CHUNK = const(32768)      # keeps the viper checksum accumulator below 2**31
+_ARP_ENTRIES = const(8)        # default neighbour table size (config.arp_entries overrides)
 
 # Where a destination address leads (_dst_kind for input, _route for output).
 _NOT_OURS = const(0)
@@ -75,7 +113,7 @@ def _sum(buf, off, n, acc):
 
 def _is_icmp_query(t):
     """ICMP types that are not error messages (RFC 1122 3.2.2: errors never answer errors)."""
-    return t == 0 or t == 8 or t == 9 or t == 10 or 13 <= t <= 18
+    return t == _ICMP_ECHO_REPLY or t == _ICMP_ECHO_REQUEST or t == 9 or t == 10 or 13 <= t <= 18
 
 
 class Interface:
@@ -207,27 +245,27 @@ class Interface:
             if l4 > 0:
                 self.ip_rx += 1
                 self.ip_delivered += 1
-                if self._on_link(buf, _IP + 12):
-                    self.arp.refresh(buf, _IP + 12, buf, 6, now)
+                if self._on_link(buf, _IP + _IP_SRC):
+                    self.arp.refresh(buf, _IP + _IP_SRC, buf, _ETH_SRC, now)
                 self.stack.tcp.input(buf, _IP, L4_OFF, l4, now)
                 return
-        if n < 14:
+        if n < _ETH_HLEN:
             self.eth_too_short += 1
             return
         l2_bcast = False
-        if not wire.equal(buf, 0, self.mac, 0, 6):
-            if wire.equal(buf, 0, _BCAST_MAC, 0, 6):
+        if not wire.equal(buf, _ETH_DST, self.mac, 0, 6):
+            if wire.equal(buf, _ETH_DST, _BCAST_MAC, 0, 6):
                 l2_bcast = True
-            elif buf[0] & 1:
+            elif buf[_ETH_DST] & 1:
                 self.eth_multicast += 1      # we join no groups
                 return
             else:
                 self.eth_not_for_us += 1
                 return
-        if buf[6] & 1:
+        if buf[_ETH_SRC] & 1:
             self.eth_bad_src += 1            # a group address is never a sender
             return
-        ethertype = (buf[12] << 8) | buf[13]
+        ethertype = (buf[_ETH_TYPE] << 8) | buf[_ETH_TYPE + 1]
         if ethertype == _ETHERTYPE_IPV4:
             self._ipv4_input(buf, n, l2_bcast, now)
         elif ethertype == _ETHERTYPE_ARP:
@@ -244,76 +282,77 @@ class Interface:
 
     def _eth_header(self, dst, dst_off, ethertype):
         t = self.tx
-        wire.copy(t, 0, dst, dst_off, 6)
-        wire.copy(t, 6, self.mac, 0, 6)
-        t[12] = ethertype >> 8
-        t[13] = ethertype & 0xFF
+        wire.copy(t, _ETH_DST, dst, dst_off, 6)
+        wire.copy(t, _ETH_SRC, self.mac, 0, 6)
+        t[_ETH_TYPE] = ethertype >> 8
+        t[_ETH_TYPE + 1] = ethertype & 0xFF
 
     # == ARP =================================================================================
 
     def _arp_input(self, buf, n, now):
         self.arp_rx += 1
-        if n < 14 + 28:
+        if n < _ARP + _ARP_LEN:
             self.arp_too_short += 1
             return
-        if wire.get16(buf, 14) != 1:
+        if wire.get16(buf, _ARP + _ARP_HTYPE) != _ARP_HTYPE_ETH:
             self.arp_bad_htype += 1
             return
-        if wire.get16(buf, 16) != _ETHERTYPE_IPV4:
+        if wire.get16(buf, _ARP + _ARP_PTYPE) != _ETHERTYPE_IPV4:
             self.arp_bad_ptype += 1
             return
-        if buf[18] != 6:
+        if buf[_ARP + _ARP_HLEN] != 6:
             self.arp_bad_hlen += 1
             return
-        if buf[19] != 4:
+        if buf[_ARP + _ARP_PLEN] != 4:
             self.arp_bad_plen += 1
             return
-        oper = wire.get16(buf, 20)
-        if oper != 1 and oper != 2:
+        oper = wire.get16(buf, _ARP + _ARP_OPER)
+        if oper != _ARP_REQUEST and oper != _ARP_REPLY:
             self.arp_bad_oper += 1
             return
-        if buf[22] & 1 or wire.equal(buf, 22, self.mac, 0, 6):
+        if buf[_ARP + _ARP_SHA] & 1 or wire.equal(buf, _ARP + _ARP_SHA, self.mac, 0, 6):
             self.arp_bad_sender += 1         # group or our own hardware address
             return
-        if self._have_ip and wire.equal(buf, 28, self.ip, 0, 4):
+        if self._have_ip and wire.equal(buf, _ARP + _ARP_SPA, self.ip, 0, 4):
             self.arp_conflict += 1           # another station claims our address
             return
-        if oper == 1:
+        if oper == _ARP_REQUEST:
             self.arp_rx_requests += 1
         else:
             self.arp_rx_replies += 1
-        for_us = self._have_ip and wire.equal(buf, 38, self.ip, 0, 4)
+        for_us = self._have_ip and wire.equal(buf, _ARP + _ARP_TPA, self.ip, 0, 4)
         # RFC 826 merge: refresh a known sender from any ARP packet (gratuitous ARP moves it);
         # add it only when the packet was meant for us. Probes (sender 0.0.0.0) teach nothing.
-        if self._is_unicast(buf, 28) and self._on_link(buf, 28):
-            self.arp.update(buf, 28, buf, 22, now, for_us)
-        if oper == 1 and for_us and self.arp_responder:
-            if self._arp_send(2, buf, 22, buf, 22, buf, 28):
+        if self._is_unicast(buf, _ARP + _ARP_SPA) and self._on_link(buf, _ARP + _ARP_SPA):
+            self.arp.update(buf, _ARP + _ARP_SPA, buf, _ARP + _ARP_SHA, now, for_us)
+        if oper == _ARP_REQUEST and for_us and self.arp_responder:
+            if self._arp_send(_ARP_REPLY, buf, _ARP + _ARP_SHA, buf, _ARP + _ARP_SHA,
+                              buf, _ARP + _ARP_SPA):
                 self.arp_tx_replies += 1
 
     def _arp_send(self, oper, eth_dst, eth_off, tha, tha_off, tpa, tpa_off):
         """ARP packet from us (SHA, SPA) in tx; the Ethernet destination given separately."""
         t = self.tx
         self._eth_header(eth_dst, eth_off, _ETHERTYPE_ARP)
-        t[14] = 0
-        t[15] = 1
-        t[16] = 0x08
-        t[17] = 0x00
-        t[18] = 6
-        t[19] = 4
-        t[20] = 0
-        t[21] = oper
-        wire.copy(t, 22, self.mac, 0, 6)
-        wire.copy(t, 28, self.ip, 0, 4)
-        wire.copy(t, 32, tha, tha_off, 6)
-        wire.copy(t, 38, tpa, tpa_off, 4)
+        t[_ARP + _ARP_HTYPE] = _ARP_HTYPE_ETH >> 8
+        t[_ARP + _ARP_HTYPE + 1] = _ARP_HTYPE_ETH & 0xFF
+        t[_ARP + _ARP_PTYPE] = _ETHERTYPE_IPV4 >> 8
+        t[_ARP + _ARP_PTYPE + 1] = _ETHERTYPE_IPV4 & 0xFF
+        t[_ARP + _ARP_HLEN] = 6
+        t[_ARP + _ARP_PLEN] = 4
+        t[_ARP + _ARP_OPER] = 0
+        t[_ARP + _ARP_OPER + 1] = oper
+        wire.copy(t, _ARP + _ARP_SHA, self.mac, 0, 6)
+        wire.copy(t, _ARP + _ARP_SPA, self.ip, 0, 4)
+        wire.copy(t, _ARP + _ARP_THA, tha, tha_off, 6)
+        wire.copy(t, _ARP + _ARP_TPA, tpa, tpa_off, 4)
         return self._transmit(_ARP_FRAME)
 
     def announce(self, now):
         """Gratuitous ARP, request form (SPA = TPA = our address), so neighbours update."""
         if not self._have_ip:
             return False
-        if self._arp_send(1, _BCAST_MAC, 0, _ZERO_MAC, 0, self.ip, 0):
+        if self._arp_send(_ARP_REQUEST, _BCAST_MAC, 0, _ZERO_MAC, 0, self.ip, 0):
             self.arp_tx_gratuitous += 1
             return True
         return False
@@ -323,14 +362,14 @@ class Interface:
     def _ipv4_input(self, buf, n, l2_bcast, now):
         self.ip_rx += 1
         avail = n - _IP
-        if avail < 20:
+        if avail < _IP_HLEN:
             self.ip_too_short += 1
             return
         if buf[_IP] >> 4 != 4:
             self.ip_bad_version += 1
             return
         ihl = (buf[_IP] & 0x0F) << 2
-        if ihl < 20:
+        if ihl < _IP_HLEN:
             self.ip_bad_ihl += 1
             return
         if ihl > avail:
@@ -339,38 +378,39 @@ class Interface:
         if wire.checksum(buf, _IP, ihl, 0) != 0xFFFF:
             self.ip_bad_checksum += 1
             return
-        total = wire.get16(buf, _IP + 2)
+        total = wire.get16(buf, _IP + _IP_LEN)
         if total < ihl:
             self.ip_bad_length += 1
             return
         if total > avail:
             self.ip_truncated += 1         # bytes beyond total are Ethernet padding: fine
             return
-        if not self._is_unicast(buf, _IP + 12) or wire.equal(buf, _IP + 12, self.ip, 0, 4):
+        if (not self._is_unicast(buf, _IP + _IP_SRC)
+                or wire.equal(buf, _IP + _IP_SRC, self.ip, 0, 4)):
             self.ip_bad_src += 1           # RFC 1122 3.2.1.3: broadcast/multicast sources
             return
-        kind = self._dst_kind(buf, _IP + 16)
+        kind = self._dst_kind(buf, _IP + _IP_DST)
         if kind == _NOT_OURS:
             self.ip_not_for_us += 1        # a host does not forward
             return
         if kind == _UNICAST and l2_bcast:
             self.ip_l2_bcast_unicast += 1  # RFC 1122 3.3.6: discard
             return
-        if ihl > 20:
+        if ihl > _IP_HLEN:
             self.ip_options += 1           # skipped: only IHL is trusted, never their content
-        proto = buf[_IP + 9]
+        proto = buf[_IP + _IP_PROTO]
         if kind == _BROADCAST and proto != _PROTO_UDP:
             self.ip_bcast_not_udp += 1
             return
-        if kind == _UNICAST and self._on_link(buf, _IP + 12):
+        if kind == _UNICAST and self._on_link(buf, _IP + _IP_SRC):
             # smoltcp fills the neighbour cache from on-link IPv4 traffic too: a peer that
             # talks to us keeps its entry alive, so replies never stall on an expired entry.
-            self.arp.refresh(buf, _IP + 12, buf, 6, now)
+            self.arp.refresh(buf, _IP + _IP_SRC, buf, _ETH_SRC, now)
         if proto != _PROTO_ICMP and proto != _PROTO_TCP and proto != _PROTO_UDP:
             self.ip_unknown_protocol += 1
             self._icmp_error(buf, _IP, _ICMP_UNREACH, _UNREACH_PROTOCOL, now)
             return
-        if wire.get16(buf, _IP + 6) & (_MF | _OFFSET_MASK):
+        if wire.get16(buf, _IP + _IP_FRAG) & (_IP_MF | _IP_OFFSET_MASK):
             self._reassemble(buf, ihl, total, kind == _BROADCAST, now)
             return
         self._deliver(buf, _IP, ihl, total, kind == _BROADCAST, now)
@@ -383,21 +423,21 @@ class Interface:
         b = r.base[s]
         try:
             h = self.handoff
-            if h is None or not h(r.pool, b, wire.get16(r.pool, b + 2), now):
-                self._deliver(r.pool, b, 20, wire.get16(r.pool, b + 2), bcast, now)
+            if h is None or not h(r.pool, b, wire.get16(r.pool, b + _IP_LEN), now):
+                self._deliver(r.pool, b, _IP_HLEN, wire.get16(r.pool, b + _IP_LEN), bcast, now)
         finally:
             r.release(s)
 
     def deliver_handoff(self, buf, ip_off, total, now):
         """A reassembled datagram handed over by another core's handoff hook."""
         ihl = (buf[ip_off] & 0x0F) << 2
-        bcast = self._dst_kind(buf, ip_off + 16) == _BROADCAST
+        bcast = self._dst_kind(buf, ip_off + _IP_DST) == _BROADCAST
         self._deliver(buf, ip_off, ihl, total, bcast, now)
 
     def _deliver(self, buf, ip_off, ihl, total, bcast, now):
         """A whole datagram for us (a frame, or the reassembly pool) to its transport."""
         self.ip_delivered += 1
-        proto = buf[ip_off + 9]
+        proto = buf[ip_off + _IP_PROTO]
         l4 = ip_off + ihl
         n = total - ihl
         if proto == _PROTO_TCP:
@@ -411,7 +451,7 @@ class Interface:
         return _sum(buf, off, n, wire.pseudo_header_sum(buf, ip_off, proto, n))
 
     def _tcp_input(self, buf, ip_off, l4, n, now):
-        if n < 20:
+        if n < _TCP_HLEN:
             self.ip_tcp_too_short += 1
             return
         if self._l4_sum(buf, ip_off, _PROTO_TCP, l4, n) != 0xFFFF:
@@ -420,11 +460,11 @@ class Interface:
         self.stack.tcp.input(buf, ip_off, l4, n, now)
 
     def _udp_input(self, buf, ip_off, l4, n, bcast, now):
-        if n >= 8:
-            ulen = wire.get16(buf, l4 + 4)
+        if n >= _UDP_HLEN:
+            ulen = wire.get16(buf, l4 + _UDP_LEN)
             # Verify when the sender computed one (0 = none, allowed in IPv4). A bad length
             # is left to Udp.input, which counts it.
-            if 8 <= ulen <= n and (buf[l4 + 6] | buf[l4 + 7]):
+            if _UDP_HLEN <= ulen <= n and (buf[l4 + _UDP_CSUM] | buf[l4 + (_UDP_CSUM + 1)]):
                 if self._l4_sum(buf, ip_off, _PROTO_UDP, l4, ulen) != 0xFFFF:
                     self.ip_udp_bad_checksum += 1
                     return
@@ -456,7 +496,7 @@ class Interface:
 
     def _icmp_input(self, buf, ip_off, l4, n, now):
         self.icmp_rx += 1
-        if n < 8:
+        if n < _ICMP_HLEN:
             self.icmp_too_short += 1
             return
         if _sum(buf, l4, n, 0) != 0xFFFF:
@@ -478,11 +518,11 @@ class Interface:
     def _echo_reply(self, buf, ip_off, l4, n, now):
         """Same identifier, sequence and data back to the sender (fragmented if need be)."""
         t = self.tx
-        wire.copy(t, L4_OFF, buf, l4, 8)
-        t[L4_OFF] = _ICMP_ECHO_REPLY
-        t[L4_OFF + 1] = 0
-        if self.send_ipv4(_PROTO_ICMP, buf, ip_off + 12, t, L4_OFF, 8,
-                          buf, l4 + 8, n - 8, now):
+        wire.copy(t, L4_OFF, buf, l4, _ICMP_HLEN)
+        t[L4_OFF + _ICMP_TYPE] = _ICMP_ECHO_REPLY
+        t[L4_OFF + _ICMP_CODE] = 0
+        if self.send_ipv4(_PROTO_ICMP, buf, ip_off + _IP_SRC, t, L4_OFF, _ICMP_HLEN,
+                          buf, l4 + _ICMP_HLEN, n - _ICMP_HLEN, now):
             self.icmp_tx_echo_replies += 1
         else:
             self.icmp_tx_failed += 1
@@ -495,12 +535,12 @@ class Interface:
         the offending IPv4 header and the first 8 bytes of its payload; rate-limited.
         """
         ihl = (buf[ip_off] & 0x0F) << 2
-        total = wire.get16(buf, ip_off + 2)
-        if (wire.get16(buf, ip_off + 6) & _OFFSET_MASK
+        total = wire.get16(buf, ip_off + _IP_LEN)
+        if (wire.get16(buf, ip_off + _IP_FRAG) & _IP_OFFSET_MASK
                 or not self._have_ip
-                or not wire.equal(buf, ip_off + 16, self.ip, 0, 4)
-                or not self._is_unicast(buf, ip_off + 12)
-                or (buf[ip_off + 9] == _PROTO_ICMP and
+                or not wire.equal(buf, ip_off + _IP_DST, self.ip, 0, 4)
+                or not self._is_unicast(buf, ip_off + _IP_SRC)
+                or (buf[ip_off + _IP_PROTO] == _PROTO_ICMP and
                     (total <= ihl or not _is_icmp_query(buf[ip_off + ihl])))):
             self.icmp_suppressed += 1
             return False
@@ -511,10 +551,10 @@ class Interface:
         if quote > 8:
             quote = 8
         t = self.tx
-        t[L4_OFF] = kind
-        t[L4_OFF + 1] = code
-        wire.fill(t, L4_OFF + 2, 6, 0)
-        if self.send_ipv4(_PROTO_ICMP, buf, ip_off + 12, t, L4_OFF, 8,
+        t[L4_OFF + _ICMP_TYPE] = kind
+        t[L4_OFF + _ICMP_CODE] = code
+        wire.fill(t, L4_OFF + _ICMP_CSUM, _ICMP_HLEN - _ICMP_CSUM, 0)
+        if self.send_ipv4(_PROTO_ICMP, buf, ip_off + _IP_SRC, t, L4_OFF, _ICMP_HLEN,
                           buf, ip_off, ihl + quote, now):
             if kind == _ICMP_UNREACH:
                 self.icmp_tx_unreachable += 1
@@ -558,10 +598,10 @@ class Interface:
         if data is None:
             data_len = 0
         l4_len = hdr_len + data_len
-        if l4_len + 20 > 65535 or hdr_len > _FRAG_MAX:
+        if l4_len + _IP_HLEN > 65535 or hdr_len > _FRAG_MAX:
             self.ip_tx_too_big += 1
             return False
-        if l4_len + 20 > _MTU and df:
+        if l4_len + _IP_HLEN > _MTU and df:
             self.ip_tx_df_drop += 1
             return False
         d = self._dst
@@ -574,10 +614,10 @@ class Interface:
         self._ip_header(proto, d)
         self._l4_checksum(proto, hdr_len, data, data_off, data_len)
         self.ip_tx += 1
-        if l4_len + 20 <= _MTU:
+        if l4_len + _IP_HLEN <= _MTU:
             if data_len and not (data is t and data_off == L4_OFF + hdr_len):
                 wire.copy(t, L4_OFF + hdr_len, data, data_off, data_len)
-            return self._emit(l4_len, _DF if df else 0)
+            return self._emit(l4_len, _IP_DF if df else 0)
         return self._send_fragments(hdr_len, data, data_off, data_len)
 
     def _send_fragments(self, hdr_len, data, data_off, data_len):
@@ -595,7 +635,7 @@ class Interface:
             more = 0
             if n > _FRAG_MAX:
                 n = _FRAG_MAX
-                more = _MF
+                more = _IP_MF
             if pos == 0:
                 if not (data is t and data_off == L4_OFF + hdr_len):
                     wire.copy(t, L4_OFF + hdr_len, data, data_off, n - hdr_len)
@@ -610,32 +650,32 @@ class Interface:
     def _ip_header(self, proto, d):
         """The fields every frame of this datagram shares; _emit fills length/flags/sum."""
         t = self.tx
-        t[14] = 0x45
-        t[15] = 0
-        wire.put16(t, 18, self.ip_id)
+        t[_IP + _IP_VIHL] = _IP_VIHL_NOOPT
+        t[_IP + _IP_TOS] = 0
+        wire.put16(t, _IP + _IP_ID, self.ip_id)
         self.ip_id = (self.ip_id + self.ip_id_step) & 0xFFFF
-        t[22] = _TTL
-        t[23] = proto
-        wire.copy(t, 26, self.ip, 0, 4)
-        wire.copy(t, 30, d, 0, 4)
+        t[_IP + _IP_TTL] = _TTL
+        t[_IP + _IP_PROTO] = proto
+        wire.copy(t, _IP + _IP_SRC, self.ip, 0, 4)
+        wire.copy(t, _IP + _IP_DST, d, 0, 4)
 
     def _emit(self, payload_len, frag):
         t = self.tx
-        wire.put16(t, 16, 20 + payload_len)
-        wire.put16(t, 20, frag)
-        t[24] = 0
-        t[25] = 0
-        wire.put16(t, 24, ~wire.checksum(t, _IP, 20, 0) & 0xFFFF)
+        wire.put16(t, _IP + _IP_LEN, _IP_HLEN + payload_len)
+        wire.put16(t, _IP + _IP_FRAG, frag)
+        t[_IP + _IP_CSUM] = 0
+        t[_IP + _IP_CSUM + 1] = 0
+        wire.put16(t, _IP + _IP_CSUM, ~wire.checksum(t, _IP, _IP_HLEN, 0) & 0xFFFF)
         return self._transmit(L4_OFF + payload_len)
 
     def _l4_checksum(self, proto, hdr_len, data, data_off, data_len):
         """Transport checksum over the header in tx and the payload wherever it is."""
         if proto == _PROTO_TCP:
-            field = L4_OFF + 16
+            field = L4_OFF + _TCP_CSUM
         elif proto == _PROTO_UDP:
-            field = L4_OFF + 6
+            field = L4_OFF + _UDP_CSUM
         elif proto == _PROTO_ICMP:
-            field = L4_OFF + 2
+            field = L4_OFF + _ICMP_CSUM
         else:
             return
         t = self.tx
@@ -680,7 +720,7 @@ class Interface:
             if i < 0:
                 self.ip_tx_unresolved += 1
                 if self.arp.request_due(nh, 0, now):
-                    if self._arp_send(1, _BCAST_MAC, 0, _ZERO_MAC, 0, nh, 0):
+                    if self._arp_send(_ARP_REQUEST, _BCAST_MAC, 0, _ZERO_MAC, 0, nh, 0):
                         self.arp_tx_requests += 1
                 return False
             self._eth_header(self.arp.macs, 6 * i, _ETHERTYPE_IPV4)

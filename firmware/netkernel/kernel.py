@@ -10,21 +10,23 @@
 # frames of each flow: a connection's frames are all counted on one kernel.
 import _thread
 from array import array
-from time import ticks_add, ticks_diff, ticks_ms, ticks_us
+from time import ticks_add, ticks_diff, ticks_ms
 
 from micropython import const
 
 from netkernel import wire
 from netkernel.busy import BusyTime
-from netkernel.dispatch import KEY_LEN, put_key
-from netkernel.rings import EventRing, Mailbox, SpscRing, pow2_at_least
+from netkernel.rings import Mailbox
 from netkernel.stack import Stack
 
 _BATCH = const(16)
 _ISM_FAILED = "the socket ISM's turn raised"   # last_error (its exception is not kept)
+# Packet layout: copies of wire's (const() inlines only within a module).
+_IP_PROTO = const(9)
+_IP_SRC = const(12)
+_IP_DST = const(16)
 _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
-_EVENTS = const(32)       # closed connections waiting for the dispatcher
 # An idle kernel sleeps until its stack's next deadline, at most _SLEEP_MAX_MS; with host
 # sockets open (their data and credit move without frames) or receive credit owed, at most
 # _SLEEP_BUSY_MS.
@@ -52,12 +54,13 @@ class Handoff:
 
 
 class NetKernel:
-    def __init__(self, core, send, mac, ip, prefix, gateway, stack_config=None,
-                 ncores=1, ring_capacity=16, return_capacity=64, flow_capacity=256,
-                 handoff=None):
+    def __init__(self, core, send, mac, ip, prefix, gateway, stack_config, port, pool, peers,
+                 ncores=1, handoff=None):
         """``send(buf, n)``: this core's way to the wire (the NIC, the NIC under the SPI
-        lock, or a TX port to core 0). ``handoff``: the Handoff every kernel shares (several
-        kernels), or None."""
+        lock, or a TX port to core 0); ``port``: its DispatchPort (its rings, where flows
+        go, closed flows); ``pool``: the FramePool its ring's slots point into; ``peers``:
+        every kernel by core (handoff targets; filled in by the caller); ``handoff``: the
+        Handoff every kernel shares (several kernels), or None."""
         self.core = core
         self.ncores = ncores
         self.stack = Stack(send, mac, ip, prefix, gateway, stack_config)
@@ -65,20 +68,17 @@ class NetKernel:
         iface.ip_id = core                  # cores sharing one address never reuse an ID
         iface.ip_id_step = ncores
         iface.arp_responder = core == 0
-        self.rx = SpscRing(pow2_at_least(ring_capacity))       # dispatcher -> this kernel
-        self.ret = SpscRing(pow2_at_least(return_capacity))    # used slots -> dispatcher
-        self.events = EventRing(_EVENTS)                        # closed flows -> dispatcher
-        self.flow_frames = array("I", bytes(4 * flow_capacity))
+        self.port = port
+        self.rx = port.rx         # the port's rings and counts, read on every turn
+        self.ret = port.ret
+        self.flow_frames = port.flow_frames
+        self.pool = pool
+        self.peers = peers
         self.ism = None           # the socket ISM (netkernel.ism), set by the node
-        self.pool = None          # set by the runtime (cores.Cores) before the first turn
-        self.disp = None
-        self.peers = None         # every kernel, by core number (handoff targets)
-        self.closes_direct = False   # kernel 0 tells the dispatcher itself (same core)
         # A datagram reassembled on another core for a flow we own arrives in the shared
         # handoff buffer (one for all kernels: 8 KB less per kernel than one each).
         self.hand = handoff
         self.hand_state = handoff.state if handoff is not None else array("H", bytes(6))
-        self.qkey = bytearray(KEY_LEN)   # this core's own scratch key for _core_for
         self.rx_frames = 0
         self.rx_bytes = 0
         self.turns = 0
@@ -90,7 +90,7 @@ class NetKernel:
         self.handoffs_in = 0
         self.handoff_busy = 0
         self.handoff_too_big = 0
-        self.busy = BusyTime()
+        self.idle = BusyTime()    # kernels 1..N-1: asleep (cores._core_loop)
         # Work core 0 hands this kernel (settings from the host): core 0 writes todo and then
         # todo_seq[0]; the kernel alone writes todo_seq[1] once it has run it.
         self.todo = Mailbox()     # work core 0 hands this kernel (settings from the host)
@@ -103,7 +103,6 @@ class NetKernel:
 
     def turn(self, now):
         """One turn; True if frames are still waiting on this kernel's ring."""
-        t0 = ticks_us()
         self.turns += 1
         ridx = self.rx.idx
         if ridx[0] != ridx[1]:
@@ -116,7 +115,6 @@ class NetKernel:
         if self.ism is not None:
             self._ism_turn(now)       # before poll: what the host sent leaves this turn
         self.stack.poll(now)
-        self.busy.since(t0)
         return ridx[0] != ridx[1]
 
     def _ism_turn(self, now):
@@ -180,10 +178,10 @@ class NetKernel:
         ism = self.ism
         return ism is not None and ism.has_messages()
 
-    def sleep(self, wait_event, intn, cores, bell=None, state=None):
+    def sleep(self, wait_event, intn, reader, bell=None, state=None):
         """(Kernels 1..N-1, after a turn that left nothing waiting) Sleep until there is
         work (has_work()), a batch to read for the dispatcher (``intn`` low or
-        ``cores.backlog``; both None without dispatch help) or the stack's next deadline.
+        ``reader.backlog``; both None without dispatch help) or the stack's next deadline.
         With a doorbell (``bell``, held by core 0, and ``state``: Cores.sleep_state) the
         core blocks on it until core 0 rings; else it waits for events (``wait_event()``:
         the board's wait for an interrupt or the other core, at most about a ms)."""
@@ -200,7 +198,7 @@ class NetKernel:
             state[_DUE] = ticks_add(start, limit)
             state[_SLEEPING] = 1
             # Looked at after saying so: core 0 rings for anything that comes after.
-            if not self.has_work() and (intn is None or (intn() and not cores.backlog)):
+            if not self.has_work() and (intn is None or (intn() and not reader.backlog)):
                 bell.acquire()
                 bell.release()
             state[_SLEEPING] = 0
@@ -208,7 +206,7 @@ class NetKernel:
         while ticks_diff(ticks_ms(), start) < limit:
             if self.has_work():
                 return
-            if intn is not None and (intn() == 0 or cores.backlog):
+            if intn is not None and (intn() == 0 or reader.backlog):
                 return
             wait_event()
 
@@ -239,14 +237,15 @@ class NetKernel:
 
     def _handoff(self, buf, ip_off, total, now):
         """iface hook: True if the datagram went to (or was dropped for) its owner core."""
-        proto = buf[ip_off + 9]
+        proto = buf[ip_off + _IP_PROTO]
         if proto != _PROTO_TCP and proto != _PROTO_UDP:
             return False                  # ICMP has no owner: answered where reassembled
         ihl = (buf[ip_off] & 0x0F) << 2
         if total < ihl + 4:
             return False
-        owner = self._core_for(buf, ip_off + 12, buf, ip_off + 16, proto,
-                               wire.get16(buf, ip_off + ihl), wire.get16(buf, ip_off + ihl + 2))
+        owner = self.port.core_for(buf, ip_off + _IP_SRC, buf, ip_off + _IP_DST, proto,
+                                   wire.get16(buf, ip_off + ihl),
+                                   wire.get16(buf, ip_off + ihl + 2))
         if owner < 0 or owner >= self.ncores or owner == self.core:
             return False
         hand = self.hand
@@ -280,34 +279,14 @@ class NetKernel:
 
     # -- hooks for active open and closed connections -------------------------------------
 
-    def _core_for(self, src, src_off, dst, dst_off, proto, sport, dport):
-        # Dispatcher.core_for with this kernel's own scratch key: the dispatcher's belongs
-        # to core 0. Only reads the dispatcher's state (flow table, rules, indirection).
-        key = self.qkey
-        put_key(key, src, src_off, dst, dst_off, proto, sport, dport)
-        disp = self.disp
-        ft = disp.flows_table
-        slot = ft.lookup(key, 0)
-        if slot >= 0:
-            return ft.owner[slot]
-        return disp._new_owner(key)
-
     def _port_ok(self, rip, rport, lport):
-        return self._core_for(rip, 0, self.stack.iface.ip, 0, _PROTO_TCP,
-                              rport, lport) == self.core
+        return self.port.core_for(rip, 0, self.stack.iface.ip, 0, _PROTO_TCP,
+                                  rport, lport) == self.core
 
     def _on_remove(self, s):
-        if self.closes_direct:
-            # A method call, not a stored bound method: those allocate beyond 4 arguments.
-            self.disp.flow_closed(_PROTO_TCP, s.remote_ip, 0, self.stack.iface.ip, 0,
-                                  s.remote_port, s.local_port)
-        else:
-            self.events.push(s.remote_ip, 0, s.remote_port, s.local_port)
+        self.port.flow_closed(s.remote_ip, s.remote_port, self.stack.iface.ip, s.local_port)
 
     # -- reports ---------------------------------------------------------------------------
-
-    def busy_total_us(self):
-        return self.busy.total_us()
 
     def counters(self):
         """(name, value) pairs of this kernel and every layer of its stack (allocates)."""
@@ -326,7 +305,7 @@ class NetKernel:
         yield "handoffs_in", self.handoffs_in
         yield "handoff_busy", self.handoff_busy
         yield "handoff_too_big", self.handoff_too_big
-        yield "events_dropped", self.events.dropped
+        yield "events_dropped", self.port.events.dropped
         if self.ism is not None:
             for name, value in self.ism.counters():
                 yield "ism." + name, value

@@ -553,7 +553,7 @@ class MsgUnit:
         n = i2o.size_words(req, 0) * 4 - i2o.PAYLOAD
         group = bytes(req[i2o.PAYLOAD:i2o.PAYLOAD + n]).rstrip(b"\x00")
         if group == b"flows":
-            self._parts = iter(self.node.cores.flow_lines())
+            self._parts = iter(self.node.cores.reader.flow_lines())
             self._sep = 0x0A
         else:
             self._parts = self.node.stats_parts()

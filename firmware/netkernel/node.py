@@ -20,8 +20,9 @@ from array import array
 from micropython import const
 
 from netkernel.busy import BusyTime
-from netkernel.cores import LOG_HEX, LOG_OFF, LOG_SUMMARY, TX_LOCK, Cores, default_pool_slots
-from netkernel.dispatch import default_red_min
+from netkernel.cores import TX_LOCK, Cores, default_pool_slots
+from netkernel.dispatcher.reader import LOG_HEX, LOG_OFF, LOG_SUMMARY
+from netkernel.dispatcher.steering import default_red_min
 from netkernel.hostlink import HostLink
 from netkernel.ism import SocketIsm
 from netkernel.msgunit import MsgUnit
@@ -151,6 +152,13 @@ class Node:
         stack_config = StackConfig(services=cfg["services"], **stack)
         self.hw = board.open_hardware()
         self.nic = W5500(self.hw.spi, self.hw.cs, self.hw.rst)
+        # A simulated board meters where the time goes by wrapping the loops' steps (the
+        # chip's I/O here, the dispatcher's and kernels' turns below): the firmware's loops
+        # carry no meters.
+        metered = getattr(self.hw, "metered", None)
+        if metered is not None:
+            self.nic.recv_into = metered("nic", self.nic.recv_into, 1)
+            self.nic.send = metered("nic", self.nic.send, 2)
         self.link = HostLink(self.hw.usb(), self)     # its 2 KB buffers while there is room
         # The I2O messaging unit (core 0; one socket ISM per kernel is added below, all
         # before any thread starts). Its frame pools are made first, while the heap still
@@ -179,13 +187,19 @@ class Node:
         self.kernels = self.cores.kernels
         self.kernel = self.kernels[0]
         self.disp = self.cores.disp
+        if metered is not None:
+            reader = self.cores.reader
+            reader.turn = metered("disp", reader.turn, 2)
+            reader.help = metered("disp", reader.help, 2)
+            for k in self.kernels:
+                k.turn = metered("k%d" % k.core, k.turn, 1)
         self.msgunit.link = self.link
         self.link.wire_frame = self.wire_tx_buffer()
         self.link.msgunit = self.msgunit
         for k in self.kernels:
             k.ism = SocketIsm(k, self.msgunit)
-        self._busy_last = [0] * (nk + 3)   # kernels, then dispatcher, chip I/O, core 0 idle
-        self._busy_at = time.ticks_us()
+        self._shares_last = {}     # stats_parts(): each meter's total at the last report
+        self._shares_at = time.ticks_us()
         self._wake = True
         # Where the board has a wake-up alarm, an idle core 0 with a quiet host dozes: it
         # blocks on this lock until an IRQ (INTn, the alarm) releases it (Node._doze).
@@ -196,7 +210,6 @@ class Node:
         self._on_irq = self._on_hard_irq if self._bell is not None else self._on_event
         self.idle = BusyTime()      # core 0 waiting for work
         self.wakes = array("I", bytes(4 * 6))   # why core 0's idle waits ended (_W_*)
-        self._pacer = None          # a simulated board's core speed (start())
         self._next_link_check = 0
         self.link_up = False
         self.errors = 0
@@ -218,11 +231,9 @@ class Node:
                          hard=self._bell is not None)
         self._timer = self.hw.timer(_TICK_MS, self._on_event)
         self.kernel.stack.announce(time.ticks_ms())
-        pacer = getattr(self.hw, "pacer", None)     # a simulated board's core speed
-        self._pacer = pacer() if pacer else None
         self._stack_room = None
         gc.collect()               # the room is free again: the stack goes there
-        self.cores.start(pacer)    # every module is imported by now: core 1 may start
+        self.cores.start()         # every module is imported by now: core 1 may start
         _log("up mac=%s ip=%s/%d link=%s kernels=%d tx=%s board=%s" % (
             self.cfg["mac"], self.cfg["ip"], self.cfg["prefix"],
             "up" if self.link_up else "down", self.nkernels, self.cores.tx_mode,
@@ -233,22 +244,17 @@ class Node:
         idle = getattr(self.hw, "idle", None)
         while True:
             try:
-                self._loop(idle, self._pacer)
+                self._loop(idle)
             except Exception as e:  # a bug must not stop the board: count, report, go on
                 self._turn_failed(e)
 
-    def _loop(self, idle, pacer):
+    def _loop(self, idle):
         # The loop, not each turn, holds the exception handler: a bytecode function whose
         # frame is over 11 words (a handler takes 3) gets that frame from the heap on every
         # call, 30 to 200 us on the RP2040 as the heap is cut up; this one is made once.
         while True:
-            if pacer is not None:
-                pacer.begin()
             now = time.ticks_ms()
-            more = self._steps(now)
-            if pacer is not None:
-                pacer.end()
-            if not more:
+            if not self._steps(now):
                 t0 = time.ticks_us()
                 if idle is not None:
                     self._sleep(now, idle)
@@ -378,7 +384,7 @@ class Node:
         return self._wake
 
     def _turn_failed(self, e):
-        self.cores.unlock_after_error()
+        self.cores.reader.unlock_after_error()
         if isinstance(e, W5500Error):
             self._recover(e)
         else:
@@ -477,49 +483,56 @@ class Node:
             yield "i2o.%s=%d" % kv
         flows = self.disp.flows()
         now = time.ticks_us()
-        elapsed = time.ticks_diff(now, self._busy_at) or 1
-        self._busy_at = now
+        elapsed = time.ticks_diff(now, self._shares_at) or 1
+        self._shares_at = now
         dc = self.disp.counters()
-        last = self._busy_last
-        nk = self.nkernels
+        last = self._shares_last
+        r = c.reader
 
-        def pct(i, busy):
-            p = (busy - last[i]) * 100 // elapsed
-            last[i] = busy
+        def pct(name, total):
+            p = (total - last.get(name, 0)) * 100 // elapsed
+            last[name] = total
             return p
 
-        # Shares of the time since the last report: the dispatcher and the chip's SPI I/O
-        # (serial work: one chip, one bus) against each kernel's turns (its own chip I/O
-        # included), and how long core 0 had nothing to do.
-        yield "disp.busy_pct=%d nic.io_pct=%d core0.idle_pct=%d" % (
-            pct(nk, c.dispatch_busy.total_us()), pct(nk + 1, n.io_busy.total_us()),
-            pct(nk + 2, self.idle.total_us()))
+        # Shares of the time since the last report. Every board: how long each core had
+        # nothing to do. A simulated board also meters the dispatcher's turns, the chip's
+        # SPI I/O (serial work: one chip, one bus) and each kernel's turns (its own chip I/O
+        # included).
+        yield "core0.idle_pct=%d" % pct("core0", self.idle.total_us())
+        for k in self.kernels[1:]:
+            yield "core%d.idle_pct=%d" % (k.core, pct("core%d" % k.core, k.idle.total_us()))
+        meters = getattr(self.hw, "meters", None) or {}
+        for name, label in (("disp", "disp.busy_pct"), ("nic", "nic.io_pct")):
+            if name in meters:
+                yield "%s=%d" % (label, pct(name, meters[name].total_us()))
         w = self.wakes
         yield ("core0.wake_intn=%d core0.wake_work=%d core0.wake_due=%d core0.wake_event=%d "
                "core0.idle_waits=%d core0.dozes=%d core0.irqs=%d bell_rings=%d" % (
                    w[_W_INTN], w[_W_WORK], w[_W_DUE], w[_W_EVENT], w[_W_WAITS], w[_W_DOZES],
                    self.irqs, c.bell_rings))
         for i, k in enumerate(self.kernels):
-            busy = pct(i, k.busy_total_us())
+            name = "k%d" % i
+            if name in meters:
+                yield "k%d.busy_pct=%d" % (i, pct(name, meters[name].total_us()))
             owned = 0
             for f in flows:
                 if f[2] == i:
                     owned += 1
             tx = c.txq.ports[i] if c.txq is not None and i > 0 else None
             yield (
-                "k%d.busy_pct=%d k%d.ring_depth=%d k%d.ring_hwm=%d k%d.flows_owned=%d "
+                "k%d.ring_depth=%d k%d.ring_hwm=%d k%d.flows_owned=%d "
                 "k%d.drop_ring_full=%d k%d.drop_red=%d k%d.idle_sleeps=%d "
                 "k%d.tx_ring_frames=%d k%d.tx_no_slot=%d k%d.dispatched=%d"
-                % (i, busy, i, k.rx.depth(), i, k.rx.hwm, i, owned, i, c.drop_full[i],
-                   i, c.drop_red[i], i, k.idle_sleeps,
+                % (i, k.rx.depth(), i, k.rx.hwm, i, owned, i, r.drop_full[i],
+                   i, r.drop_red[i], i, k.idle_sleeps,
                    i, tx.frames if tx else 0, i, tx.no_slot if tx else 0,
-                   i, c.dispatched[i]))
+                   i, r.dispatched[i]))
             for name, value in k.iter_counters():
                 yield "k%d.%s=%d" % (i, name, value)
         pool = c.pool
-        mine = {"rx_frames": c.rx_frames, "rx_bytes": c.rx_bytes,
-                "drop_no_slot": c.drop_no_slot, "drop_steer": c.drop_steer,
-                "to_all_cores": c.broadcasts, "flows_closed": c.flows_closed,
+        mine = {"rx_frames": r.rx_frames, "rx_bytes": r.rx_bytes,
+                "drop_no_slot": r.drop_no_slot, "drop_steer": r.drop_steer,
+                "to_all_cores": r.broadcasts, "flows_closed": r.flows_closed,
                 "pool_slots": pool.size, "pool_free": pool.nfree, "pool_low": pool.low,
                 "tx_ring_sent": c.txq.sent if c.txq else 0,
                 "tx_ring_failed": c.txq.failed if c.txq else 0,
@@ -539,7 +552,7 @@ class Node:
     def flows_text(self):
         """The dispatcher's flow table, one line per flow, line by line (KIND_FLOWS_REPLY):
         the table as one string needs a block of several KB that a busy heap may not have."""
-        return self.cores.flow_lines()
+        return self.cores.reader.flow_lines()
 
     def configure(self, text):
         """Apply host settings (KIND_CONFIG): (0, text) or (errno, reason); never raises."""
@@ -551,7 +564,7 @@ class Node:
                     raise ValueError("expected name=value: %s" % item)
                 # Dispatcher state (hash, table, rules, address) changes while no
                 # other core dispatches.
-                self.cores.with_dispatcher(self._configure_one, name, value)
+                self.cores.reader.with_lock(self._configure_one, name, value)
                 applied.append(name)
         except Exception as e:   # refused with a status, never a crash
             return _EINVAL, "refused %s: %s" % (item, e)

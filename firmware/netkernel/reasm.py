@@ -38,15 +38,24 @@ from netkernel import wire
 
 _HOLES = const(8)          # hole descriptors per datagram
 _NO_END = const(0xFFFF)    # hole end while the last fragment has not been seen
-_HDR = const(20)           # the header we keep in front of the payload
 _MAX_DATAGRAM = const(65535)
-_MF = const(0x2000)
-_OFFSET_MASK = const(0x1FFF)
+
+# Packet layout: copies of wire's (const() inlines only within a module).
+_IP_LEN = const(2)
+_IP_ID = const(4)
+_IP_FRAG = const(6)
+_IP_PROTO = const(9)
+_IP_CSUM = const(10)
+_IP_SRC = const(12)
+_IP_HLEN = const(20)     # without options
+_IP_VIHL_NOOPT = const(0x45)   # version 4, IHL 5
+_IP_MF = const(0x2000)
+_IP_OFFSET_MASK = const(0x1FFF)
 
 
 class Reassembler:
     def __init__(self, max_datagrams, max_bytes, timeout_ms):
-        if max_datagrams < 1 or max_bytes < _HDR + 8:
+        if max_datagrams < 1 or max_bytes < _IP_HLEN + 8:
             raise ValueError("reassembly needs a slot and room for a header and 8 bytes")
         self.pool = bytearray(max_bytes)
         self.slots = max_datagrams
@@ -82,16 +91,16 @@ class Reassembler:
         call release(slot) when done with it), or -1.
         """
         self.fragments += 1
-        frag = wire.get16(buf, ip_off + 6)
-        start = (frag & _OFFSET_MASK) << 3
+        frag = wire.get16(buf, ip_off + _IP_FRAG)
+        start = (frag & _IP_OFFSET_MASK) << 3
         n = total - ihl
         end = start + n
-        more = frag & _MF
+        more = frag & _IP_MF
         if n <= 0 or (more and (n & 7)):
             self.bad_fragment += 1
             return -1
         slot = self._find(buf, ip_off)
-        if end + _HDR > _MAX_DATAGRAM:
+        if end + _IP_HLEN > _MAX_DATAGRAM:
             self.too_big += 1
             if slot >= 0:
                 self.release(slot)
@@ -102,7 +111,7 @@ class Reassembler:
             self.bad_fragment += 1
             self.release(slot)
             return -1
-        if not self._grow(slot, _HDR + end):
+        if not self._grow(slot, _IP_HLEN + end):
             self.no_space += 1
             self.release(slot)
             return -1
@@ -122,9 +131,9 @@ class Reassembler:
         while s < self.slots:
             if self._active[s]:
                 b = self.base[s]
-                if (pool[b + 9] == buf[ip_off + 9]
-                        and wire.equal(pool, b + 4, buf, ip_off + 4, 2)
-                        and wire.equal(pool, b + 12, buf, ip_off + 12, 8)):
+                if (pool[b + _IP_PROTO] == buf[ip_off + _IP_PROTO]
+                        and wire.equal(pool, b + _IP_ID, buf, ip_off + _IP_ID, 2)
+                        and wire.equal(pool, b + _IP_SRC, buf, ip_off + _IP_SRC, 8)):
                     return s
             s += 1
         return -1
@@ -147,8 +156,8 @@ class Reassembler:
         self._nholes[s] = 1
         self._hole_lo[s * _HOLES] = 0
         self._hole_hi[s * _HOLES] = _NO_END
-        self._grow(s, _HDR)   # always fits: the pool holds at least one header
-        wire.copy(self.pool, self.base[s], buf, ip_off, _HDR)
+        self._grow(s, _IP_HLEN)   # always fits: the pool holds at least one header
+        wire.copy(self.pool, self.base[s], buf, ip_off, _IP_HLEN)
         return s
 
     def _accept_end(self, s, end, more):
@@ -158,7 +167,7 @@ class Reassembler:
             return known == _NO_END or end <= known
         if known != _NO_END:
             return end == known
-        if self._size[s] > _HDR + end:
+        if self._size[s] > _IP_HLEN + end:
             return False        # an earlier fragment reached past this "last" one
         self._end[s] = end
         self._cut_holes(s, end)
@@ -184,7 +193,7 @@ class Reassembler:
         lo_a = self._hole_lo
         hi_a = self._hole_hi
         h0 = s * _HOLES
-        dst = self.base[s] + _HDR
+        dst = self.base[s] + _IP_HLEN
         copied = 0
         i = 0
         while i < self._nholes[s]:
@@ -224,17 +233,17 @@ class Reassembler:
 
     def _finish(self, s):
         """Make the header describe the whole datagram."""
-        self._set_header(s, _HDR + self._end[s], 0)
+        self._set_header(s, _IP_HLEN + self._end[s], 0)
 
     def _set_header(self, s, total, frag):
         pool = self.pool
         b = self.base[s]
-        pool[b] = 0x45
-        wire.put16(pool, b + 2, total)
-        wire.put16(pool, b + 6, frag)
-        pool[b + 10] = 0
-        pool[b + 11] = 0
-        wire.put16(pool, b + 10, ~wire.checksum(pool, b, _HDR, 0) & 0xFFFF)
+        pool[b] = _IP_VIHL_NOOPT
+        wire.put16(pool, b + _IP_LEN, total)
+        wire.put16(pool, b + _IP_FRAG, frag)
+        pool[b + _IP_CSUM] = 0
+        pool[b + (_IP_CSUM + 1)] = 0
+        wire.put16(pool, b + _IP_CSUM, ~wire.checksum(pool, b, _IP_HLEN, 0) & 0xFFFF)
 
     # -- pool regions --------------------------------------------------------------------
 
@@ -335,14 +344,14 @@ class Reassembler:
         also rewrites the header to describe just that part.
         """
         h0 = s * _HOLES
-        n = self._size[s] - _HDR
+        n = self._size[s] - _IP_HLEN
         i = 0
         while i < self._nholes[s]:
             if self._hole_lo[h0 + i] < n:
                 n = self._hole_lo[h0 + i]
             i += 1
         if n > 0:
-            self._set_header(s, _HDR + n, _MF)
+            self._set_header(s, _IP_HLEN + n, _IP_MF)
         return n
 
     def next_deadline(self, now):

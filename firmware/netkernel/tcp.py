@@ -90,14 +90,33 @@ _ENOTCONN = const(107)
 _ETIMEDOUT = const(110)
 _ECONNREFUSED = const(111)
 
-# Header fields and flags (copies of wire's: const() only inlines within a module).
+# Packet layout: copies of wire's (const() inlines only within a module).
+_MTU = const(1500)
+_IP_SRC = const(12)
+_IP_HLEN = const(20)     # without options
 _PROTO_TCP = const(6)
-_HLEN = const(20)
-_FIN = const(0x01)
-_SYN = const(0x02)
-_RST = const(0x04)
-_PSH = const(0x08)
-_ACK = const(0x10)
+_TCP_DPORT = const(2)
+_TCP_SEQ = const(4)
+_TCP_ACK = const(8)
+_TCP_OFF = const(12)     # data offset in the high nibble
+_TCP_FLAGS = const(13)
+_TCP_WIN = const(14)
+_TCP_CSUM = const(16)
+_TCP_HLEN = const(20)
+_TCP_FIN = const(0x01)
+_TCP_SYN = const(0x02)
+_TCP_RST = const(0x04)
+_TCP_PSH = const(0x08)
+_TCP_ACK_FLAG = const(0x10)
+_TCP_FLAGS_MASK = const(0x3F)   # the six flags above
+_TCPOPT_END = const(0)
+_TCPOPT_NOP = const(1)
+_TCPOPT_MSS = const(2)
+_TCPOPT_SACK_PERM = const(4)
+_TCPOPT_SACK = const(5)
+_TCPOPT_MSS_LEN = const(4)
+_TCPOPT_SACK_PERM_LEN = const(2)
+_TCPOPT_SACK_BLOCK = const(8)   # one left/right edge pair
 
 # Per-socket sequence fields: 4-byte big-endian slots of TcpSocket.seq.
 _SND_UNA = const(0)
@@ -110,7 +129,7 @@ _SACK_LAST = const(24)  # SEG.SEQ of the latest out-of-order segment (first SACK
 _SEQ_LEN = const(28)
 
 # Sizes and limits.
-_OUR_MSS = const(1460)         # Ethernet MTU 1500 - 40
+_OUR_MSS = const(_MTU - _IP_HLEN - _TCP_HLEN)
 _DEFAULT_MSS = const(536)      # peer's MSS when its SYN carries none (RFC 9293)
 _MIN_MSS = const(64)
 _MAX_WINDOW = const(65535)     # no window scaling
@@ -202,9 +221,9 @@ def _parse_options(buf, i, end, g):
     """Walk the options; False when a length is 0, 1 or runs past the header (drop it)."""
     while i < end:
         kind = buf[i]
-        if kind == 0:            # end of option list
+        if kind == _TCPOPT_END:
             return True
-        if kind == 1:            # no-operation
+        if kind == _TCPOPT_NOP:
             i += 1
             continue
         if i + 1 >= end:
@@ -212,12 +231,12 @@ def _parse_options(buf, i, end, g):
         n = buf[i + 1]
         if n < 2 or i + n > end:
             return False
-        if kind == 2:            # MSS
-            if n != 4:
+        if kind == _TCPOPT_MSS:
+            if n != _TCPOPT_MSS_LEN:
                 return False
             g.mss = (buf[i + 2] << 8) | buf[i + 3]
-        elif kind == 4:          # SACK permitted
-            if n != 2:
+        elif kind == _TCPOPT_SACK_PERM:
+            if n != _TCPOPT_SACK_PERM_LEN:
                 return False
             g.sack_ok = True
         i += n
@@ -476,34 +495,34 @@ class TcpSocket:
             self._input_syn_sent(g, now)
             return
         flags = g.flags
-        if flags & _SYN and not flags & _RST:
-            if st == SYN_RCVD and seq_delta(g.buf, g.off + 4, self.seq, _IRS) == 0:
+        if flags & _TCP_SYN and not flags & _TCP_RST:
+            if st == SYN_RCVD and seq_delta(g.buf, g.off + _TCP_SEQ, self.seq, _IRS) == 0:
                 self._input_syn_again(g, now)
             else:
                 self._input_syn_synchronized(g, now)
             return
-        if st == TIME_WAIT and flags & _FIN:
+        if st == TIME_WAIT and flags & _TCP_FIN:
             self._arm_time_wait(now)
         if not self._check_sequence(g):
             self.tcp.drop_out_of_window += 1
-            if not flags & _RST:
+            if not flags & _TCP_RST:
                 self.ack_now = True       # tell the peer where we are (RFC 9293 3.10.7.4)
                 self.ack_urgent = True
             return
         # Only acceptable segments prove the peer alive (garbage must not keep it so).
         self.last_rx = now
         self.ka_probes = 0
-        if flags & _RST:
+        if flags & _TCP_RST:
             self._input_rst(g, now)
             return
-        if not flags & _ACK:
+        if not flags & _TCP_ACK_FLAG:
             self.tcp.drop_no_ack += 1
             return
         if st == SYN_RCVD and not self._input_ack_syn_rcvd(g, now):
             return
         if not self._process_ack(g, now):
             return
-        if g.data_len or g.flags & _FIN:
+        if g.data_len or g.flags & _TCP_FIN:
             self._receive(g, now)
 
     def _input_syn_sent(self, g, now):
@@ -512,30 +531,30 @@ class TcpSocket:
         flags = g.flags
         buf = g.buf
         o = g.off
-        if flags & _ACK:
-            d = seq_delta(buf, o + 8, self.seq, _SND_UNA)
+        if flags & _TCP_ACK_FLAG:
+            d = seq_delta(buf, o + _TCP_ACK, self.seq, _SND_UNA)
             if d <= 0 or d > self.snd_max_off:
                 tcp.drop_bad_ack += 1
                 tcp._reply_rst(g, now)
                 return
-        if flags & _RST:
-            if flags & _ACK:
+        if flags & _TCP_RST:
+            if flags & _TCP_ACK_FLAG:
                 tcp.rst_received += 1
                 self._finish(_ECONNREFUSED)
             return
-        if not flags & _SYN:
+        if not flags & _TCP_SYN:
             return
-        copy(self.seq, _IRS, buf, o + 4, 4)
-        seq_put(self.seq, _RCV_NXT, buf, o + 4, 1)
-        copy(self.seq, _WL1, buf, o + 4, 4)
-        copy(self.seq, _WL2, buf, o + 8, 4)
+        copy(self.seq, _IRS, buf, o + _TCP_SEQ, 4)
+        seq_put(self.seq, _RCV_NXT, buf, o + _TCP_SEQ, 1)
+        copy(self.seq, _WL1, buf, o + _TCP_SEQ, 4)
+        copy(self.seq, _WL2, buf, o + _TCP_ACK, 4)
         self._set_peer_mss(g.mss)
         self.sack = g.sack_ok
         self.snd_wnd = g.wnd
         self.max_snd_wnd = g.wnd
         self.last_rx = now
         self.ack_now = True
-        if flags & _ACK:
+        if flags & _TCP_ACK_FLAG:
             if not self._establish(now):
                 return
             self._ack_new(d, now)
@@ -548,11 +567,11 @@ class TcpSocket:
     def _input_syn_again(self, g, now):
         """SYN-RECEIVED and the peer's SYN once more: it lost our SYN-ACK, or (simultaneous
         open) this is its SYN-ACK, which carries the ACK of our SYN."""
-        if not g.flags & _ACK:
+        if not g.flags & _TCP_ACK_FLAG:
             self.snd_nxt_off = 0        # send the SYN-ACK again
             self.need_output = True
             return
-        d = seq_delta(g.buf, g.off + 8, self.seq, _SND_UNA)
+        d = seq_delta(g.buf, g.off + _TCP_ACK, self.seq, _SND_UNA)
         if d <= 0 or d > self.snd_max_off:
             self.tcp.drop_bad_ack += 1
             self.tcp._reply_rst(g, now)
@@ -560,7 +579,7 @@ class TcpSocket:
         if not self._establish(now):
             return
         g.data_len = 0
-        g.flags &= ~_FIN
+        g.flags &= ~_TCP_FIN
         self._process_ack(g, now)
         self.ack_now = True
 
@@ -568,7 +587,7 @@ class TcpSocket:
         """A SYN in a synchronized state (RFC 5961 4.2): challenge ACK; a half-open passive
         connection whose SYN falls in the window goes back to LISTEN instead (RFC 9293): a
         stale or blind SYN elsewhere must not kill it."""
-        d = seq_delta(g.buf, g.off + 4, self.seq, _RCV_NXT)
+        d = seq_delta(g.buf, g.off + _TCP_SEQ, self.seq, _RCV_NXT)
         if self.state == SYN_RCVD and self.listener is not None and 0 <= d <= self._rcv_space():
             self.tcp.drop_syn_in_syn_rcvd += 1
             self._finish(0)
@@ -595,7 +614,7 @@ class TcpSocket:
 
     def _input_ack_syn_rcvd(self, g, now):
         """The handshake's last ACK: acceptable if it acknowledges our SYN."""
-        d = seq_delta(g.buf, g.off + 8, self.seq, _SND_UNA)
+        d = seq_delta(g.buf, g.off + _TCP_ACK, self.seq, _SND_UNA)
         if d <= 0 or d > self.snd_max_off:
             self.tcp.drop_bad_ack += 1
             self.tcp._reply_rst(g, now)
@@ -609,15 +628,15 @@ class TcpSocket:
         A zero window still accepts a segment at exactly RCV.NXT so its ACK, RST or FIN is
         seen (its data is dropped), as RFC 9293 asks.
         """
-        d = seq_delta(g.buf, g.off + 4, self.seq, _RCV_NXT)
+        d = seq_delta(g.buf, g.off + _TCP_SEQ, self.seq, _RCV_NXT)
         rx = self.rx
         w = rx.size - rx.used if rx is not None else self.tcp.config.tcp_rx_buffer
         flags = g.flags
         g.rel = d
-        if flags & _RST:
+        if flags & _TCP_RST:
             return d == 0 or 0 <= d < w
         n = g.data_len
-        slen = n + (1 if flags & _FIN else 0)
+        slen = n + (1 if flags & _TCP_FIN else 0)
         if slen == 0:
             return d == 0 or 0 <= d < w
         if d != 0 and (d >= w or d + slen <= 0):
@@ -639,7 +658,7 @@ class TcpSocket:
             if n < 0:
                 n = 0
             g.data_len = n
-            g.flags = flags & ~_FIN
+            g.flags = flags & ~_TCP_FIN
         return True
 
     def _process_ack(self, g, now):
@@ -648,7 +667,7 @@ class TcpSocket:
         Returns False when the segment must be dropped (or the connection ended).
         """
         tcp = self.tcp
-        d = seq_delta(g.buf, g.off + 8, self.seq, _SND_UNA)
+        d = seq_delta(g.buf, g.off + _TCP_ACK, self.seq, _SND_UNA)
         if d > self.snd_max_off:
             tcp.drop_bad_ack += 1      # acknowledges something never sent
             self._challenge_ack(now)
@@ -660,7 +679,7 @@ class TcpSocket:
                 return False
             return True                # an old ACK: ignore it, keep the data
         self.persist_probes = 0
-        dup = (d == 0 and g.data_len == 0 and not g.flags & (_SYN | _FIN)
+        dup = (d == 0 and g.data_len == 0 and not g.flags & (_TCP_SYN | _TCP_FIN)
                and g.wnd == self.snd_wnd and self.snd_max_off > 0)
         if d > 0:
             self._ack_new(d, now)
@@ -783,16 +802,16 @@ class TcpSocket:
         """Take SEG.WND if this segment is newer than the last window update (WL1/WL2)."""
         buf = g.buf
         o = g.off
-        w1 = seq_delta(buf, o + 4, self.seq, _WL1)
-        if w1 < 0 or (w1 == 0 and seq_delta(buf, o + 8, self.seq, _WL2) < 0):
+        w1 = seq_delta(buf, o + _TCP_SEQ, self.seq, _WL1)
+        if w1 < 0 or (w1 == 0 and seq_delta(buf, o + _TCP_ACK, self.seq, _WL2) < 0):
             return
         old = self.snd_wnd
         w = g.wnd
         self.snd_wnd = w
         if w > self.max_snd_wnd:
             self.max_snd_wnd = w
-        copy(self.seq, _WL1, buf, o + 4, 4)
-        copy(self.seq, _WL2, buf, o + 8, 4)
+        copy(self.seq, _WL1, buf, o + _TCP_SEQ, 4)
+        copy(self.seq, _WL2, buf, o + _TCP_ACK, 4)
         if w > old:
             if self.timer == _T_PERSIST:
                 self.timer = _T_NONE
@@ -802,7 +821,7 @@ class TcpSocket:
         """Segment text and FIN (RFC 9293 seventh and eighth steps)."""
         st = self.state
         n = g.data_len
-        fin = g.flags & _FIN
+        fin = g.flags & _TCP_FIN
         if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2):
             return     # FIN already received: nothing more to take
         if n > self.rcv_mss:
@@ -949,9 +968,9 @@ class TcpSocket:
         """A SYN reached our listener: SYN-RECEIVED, SYN-ACK goes out on _output."""
         buf = g.buf
         o = g.off
-        copy(self.seq, _IRS, buf, o + 4, 4)
-        seq_put(self.seq, _RCV_NXT, buf, o + 4, 1)
-        copy(self.seq, _WL1, buf, o + 4, 4)
+        copy(self.seq, _IRS, buf, o + _TCP_SEQ, 4)
+        seq_put(self.seq, _RCV_NXT, buf, o + _TCP_SEQ, 1)
+        copy(self.seq, _WL1, buf, o + _TCP_SEQ, 4)
         self.tcp._make_isn(self, now)
         copy(self.seq, _SND_UNA, self.seq, _ISS, 4)
         copy(self.seq, _WL2, self.seq, _ISS, 4)
@@ -1159,7 +1178,7 @@ class TcpSocket:
             tcp.conn_timeouts += 1
             self._finish(_ETIMEDOUT)
             return
-        self._emit(-1, 0, _ACK, now)
+        self._emit(-1, 0, _TCP_ACK_FLAG, now)
         tcp.zero_window_probes += 1
         p = self.persist_ms * 2
         self.persist_ms = p if p < _RTO_MAX else _RTO_MAX
@@ -1188,7 +1207,7 @@ class TcpSocket:
         self.ka_probes += 1
         self.ka_at = ticks_add(now, self.keepalive_interval_ms)
         tcp.keepalive_probes += 1
-        self._emit(-1, 0, _ACK, now)
+        self._emit(-1, 0, _TCP_ACK_FLAG, now)
 
     def _rtt_sample(self, r):
         """RFC 6298 2.2/2.3 with alpha 1/8, beta 1/4, K 4; G is 1 ms."""
@@ -1237,7 +1256,7 @@ class TcpSocket:
             # A pure ACK carries SND.MAX, not SND.NXT (BSD): after an RTO pulled SND.NXT
             # back, that sequence is old to the peer, which would answer with an ACK of its
             # own, and two such peers would ACK each other forever.
-            if not self._emit(self.snd_max_off, 0, _ACK, now):
+            if not self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG, now):
                 self._blocked(now, False)
 
     def _output_syn(self, now):
@@ -1250,7 +1269,7 @@ class TcpSocket:
                 self._rcv_ask(now)
                 if self.rcv_allow < 2 * _OUR_MSS:
                     return
-            flags = _SYN if st == SYN_SENT else _SYN | _ACK
+            flags = _TCP_SYN if st == SYN_SENT else _TCP_SYN | _TCP_ACK_FLAG
             if self.snd_max_off:
                 self.tcp.retransmits += 1
             if not self._emit(0, 0, flags, now):
@@ -1265,7 +1284,7 @@ class TcpSocket:
             if self.timer != _T_RTX:
                 self._arm_rtx(now)
         elif self.ack_now and st == SYN_RCVD:
-            self._emit(self.snd_max_off, 0, _ACK, now)
+            self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG, now)
         else:
             self.ack_now = False
 
@@ -1299,11 +1318,11 @@ class TcpSocket:
                         break                 # sender SWS avoidance: wait for more window
                 elif self.nagle:
                     break                     # Nagle: one small segment in flight at most
-            flags = _ACK
+            flags = _TCP_ACK_FLAG
             if rel + n == data_end:
-                flags |= _PSH
+                flags |= _TCP_PSH
             if fin:
-                flags |= _FIN
+                flags |= _TCP_FIN
             if not self._emit(rel, n, flags, now):
                 self._blocked(now, True)
                 break
@@ -1340,11 +1359,11 @@ class TcpSocket:
         fin = self.fin_queued and n == data_end and self.snd_max_off > data_end
         if n <= 0 and not fin:
             return
-        flags = _ACK
+        flags = _TCP_ACK_FLAG
         if n == data_end:
-            flags |= _PSH
+            flags |= _TCP_PSH
         if fin:
-            flags |= _FIN
+            flags |= _TCP_FIN
         self.tcp.retransmits += 1
         self.rtt_active = False           # Karn: no sample from a retransmitted range
         if self._emit(0, n, flags, now):
@@ -1503,7 +1522,7 @@ class TcpSocket:
         tcp = self.tcp
         if tcp._challenge_allowed(now):
             tcp.challenge_acks += 1
-            self._emit(self.snd_max_off, 0, _ACK, now)
+            self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG, now)
         else:
             tcp.challenge_acks_suppressed += 1
 
@@ -1518,38 +1537,39 @@ class TcpSocket:
         tx = iface.tx
         o = L4_OFF
         put16(tx, o, self.local_port)
-        put16(tx, o + 2, self.remote_port)
-        seq_put(tx, o + 4, self.seq, _SND_UNA, rel)
-        if flags & _ACK:
-            copy(tx, o + 8, self.seq, _RCV_NXT, 4)
+        put16(tx, o + _TCP_DPORT, self.remote_port)
+        seq_put(tx, o + _TCP_SEQ, self.seq, _SND_UNA, rel)
+        if flags & _TCP_ACK_FLAG:
+            copy(tx, o + _TCP_ACK, self.seq, _RCV_NXT, 4)
         else:
-            fill(tx, o + 8, 4, 0)
-        hlen = _HLEN
-        if flags & _SYN:
-            tx[o + 20] = 2
-            tx[o + 21] = 4
-            put16(tx, o + 22, _OUR_MSS)
-            hlen = _HLEN + 4
-            if self.sack or not flags & _ACK:   # offer it on our SYN; echo it on a SYN-ACK
-                tx[o + 24] = 1
-                tx[o + 25] = 1
-                tx[o + 26] = 4
-                tx[o + 27] = 2
-                hlen = _HLEN + 8
-        elif flags & _ACK and self.sack and self.asm is not None and self.asm.count:
-            hlen = _HLEN + self._sack_blocks(tx, o + _HLEN)
-        tx[o + 12] = hlen << 2
-        tx[o + 13] = flags
+            fill(tx, o + _TCP_ACK, 4, 0)
+        hlen = _TCP_HLEN
+        if flags & _TCP_SYN:
+            tx[o + _TCP_HLEN] = _TCPOPT_MSS
+            tx[o + (_TCP_HLEN + 1)] = _TCPOPT_MSS_LEN
+            put16(tx, o + (_TCP_HLEN + 2), _OUR_MSS)
+            hlen = _TCP_HLEN + _TCPOPT_MSS_LEN
+            # offer SACK on our SYN; echo it on a SYN-ACK
+            if self.sack or not flags & _TCP_ACK_FLAG:
+                tx[o + (_TCP_HLEN + 4)] = _TCPOPT_NOP
+                tx[o + (_TCP_HLEN + 5)] = _TCPOPT_NOP
+                tx[o + (_TCP_HLEN + 6)] = _TCPOPT_SACK_PERM
+                tx[o + (_TCP_HLEN + 7)] = _TCPOPT_SACK_PERM_LEN
+                hlen = _TCP_HLEN + _TCPOPT_MSS_LEN + 2 + _TCPOPT_SACK_PERM_LEN
+        elif flags & _TCP_ACK_FLAG and self.sack and self.asm is not None and self.asm.count:
+            hlen = _TCP_HLEN + self._sack_blocks(tx, o + _TCP_HLEN)
+        tx[o + _TCP_OFF] = hlen << 2
+        tx[o + _TCP_FLAGS] = flags
         w = self._rcv_window()
-        put16(tx, o + 14, w)
-        fill(tx, o + 16, 4, 0)            # checksum (the interface fills it), urgent
+        put16(tx, o + _TCP_WIN, w)
+        fill(tx, o + _TCP_CSUM, _TCP_HLEN - _TCP_CSUM, 0)   # checksum (the interface's), urgent
         if n > 0:
             self.tx.peek_into(tx, o + hlen, rel - self.syn_off, n)
         if not iface.send_ipv4(_PROTO_TCP, self.remote_ip, 0, tx, o, hlen, tx, o + hlen, n,
                                now):
             return False
         tcp.segs_out = (tcp.segs_out + 1) & _COUNTER_MASK
-        if flags & _ACK:
+        if flags & _TCP_ACK_FLAG:
             self.rcv_adv_rel = w
             self.ack_now = False
             self.ack_urgent = False
@@ -1574,21 +1594,21 @@ class TcpSocket:
                 first = i
                 break
             i += 1
-        tx[p] = 1
-        tx[p + 1] = 1
-        tx[p + 2] = 5
-        tx[p + 3] = 2 + 8 * count
+        tx[p] = _TCPOPT_NOP
+        tx[p + 1] = _TCPOPT_NOP
+        tx[p + 2] = _TCPOPT_SACK
+        tx[p + 3] = 2 + _TCPOPT_SACK_BLOCK * count
         q = p + 4
         self._sack_block(tx, q, first)
         i = 0
         written = 1
         while written < count:
             if i != first:
-                q += 8
+                q += _TCPOPT_SACK_BLOCK
                 self._sack_block(tx, q, i)
                 written += 1
             i += 1
-        return 4 + 8 * count
+        return 4 + _TCPOPT_SACK_BLOCK * count
 
     def _sack_block(self, tx, q, i):
         seq_put(tx, q, self.seq, _RCV_NXT, self.asm.starts[i])
@@ -1597,7 +1617,7 @@ class TcpSocket:
     def _emit_rst(self, now):
         """RST for abort(): SEQ = SND.NXT (the highest sent), with the ACK Linux also sends."""
         self.tcp.rst_sent += 1
-        self._emit(self.snd_max_off, 0, _RST | _ACK, now)
+        self._emit(self.snd_max_off, 0, _TCP_RST | _TCP_ACK_FLAG, now)
 
 
 _PORT_TRIES = const(256)   # free ports port_ok may turn down before connect gives up
@@ -1697,34 +1717,34 @@ class Tcp:
         """One TCP segment for us (checksum already verified by the interface)."""
         self.now = now
         self.segs_in = (self.segs_in + 1) & _COUNTER_MASK
-        if tcp_len < _HLEN:
+        if tcp_len < _TCP_HLEN:
             self.drop_malformed += 1
             return
-        hlen = (buf[tcp_off + 12] >> 4) << 2
-        if hlen < _HLEN or hlen > tcp_len:
+        hlen = (buf[tcp_off + _TCP_OFF] >> 4) << 2
+        if hlen < _TCP_HLEN or hlen > tcp_len:
             self.drop_malformed += 1
             return
         g = self.seg
         g.mss = 0
         g.sack_ok = False
-        if hlen > _HLEN and not _parse_options(buf, tcp_off + _HLEN, tcp_off + hlen, g):
+        if hlen > _TCP_HLEN and not _parse_options(buf, tcp_off + _TCP_HLEN, tcp_off + hlen, g):
             self.drop_bad_options += 1
             return
         sport = get16(buf, tcp_off)
-        dport = get16(buf, tcp_off + 2)
+        dport = get16(buf, tcp_off + _TCP_DPORT)
         if sport == 0 or dport == 0:
             self.drop_malformed += 1
             return
         g.buf = buf
         g.ip_off = ip_off
         g.off = tcp_off
-        g.flags = buf[tcp_off + 13] & 0x3F
+        g.flags = buf[tcp_off + _TCP_FLAGS] & _TCP_FLAGS_MASK
         g.data_off = tcp_off + hlen
         g.data_len = tcp_len - hlen
-        g.wnd = get16(buf, tcp_off + 14)
+        g.wnd = get16(buf, tcp_off + _TCP_WIN)
         g.sport = sport
         g.dport = dport
-        s = self._find(buf, ip_off + 12, sport, dport)
+        s = self._find(buf, ip_off + _IP_SRC, sport, dport)
         if s is not None and s.state == TIME_WAIT and self._time_wait_reopens(s, g):
             s = None
         if s is not None:
@@ -1769,11 +1789,11 @@ class Tcp:
 
     def _time_wait_reopens(self, s, g):
         """A new SYN (seq above the old connection's) may end TIME-WAIT early."""
-        if g.flags & (_SYN | _ACK | _RST) != _SYN:
+        if g.flags & (_TCP_SYN | _TCP_ACK_FLAG | _TCP_RST) != _TCP_SYN:
             return False
         if self._find_listener(g.dport) is None:
             return False
-        if seq_delta(g.buf, g.off + 4, s.seq, _RCV_NXT) <= 0:
+        if seq_delta(g.buf, g.off + _TCP_SEQ, s.seq, _RCV_NXT) <= 0:
             return False
         self.time_wait_reuse += 1
         s._finish(0)
@@ -1782,16 +1802,16 @@ class Tcp:
     def _listen_input(self, lsn, g, now):
         """RFC 9293 3.10.7.2 LISTEN: RST ignored, ACK answered with RST, SYN opens."""
         flags = g.flags
-        if flags & _RST:
+        if flags & _TCP_RST:
             return
-        if flags & _ACK:
+        if flags & _TCP_ACK_FLAG:
             self.drop_no_socket += 1
             self._reply_rst(g, now)
             return
-        if not flags & _SYN:
+        if not flags & _TCP_SYN:
             self.drop_no_socket += 1
             return
-        if flags & _FIN:
+        if flags & _TCP_FIN:
             self.drop_malformed += 1     # SYN+FIN: a scan, not a connection
             return
         if lsn.embryonic + len(lsn.queue) >= lsn.backlog:
@@ -1799,7 +1819,7 @@ class Tcp:
             return
         if not self._free:
             self._recycle_time_wait()
-        s = self._take(g.dport, g.sport, g.buf, g.ip_off + 12)
+        s = self._take(g.dport, g.sport, g.buf, g.ip_off + _IP_SRC)
         if s is None:
             # Every socket is in use: by a connection (the limit), or by an application
             # that has not released a closed one yet. The peer's SYN retransmission tries
@@ -1821,27 +1841,28 @@ class Tcp:
 
     def _reply_rst(self, g, now):
         """RST answering segment g (RFC 9293 3.10.7.1); never answers a RST."""
-        if g.flags & _RST:
+        if g.flags & _TCP_RST:
             return
         buf = g.buf
         t = g.off
         tx = self.iface.tx
         o = L4_OFF
         put16(tx, o, g.dport)
-        put16(tx, o + 2, g.sport)
-        if g.flags & _ACK:
-            copy(tx, o + 4, buf, t + 8, 4)       # <SEQ=SEG.ACK><CTL=RST>
-            fill(tx, o + 8, 4, 0)
-            flags = _RST
+        put16(tx, o + _TCP_DPORT, g.sport)
+        if g.flags & _TCP_ACK_FLAG:
+            copy(tx, o + _TCP_SEQ, buf, t + _TCP_ACK, 4)   # <SEQ=SEG.ACK><CTL=RST>
+            fill(tx, o + _TCP_ACK, 4, 0)
+            flags = _TCP_RST
         else:
-            fill(tx, o + 4, 4, 0)                # <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>
-            slen = g.data_len + (1 if g.flags & _SYN else 0) + (1 if g.flags & _FIN else 0)
-            seq_put(tx, o + 8, buf, t + 4, slen)
-            flags = _RST | _ACK
-        tx[o + 12] = _HLEN << 2
-        tx[o + 13] = flags
-        fill(tx, o + 14, 6, 0)
-        if self.iface.send_ipv4(_PROTO_TCP, buf, g.ip_off + 12, tx, o, _HLEN, None, 0, 0, now):
+            fill(tx, o + _TCP_SEQ, 4, 0)            # <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>
+            slen = g.data_len + (1 if g.flags & _TCP_SYN else 0) + (1 if g.flags & _TCP_FIN else 0)
+            seq_put(tx, o + _TCP_ACK, buf, t + _TCP_SEQ, slen)
+            flags = _TCP_RST | _TCP_ACK_FLAG
+        tx[o + _TCP_OFF] = _TCP_HLEN << 2
+        tx[o + _TCP_FLAGS] = flags
+        fill(tx, o + _TCP_WIN, _TCP_HLEN - _TCP_WIN, 0)
+        if self.iface.send_ipv4(_PROTO_TCP, buf, g.ip_off + _IP_SRC, tx, o, _TCP_HLEN, None, 0, 0,
+                                now):
             self.rst_sent += 1
             self.segs_out = (self.segs_out + 1) & _COUNTER_MASK
 

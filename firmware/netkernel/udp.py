@@ -14,9 +14,16 @@ from micropython import const
 from netkernel import wire
 from netkernel.iface import L4_OFF
 
-_HLEN = const(8)
+# Packet layout: copies of wire's (const() inlines only within a module).
+_IP_SRC = const(12)
+_IP_HLEN = const(20)     # without options
 _PROTO_UDP = const(17)
-_MAX_PAYLOAD = const(65507)    # 65535 - 20 (IPv4) - 8 (UDP)
+_UDP_DPORT = const(2)
+_UDP_LEN = const(4)
+_UDP_CSUM = const(6)
+_UDP_HLEN = const(8)
+
+_MAX_PAYLOAD = const(65535 - _IP_HLEN - _UDP_HLEN)
 _EPHEMERAL_LO = const(49152)
 _EPHEMERAL_SPAN = const(16384)
 
@@ -63,20 +70,20 @@ class Udp:
         Malformed datagrams are counted and dropped, and return True: the port was not the
         problem, so no ICMP port unreachable.
         """
-        if udp_len < _HLEN:
+        if udp_len < _UDP_HLEN:
             self.rx_too_short += 1
             return True
-        ulen = wire.get16(buf, udp_off + 4)
-        if ulen < _HLEN or ulen > udp_len:
+        ulen = wire.get16(buf, udp_off + _UDP_LEN)
+        if ulen < _UDP_HLEN or ulen > udp_len:
             self.rx_bad_length += 1
             return True
-        dst_port = wire.get16(buf, udp_off + 2)
+        dst_port = wire.get16(buf, udp_off + _UDP_DPORT)
         handler = self._handlers.get(dst_port)
         if handler is None:
             self.rx_no_port += 1
             return False
         self.rx_datagrams += 1
-        handler(buf, udp_off + _HLEN, ulen - _HLEN, buf, ip_off + 12,
+        handler(buf, udp_off + _UDP_HLEN, ulen - _UDP_HLEN, buf, ip_off + _IP_SRC,
                 wire.get16(buf, udp_off), dst_port, now)
         return True
 
@@ -88,13 +95,13 @@ class Udp:
         iface = self.stack.iface
         t = iface.tx
         wire.put16(t, L4_OFF, src_port)
-        wire.put16(t, L4_OFF + 2, dst_port)
-        wire.put16(t, L4_OFF + 4, _HLEN + n)
-        t[L4_OFF + 6] = 0
-        t[L4_OFF + 7] = 0
+        wire.put16(t, L4_OFF + _UDP_DPORT, dst_port)
+        wire.put16(t, L4_OFF + _UDP_LEN, _UDP_HLEN + n)
+        t[L4_OFF + _UDP_CSUM] = 0
+        t[L4_OFF + (_UDP_CSUM + 1)] = 0
         if n == 0:
             data = None
-        if iface.send_ipv4(_PROTO_UDP, dst, dst_off, t, L4_OFF, _HLEN, data, off, n, now):
+        if iface.send_ipv4(_PROTO_UDP, dst, dst_off, t, L4_OFF, _UDP_HLEN, data, off, n, now):
             self.tx_datagrams += 1
             return True
         self.tx_failed += 1

@@ -25,11 +25,9 @@
 # Reading a little past a frame is harmless (it moves no chip pointer); writing past one is
 # covered by the free-space check and is never sent, because TX_WR ends at the frame.
 import time
-from time import ticks_us
 
 from micropython import const
 
-from netkernel.busy import BusyTime
 
 # Control byte pieces (w5500.md §1).
 _BSB_COMMON = const(0x00)
@@ -137,7 +135,6 @@ class W5500:
         self.tx_timeouts = 0      # the previous frame never went (TX_RD stayed short of it)
         self.unsettled_reads = 0  # RSR/FSR changed between every two reads (a flood)
         self.rx_bad_length = 0    # desynchronised RX buffer: socket reopened
-        self.io_busy = BusyTime()  # time in recv_into() and send(): the shared bus's load
         self.reopens = 0
         cs(1)
 
@@ -329,12 +326,6 @@ class W5500:
         be right (< 14, > 1514, or beyond what is buffered) means the buffer is out of step:
         the socket is reopened, the event counted, and 0 returned.
         """
-        t0 = ticks_us()
-        n = self._recv_into(buf)
-        self.io_busy.since(t0)
-        return n
-
-    def _recv_into(self, buf):
         known = self._rx_known
         if known < 2:
             # RSR counts from the chip's RX_RD: give back what was read, and let the chip
@@ -384,9 +375,7 @@ class W5500:
         this when it stops reading for now (recv_into does it itself every few KB, and
         when it finds nothing more): held frames fill the chip's 16 KB."""
         if self._rx_held:
-            t0 = ticks_us()
             self._release()
-            self.io_busy.since(t0)
 
     def rx_holding(self):
         """True if frames were read and not yet given back (rx_release has work)."""
@@ -420,12 +409,6 @@ class W5500:
         (never with stale bytes: that would leak memory onto the wire). Returns True if the
         frame was queued, False if TX memory stayed full.
         """
-        t0 = ticks_us()
-        ok = self._send(frame, n)
-        self.io_busy.since(t0)
-        return ok
-
-    def _send(self, frame, n):
         if n < _MIN_FRAME or n > _MAX_FRAME:
             raise ValueError("frame length out of range")
         if n < _MIN_TX:

@@ -4,9 +4,11 @@
 # nothing about state. Frames live in FRAME_BUFFER_SIZE bytearrays: Ethernet at 0, IPv4 at
 # ETH_HLEN, the transport header after the IPv4 header (its length comes from IHL).
 #
-# The offsets below are the reference layout. They are private (`_NAME = const()`, so they
-# cost no RAM on the board): const() inlines only within its own module, so each layer keeps
-# `_NAME` copies of the few it uses.
+# The names below are the one definition of the packet layout. They are private
+# (`_NAME = const(V)`: no RAM on the board), and const() inlines only within its own module
+# (a name from another module would be a lookup per use), so a layer copies the
+# `_NAME = const(V)` lines it needs, verbatim, and uses the names, never the numbers.
+# tests/host/test_wire_layout.py checks every copy against this file.
 #
 # 32-bit values (TCP sequence numbers, IPv4 addresses) are never made into Python ints on
 # the data path: above 2**30 they would be heap objects on the RP2040. They stay as 4 bytes
@@ -40,6 +42,7 @@ _ARP_SPA = const(14)
 _ARP_THA = const(18)
 _ARP_TPA = const(24)
 _ARP_LEN = const(28)
+_ARP_HTYPE_ETH = const(1)
 _ARP_REQUEST = const(1)
 _ARP_REPLY = const(2)
 
@@ -54,7 +57,8 @@ _IP_PROTO = const(9)
 _IP_CSUM = const(10)
 _IP_SRC = const(12)
 _IP_DST = const(16)
-_IP_HLEN = const(20)
+_IP_HLEN = const(20)     # without options
+_IP_VIHL_NOOPT = const(0x45)   # version 4, IHL 5
 _IP_DF = const(0x4000)
 _IP_MF = const(0x2000)
 _IP_OFFSET_MASK = const(0x1FFF)
@@ -74,6 +78,7 @@ _ICMP_TIME_EXCEEDED = const(11)
 _UNREACH_PROTOCOL = const(2)
 _UNREACH_PORT = const(3)
 _UNREACH_NEEDFRAG = const(4)
+_EXCEEDED_REASSEMBLY = const(1)
 
 # UDP
 _UDP_SPORT = const(0)
@@ -99,9 +104,15 @@ _TCP_RST = const(0x04)
 _TCP_PSH = const(0x08)
 _TCP_ACK_FLAG = const(0x10)
 _TCP_URG = const(0x20)
+_TCP_FLAGS_MASK = const(0x3F)   # the six flags above
 _TCPOPT_END = const(0)
 _TCPOPT_NOP = const(1)
 _TCPOPT_MSS = const(2)
+_TCPOPT_SACK_PERM = const(4)
+_TCPOPT_SACK = const(5)
+_TCPOPT_MSS_LEN = const(4)
+_TCPOPT_SACK_PERM_LEN = const(2)
+_TCPOPT_SACK_BLOCK = const(8)   # one left/right edge pair
 
 
 def earliest(a, b):

@@ -98,13 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "firmware/netkernel/stack.py) or an entry of its memory budget "
                    "(boards/rp2040.py), e.g. --stack tcp_max_connections=64 --stack "
                    "ring_capacity=8; repeatable")
-    p.add_argument("--core-speed", metavar="PCT", type=int, default=100,
-                   help="run each of the board's cores at PCT percent of a host core: "
-                   "a core sleeps after each turn as long as the turn would have taken "
-                   "longer, holds the locks the cores share as long as a core that slow "
-                   "would, and the SPI bus runs at the board's 24 MHz scaled to that "
-                   "speed; so the host's cores, which also run the emulated chip and the "
-                   "peer, stop limiting the board's (default: %(default)s)")
     p.add_argument("--heap", metavar="SIZE", default=None,
                    help="MicroPython heap, e.g. 288k, 300000, 1M "
                    f"(default: HEAP_BYTES of boards/sim.py, else {sim.DEFAULT_HEAP})")
@@ -211,7 +204,7 @@ def sim_config_from_args(args: argparse.Namespace):  # -> twinstack.sim.launcher
         root=args.root, name=args.netns, board_ip=args.board_ip, peer_ip=args.peer_ip,
         kernels=args.kernels, heap=args.heap, services=args.services, mac=args.mac,
         log_frames=args.frame_log, entry=args.entry, ready_timeout=args.ready_timeout,
-        stack=args.stack, core_speed=args.core_speed,
+        stack=args.stack,
     )
 
 

@@ -80,7 +80,6 @@ class SimOnly:
     CONSOLE = ("reads what the board prints on its console (frame log), which only the "
                "simulator's launcher hands to the tests")
     WIRE = "reconfigures the simulated wire (the emulated W5500's end of the veth)"
-    PACING = "runs the simulated cores at a given speed (--core-speed) and reads the PHY's log"
     RESET = "presses the board's RESET button through the simulator (SIGUSR1)"
     STOP = "stops the board's process, taking its USB link away"
     SUITE = "starts a simulated board of its own to run this suite against"

@@ -237,12 +237,13 @@ def test_tcp_echo_of_1_mib_is_byte_exact(board):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.sim_only(SimOnly.PACING)
-def test_a_paced_board_sends_through_the_phys_fifo_without_loss(sim_board):
-    # Paced cores hand their frames to the emulated PHY's transmit FIFO (simhw/wire.py):
-    # every frame must still leave, whole and in order, under real traffic both ways.
+@pytest.mark.sim_only(SimOnly.CONSOLE)
+def test_the_phy_puts_every_frame_on_the_wire_under_traffic_both_ways(sim_board):
+    # The emulated PHY writes each frame the chip was told to SEND to the veth at once
+    # (simhw/wire.py): under real traffic both ways every frame must leave, and the
+    # hardware counters the board prints when it stops count no send error.
     require_netns_privileges()
-    board = sim_board(args=[*BOARD_ARGS, "--core-speed", "50"])
+    board = sim_board(args=BOARD_ARGS)
     out = board.ns_run("ping", "-c", "20", "-i", "0.05", "-W", "2", board.board_ip,
                        timeout=30).stdout
     assert "20 packets transmitted, 20 received, 0% packet loss" in out, out
@@ -254,7 +255,7 @@ def test_a_paced_board_sends_through_the_phys_fifo_without_loss(sim_board):
     line = next((x for x in board.log_lines() if x.startswith("netkernel: hw ")), None)
     assert line is not None, "\n".join(board.log_lines()[-40:])
     hw = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-    assert hw["wire_tx"] > 200 and hw["wire_tx_queued"] == hw["wire_tx"], hw
+    assert hw["wire_tx"] > 200, hw
     assert hw["wire_tx_errors"] == 0, hw
 
 

@@ -1,6 +1,7 @@
 # A board for in-process firmware tests: the emulated W5500 on a MemoryWire and an in-memory
 # USB stream, with the same interface as boards/*.py.
 from rp2040 import BUDGET
+from simhw.meters import Meters
 from simhw.w5500_emulator import W5500Emulator
 from simhw.wire import MemoryWire
 
@@ -53,6 +54,9 @@ class Hardware:
             self.chip.spi, self.chip.cs, self.chip.rst, self.chip.intn)
         self.stream = MemoryStream()
         self.timers = []
+        meters = Meters()
+        self.metered = meters.metered
+        self.meters = meters.meters
 
     def timer(self, period_ms, callback):
         t = _Timer(callback)

@@ -7,7 +7,7 @@
 import array
 
 import micropython
-from netkernel import dispatch as dp
+from netkernel.dispatcher import steering as dp
 from test_dispatch_frames import (
     ACK,
     ARP_REQ,
@@ -51,7 +51,12 @@ def run(d, batch, depths_list, rounds, remote):
             j = 0
             while j < len(depths_list):
                 op = d.classify(buf, n)
-                d.steer(buf, n, op, now, depths_list[j], 40 - j * 9)
+                depths = depths_list[j]
+                d.now = now
+                d.depths[0] = depths[0]
+                d.depths[1] = depths[1]
+                d.free_slots = 40 - j * 9
+                d.steer(buf, n, op)
                 count += 1
                 j += 1
             i += 1

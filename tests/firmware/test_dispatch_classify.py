@@ -1,6 +1,6 @@
 # The classifier program: op codes and flow keys of golden frames, malformed frames, program
 # validation, and the hash functions (RSS verification vector, symmetry).
-from netkernel import dispatch as dp
+from netkernel.dispatcher import steering as dp
 from test_dispatch_frames import (
     ARP_REQ,
     FRAG0,
@@ -108,7 +108,8 @@ def test_malformed_frames_never_raise():
     for frame in bad:
         buf, n = frame_buffer(frame)
         assert d.classify(buf, n) == dp.OP_OTHER, frame
-        assert d.steer(buf, n, dp.OP_OTHER, 0, bytearray(2), 100) == dp.DROP
+        d.free_slots = 100
+        assert d.steer(buf, n, dp.OP_OTHER) == dp.DROP
     c = d.counters()
     assert c["malformed"] == len(bad), c
     assert c["drop_malformed"] == len(bad), c

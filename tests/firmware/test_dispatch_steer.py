@@ -2,7 +2,7 @@
 # ARP, overload redirect, random early discard, rules, core_for()/owner_of()/flow_closed().
 import array
 
-from netkernel import dispatch as dp
+from netkernel.dispatcher import steering as dp
 from test_dispatch_frames import (
     ACK,
     ARP_REQ,
@@ -32,7 +32,16 @@ def idle(ncores):
 def steer(d, frame, now=0, depths=None, free=1000):
     buf, n = frame_buffer(frame)
     op = d.classify(buf, n)
-    return d.steer(buf, n, op, now, depths or idle(d.ncores), free)
+    return steer_op(d, buf, n, op, now, depths or idle(d.ncores), free)
+
+
+def steer_op(d, buf, n, op, now, depths, free):
+    """Dispatcher.steer() with the inputs the reader sets."""
+    d.now = now
+    for k in range(d.ncores):
+        d.depths[k] = depths[k]
+    d.free_slots = free
+    return d.steer(buf, n, op)
 
 
 def flow_spread(d, nflows):

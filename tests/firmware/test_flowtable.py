@@ -1,7 +1,7 @@
 # The flow table: stable flow numbers, lookup/insert/remove, eviction of the entry idle the
 # longest when full, idle expiry (TCP kept longer), tick wrap-around, counters.
 import micropython
-from netkernel.flowtable import F_PINNED, FlowTable
+from netkernel.dispatcher.flowtable import F_PINNED, FlowTable
 
 
 def key(i):

@@ -7,7 +7,7 @@ import time
 import boardfake
 import micropython
 from netkernel import wire
-from netkernel.dispatch import KEY_LEN, put_key
+from netkernel.dispatcher.steering import KEY_LEN, put_key
 from netkernel.node import Node
 from netkernel.proto import linkframe as lf
 from netkernel.stack import Stack, StackConfig
@@ -72,7 +72,7 @@ class Rig:
 
 def flows(node):
     out = []
-    for line in node.cores.flow_lines():
+    for line in node.cores.reader.flow_lines():
         out.append(dict(item.split("=", 1) for item in line.split()))
     return out
 
@@ -164,7 +164,7 @@ def test_arp_reaches_every_kernels_cache():
         for k in rig.node.kernels:
             assert k.stack.iface.arp.find(PEER_IP, 0) >= 0, k.core
             assert k.rx_frames >= 1
-        assert rig.node.cores.broadcasts >= 1
+        assert rig.node.cores.reader.broadcasts >= 1
     finally:
         rig.stop()
 
@@ -172,7 +172,7 @@ def test_arp_reaches_every_kernels_cache():
 def _fragment_core(disp, ip_id):
     key = bytearray(KEY_LEN)
     put_key(key, PEER_IP, 0, BOARD_IP, 0, 17, ip_id, 0)
-    return disp._hash_core(key)
+    return disp.hash_core(key)
 
 
 def test_fragmented_udp_is_reassembled_and_handed_to_the_flow_owner():
@@ -295,13 +295,13 @@ def test_dispatch_and_kernels_do_not_allocate_per_frame():
         cores.nic.nic = fake          # TX_MODE "lock": every core sends through cores.nic
         cores.raw_nic = fake
         fake.n = 9                    # warm-up: an ARP request and one segment per flow
-        target = cores.rx_frames + 9
-        rig.run(1000, lambda: cores.rx_frames >= target and
+        target = cores.reader.rx_frames + 9
+        rig.run(1000, lambda: cores.reader.rx_frames >= target and
                 sum(k.rx.depth() for k in node.kernels) == 0)
         rig.run(100)
         k0_before = node.kernels[0].rx_frames
         k1_before = node.kernels[1].rx_frames
-        target = cores.rx_frames + 8
+        target = cores.reader.rx_frames + 8
         deadline = time.ticks_add(time.ticks_ms(), 2000)
         errors = node.errors + sum(k.errors for k in node.kernels)
         fake.n = 17
@@ -310,7 +310,7 @@ def test_dispatch_and_kernels_do_not_allocate_per_frame():
             # until kernel 1's thread has also finished with the frame it took last
             k0 = node.kernels[0]
             k1 = node.kernels[1]
-            while cores.rx_frames < target or k0.rx.depth() or k1.rx.depth() or \
+            while cores.reader.rx_frames < target or k0.rx.depth() or k1.rx.depth() or \
                     k0.stack.services.discard_bytes + k1.stack.services.discard_bytes < 4000:
                 node._wake = True
                 node.turn(time.ticks_ms())
@@ -320,7 +320,7 @@ def test_dispatch_and_kernels_do_not_allocate_per_frame():
                 node.turn(time.ticks_ms())
         finally:
             micropython.heap_unlock()
-        assert cores.rx_frames == target
+        assert cores.reader.rx_frames == target
         assert node.kernels[0].rx_frames - k0_before >= 2
         assert node.kernels[1].rx_frames - k1_before >= 2
         assert sum(k.stack.services.discard_bytes for k in node.kernels) == 8 * 500
@@ -331,18 +331,18 @@ def test_dispatch_and_kernels_do_not_allocate_per_frame():
         # Kernel 1 reading a batch for the dispatcher (run here, its thread stopped, so the
         # batch is the last eight segments, read by it alone).
         cores.stop()
-        base = cores.dispatched[1]
+        base = cores.reader.dispatched[1]
         fake.n = 25
-        cores.backlog = True          # as left by a batch that stopped with frames waiting
+        cores.reader.backlog = True          # as left by a batch that stopped with frames waiting
         now = time.ticks_ms()
         micropython.heap_lock()
         try:
-            assert cores.help(1, now)
+            assert cores.reader.help(1, now)
             node.kernels[1].turn(now)
             node.turn(now)
         finally:
             micropython.heap_unlock()
-        assert cores.dispatched[1] - base == 8
+        assert cores.reader.dispatched[1] - base == 8
         assert sum(k.stack.services.discard_bytes for k in node.kernels) == 8 * 700
         assert node.errors + sum(k.errors for k in node.kernels) == errors
     finally:
@@ -380,22 +380,22 @@ def test_an_idle_kernel_reads_frames_for_the_dispatcher():
         assert cores.helping
         socks = open_connections(rig, 8, 46000, nbytes=100)
         assert {int(f["owner"]) for f in flows(node) if f["key"].endswith("/6")} == {0, 1}
-        base = [cores.dispatched[0], cores.dispatched[1]]
+        base = [cores.reader.dispatched[0], cores.reader.dispatched[1]]
         discarded = sum(k.stack.services.discard_bytes for k in node.kernels)
         frames = _frames_from_peer(rig, socks, 300)
         assert len(frames) == 8
         for f in frames:
             rig.hw.wire.inject(f)
-        assert _wait(lambda: cores.dispatched[1] - base[1] == 8)
-        assert cores.dispatched[0] == base[0]
+        assert _wait(lambda: cores.reader.dispatched[1] - base[1] == 8)
+        assert cores.reader.dispatched[0] == base[0]
         assert node.kernels[0].rx.depth() > 0          # kernel 0's frames wait for core 0
         rig.run(2000, lambda: sum(k.stack.services.discard_bytes for k in node.kernels)
                 == discarded + 8 * 300)
         assert sum(k.stack.services.discard_bytes for k in node.kernels) == \
             discarded + 8 * 300
         st = dict(kv.split("=") for kv in node.stats().split())
-        assert int(st["k1.dispatched"]) == cores.dispatched[1]
-        assert int(st["disp.rx_frames"]) == cores.dispatched[0] + cores.dispatched[1]
+        assert int(st["k1.dispatched"]) == cores.reader.dispatched[1]
+        assert int(st["disp.rx_frames"]) == cores.reader.dispatched[0] + cores.reader.dispatched[1]
     finally:
         rig.stop()
 
@@ -405,18 +405,18 @@ def test_without_dispatch_help_only_core_0_reads_the_chip():
     try:
         node = rig.node
         cores = node.cores
-        assert not cores.helping and node.kernels[0].closes_direct
+        assert not cores.helping and node.kernels[0].port.direct
         socks = open_connections(rig, 4, 47000, nbytes=100)
         discarded = sum(k.stack.services.discard_bytes for k in node.kernels)
         frames = _frames_from_peer(rig, socks, 300)
         for f in frames:
             rig.hw.wire.inject(f)
         time.sleep_ms(100)
-        assert cores.dispatched[1] == 0
-        assert cores.rx_frames == cores.dispatched[0]
+        assert cores.reader.dispatched[1] == 0
+        assert cores.reader.rx_frames == cores.reader.dispatched[0]
         rig.run(2000, lambda: sum(k.stack.services.discard_bytes for k in node.kernels)
                 == discarded + 4 * 300)
-        assert cores.dispatched[1] == 0
+        assert cores.reader.dispatched[1] == 0
         assert sum(k.stack.services.discard_bytes for k in node.kernels) == \
             discarded + 4 * 300
     finally:
@@ -429,7 +429,7 @@ def test_dispatcher_settings_wait_for_a_helping_core():
     rig = Rig()
     try:
         cores = rig.node.cores
-        lock = cores.disp_lock
+        lock = cores.reader.lock
         assert lock.acquire(0)           # as if kernel 1 were dispatching
         applied = []
 
@@ -464,7 +464,7 @@ def test_stats_have_sums_per_kernel_keys_and_the_dispatcher():
         assert int(f["disp.frames"]) == int(f["disp.rx_frames"]) > 0
         # Busy shares since the last report, in percent of the wall time: the dispatcher
         # (its chip reads included), the chip's SPI I/O of every core, core 0 idle.
-        for name in ("disp.busy_pct", "nic.io_pct", "core0.idle_pct"):
+        for name in ("disp.busy_pct", "nic.io_pct", "core0.idle_pct", "core1.idle_pct"):
             assert 0 <= int(f[name]) <= 100, (name, f[name])
         assert "errors" in f and "heap_free" in f and "heap_alloc" in f
         assert f["errors"] == "0"
@@ -489,7 +489,7 @@ def test_the_locks_the_cores_share_come_from_the_board():
         del boardfake.Hardware.allocate_lock
     boardfake.OVERRIDES.clear()
     cores = rig.node.cores
-    assert made == [cores.lock, cores.disp_lock]
+    assert made == [cores.lock, cores.reader.lock]
     assert cores.nic.lock is cores.lock
 
 
@@ -605,13 +605,13 @@ def test_a_turn_that_raises_under_the_dispatch_lock_leaves_it_free():
             calls[0] += 1
             raise W5500Error("SPI answered garbage")
 
-        cores.dispatch = failing          # the batch read, under the lock
+        cores.reader.dispatch = failing          # the batch read, under the lock
         errors = node.errors
         node._wake = True
         node.turn(time.ticks_ms())
-        del cores.dispatch
+        del cores.reader.dispatch
         assert calls[0] == 1 and node.errors == errors + 1
-        lock = cores.disp_lock
+        lock = cores.reader.lock
         assert lock.acquire(0)
         lock.release()
         socks = open_connections(rig, 2, 47100, nbytes=500)

@@ -73,7 +73,7 @@ def test_bad_frames_on_the_wire_are_counted_and_dropped():
     assert c.rx_dropped_runt == 1 and c.rx_dropped_oversize == 1
     # The good-length frame reaches the dispatcher, whose classifier drops it as malformed
     # (an IPv4 header of zeros) before any kernel sees it.
-    assert node.cores.rx_frames == 1 and node.errors == 0
+    assert node.cores.reader.rx_frames == 1 and node.errors == 0
     assert node.disp.counters()["drop_malformed"] == 1 and node.kernel.rx_frames == 0
     node.stop()
 

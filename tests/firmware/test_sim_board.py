@@ -15,17 +15,16 @@ def _allocated():
 def test_heap_limit_covers_the_emulated_hardware_and_no_more():
     before = _allocated()
     from simhw.w5500_emulator import W5500Emulator
-    from simhw.wake import WakePipe
     from simhw.wire import PacketWire
 
-    wire = PacketWire("lo", tx_fifo_bytes=sim.TX_FIFO_BYTES, tx_wake=WakePipe(-1, -1))
+    wire = PacketWire("lo")
     chip = W5500Emulator(wire)
     hardware_bytes = _allocated() - before
     reserve = sim.EMULATOR_HEAP_BYTES
     print("emulated hardware uses", hardware_bytes, "bytes; reserve", reserve)
     assert hardware_bytes <= reserve
-    # Held back whole on every board (boards/sim.py Hardware): sized to the hardware, the
-    # FIFO's board's, not padded out of the firmware's heap.
+    # Held back whole on every board (boards/sim.py Hardware): sized to the hardware, not
+    # padded out of the firmware's heap.
     assert reserve - hardware_bytes < 12 * 1024
     del chip, wire
 
@@ -53,65 +52,6 @@ def test_firmware_after_start_fits_the_rp2040_heap_with_room_to_spare():
     node.stop()
 
 
-def test_a_paced_core_sleeps_what_a_slower_core_would_have_worked_on():
-    import time
-    pacer = sim._Pacer(25)                 # a quarter of a host core: 3 times as long again
-    t0 = time.ticks_us()
-    for _ in range(10):
-        pacer.turn_took(1000)               # ten turns of 1 ms each
-    slept = time.ticks_diff(time.ticks_us(), t0)
-    assert 28000 <= slept < 60000, slept   # 30 ms owed, minus what is still carried
-    fast = sim._Pacer(100)
-    t0 = time.ticks_us()
-    fast.turn_took(1000)
-    assert time.ticks_diff(time.ticks_us(), t0) < 1000
-
-
-def test_a_paced_turn_leaves_out_the_time_the_host_kept_the_core_waiting():
-    import time
-    pacer = sim._Pacer(75)                 # 3/4 of a host core: a turn costs a third again
-    waits = [0, 700]                       # run-queue wait (us) at begin() and at end()
-    pacer._run_wait_us = lambda: waits.pop(0)
-    pacer.begin()
-    t0 = time.ticks_us()
-    while time.ticks_diff(time.ticks_us(), t0) < 1000:
-        time.ticks_us()                    # busy for 1 ms of wall time, 0.7 ms preempted
-    pacer.end()
-    assert pacer.preempted_us == 700
-    assert 300 <= pacer.work_us < 400, pacer.work_us    # the core's own work, counted
-    # Only the core's own ~300 us count: ~100 us owed, too little to sleep yet, so carried
-    # (all 1,000 us would owe 333 us, and that is slept at once).
-    assert 80 <= pacer._debt < 200, pacer._debt
-
-
-def test_a_run_queue_wait_in_exempt_time_is_not_taken_off_the_turn_again():
-    # A turn of 1,000 us: 600 on the bus (exempt), 400 the core's own; the host kept the
-    # thread waiting 500 us in all. Spread over the turn, 200 us of that wait fell in the
-    # core's own 400: it is charged 200 (taking off all 500 again charged it nothing).
-    import time
-    pacer = sim._Pacer(50)
-    waits = [0, 500]
-    pacer._run_wait_us = lambda: waits.pop(0)
-    charged = []
-    pacer.turn_took = charged.append
-    pacer.begin()
-    t0 = time.ticks_us()
-    pacer.exempt_us += 600
-    while time.ticks_diff(time.ticks_us(), t0) < 1000:
-        pass
-    pacer.end()
-    assert 190 <= charged[0] <= 240, charged
-    assert 190 <= pacer.preempted_us <= 220 and pacer.work_us == charged[0]
-
-
-def test_the_pacer_reads_its_own_threads_run_queue_wait():
-    pacer = sim._Pacer(50)
-    first = pacer._run_wait_us()
-    assert first >= 0 and pacer._run_wait_us() >= first
-    buf = bytearray(b"123456789 4500123 77\n")
-    assert sim._second_field(buf, len(buf)) == 4500123
-
-
 def _busy(us):
     import time
     t0 = time.ticks_us()
@@ -119,238 +59,126 @@ def _busy(us):
         pass
 
 
-def _paced_core(percent, cores):
-    """A pacer registered for the calling thread, with no run-queue wait to read; what its
-    turns are charged for is kept in ``charged`` (and not slept)."""
-    pacer = sim._Pacer(percent, cores)
-    pacer._run_wait_us = lambda: 0
-    pacer.charged = []
-    pacer.turn_took = pacer.charged.append
-    pacer.begin()
-    return pacer
+def _MeteredBoard():
+    """The simulated boards' metering (simhw.meters), without their emulated hardware."""
+    from simhw.meters import Meters
+    return Meters()
 
 
-def test_a_paced_core_holds_a_shared_lock_as_long_as_a_core_of_its_speed_would():
-    import time
-    cores = sim._PacedCores()
-    pacer = _paced_core(25, cores)          # a quarter of a host core: 4 times as long
-    lock = sim._PacedLock(cores)
-    t0 = time.ticks_us()
-    assert lock.acquire()
-    _busy(500)                              # 500 us of the core's work under the lock
-    lock.release()
-    held = time.ticks_diff(time.ticks_us(), t0)
-    assert not lock.locked()
-    assert 2000 <= held < 8000, held        # the other 1,500 us paid before letting go
-    assert 500 <= lock.held_us < 1500 and 1500 <= lock.paid_us < 2000, (
-        lock.held_us, lock.paid_us)
-    pacer.end()
-    assert pacer.charged[0] < 300, pacer.charged   # and not charged again at the turn's end
+def test_a_metered_function_adds_the_time_of_its_calls_to_the_named_meter():
+    import fwtest
+    from netkernel.busy import BusyTime
+    hw = _MeteredBoard()
+    got = []
 
+    def recv_into(buf):
+        _busy(2000)
+        got.append(buf)
+        return 7
 
-def test_taking_and_releasing_a_paced_lock_is_the_locks_time_not_the_cores():
-    # The paced lock's own Python stands in for a `_thread` lock's C call: a core taking
-    # and releasing it with nothing in between is charged for little more than its loop.
-    cores = sim._PacedCores()
-    pacer = _paced_core(50, cores)
-    lock = sim._PacedLock(cores)
-    for _ in range(1000):
-        lock.acquire()
-        lock.release()
-    pacer.end()
-    assert pacer.lock_wait_us == 0
-    assert pacer.charged[0] < pacer.exempt_us // 2, (pacer.charged, pacer.exempt_us)
-
-
-def test_a_nested_lock_is_paid_for_once():
-    cores = sim._PacedCores()
-    pacer = _paced_core(50, cores)
-    outer, inner = sim._PacedLock(cores), sim._PacedLock(cores)
-    outer.acquire()
-    _busy(300)
-    inner.acquire()
-    _busy(300)
-    inner.release()                         # pays its 300 us, inside the outer hold
-    outer.release()
-    assert 300 <= inner.held_us < 600 and 300 <= outer.held_us < 600, (
-        inner.held_us, outer.held_us)
-    assert pacer.held_us == inner.held_us + outer.held_us
-
-
-def test_waiting_for_a_lock_the_other_core_holds_is_not_charged_to_the_waiter():
-    import _thread
-    import time
-    cores = sim._PacedCores()
-    holder = _paced_core(50, cores)
-    lock = sim._PacedLock(cores)
-    lock.acquire()
-    result = []
-
-    def other_core():
-        waiter = _paced_core(50, cores)
-        result.append(None)                 # registered: the holder may start its work
-        lock.acquire()                      # spins, then blocks
-        lock.release()
-        waiter.end()
-        result.append(waiter)
-
-    _thread.start_new_thread(other_core, ())
-    deadline = time.ticks_add(time.ticks_ms(), 2000)
-    while not result and time.ticks_diff(deadline, time.ticks_ms()) > 0:
-        time.sleep_ms(1)
-    _busy(1000)                             # 1 ms of work: held 2 ms, paid included
-    lock.release()
-    holder.end()
-    while len(result) < 2 and time.ticks_diff(deadline, time.ticks_ms()) > 0:
-        time.sleep_ms(1)
-    waiter = result[1]
-    assert waiter.lock_wait_us >= 1000, waiter.lock_wait_us
-    # Its turn was nearly all waiting: charged for a fraction of it.
-    assert waiter.charged[0] < waiter.lock_wait_us // 4, (waiter.charged, waiter.lock_wait_us)
-    assert cores.current() is holder
-
-
-def test_a_paced_bus_transaction_takes_its_bytes_time_and_that_time_is_not_the_cores():
-    import time
-
-    class Spi:
-        def write(self, buf):
-            pass
-
-        def readinto(self, buf, write=0):
-            pass
-
-    pin = []
-    cores = sim._PacedCores()
-    pacer = _paced_core(50, cores)
-    bus = sim._PacedBus(Spi(), pin.append, 8_000_000, cores)      # a byte a microsecond
-    cs = bus.select
-    t0 = time.ticks_us()
-    cs(0)
-    bus.write(bytearray(1000))
-    bus.readinto(bytearray(500))
-    cs(1)
-    took = time.ticks_diff(time.ticks_us(), t0)
-    assert pin == [0, 1]
-    assert 1500 <= took < 6000, took
-    assert 1500 <= pacer.bus_us <= took, (pacer.bus_us, took)
-    t0 = time.ticks_us()
-    cs(1)                                   # high again: no transaction, no bus time
-    cs(0)
-    cs(1)                                   # no bytes: only the pin's own time
-    assert time.ticks_diff(time.ticks_us(), t0) < 1000
-    assert pacer.bus_us < took + 1000
-    pacer.end()
-    assert pacer.charged[0] < 300, pacer.charged
-
-
-def test_pacing_the_cores_locks_bus_and_pins_allocates_nothing():
-    # Called on the board's cores for every SPI transaction: an allocation would take the
-    # heap's one mutex, which the other core and the PHY thread share.
-    import micropython
-    from simhw.w5500_emulator import W5500Emulator
-    cores = sim._PacedCores()
-    _paced_core(33, cores)
-    chip = W5500Emulator(None)
-    bus = sim._PacedBus(chip.spi, chip.cs, 800_000_000, cores)
-    cs = bus.select
-    lock = sim._PacedLock(cores)
-    hdr, reg = bytearray(b"\x00\x39\x00"), bytearray(1)     # VERSIONR
-    used = 0
-    for i in range(52):                      # the first 2: first calls, not counted
-        before = micropython.mem_total()
-        lock.acquire()
-        cs(0)
-        bus.write(hdr)
-        bus.readinto(reg)
-        cs(1)
-        lock.release()
-        lock.acquire(0)
-        lock.release()
-        if i >= 2:
-            used += micropython.mem_total() - before
-    assert used == 0, used
-    assert reg[0] == 0x04                    # the chip answered through it all
-
-
-class _RecordingSocket:
-    def __init__(self):
-        self.frames = []
-
-    def write(self, buf, off, n):
-        self.frames.append(bytes(buf[off:off + n]))
+    def send(buf, n):
+        _busy(1000)
+        got.append((buf, n))
         return n
 
+    def turn(now):
+        _busy(3000)
 
-def _fifo_wire(fifo_bytes):
-    from simhw.wake import WakePipe
-    from simhw.wire import PacketWire
-    wire = PacketWire("lo", tx_fifo_bytes=fifo_bytes, tx_wake=WakePipe(-1, -1))
-    wire._sock = _RecordingSocket()
-    return wire
+    recv = hw.metered("nic", recv_into, 1)
+    snd = hw.metered("nic", send, 2)       # a meter two functions share
+    k0 = hw.metered("k0", turn, 1)
+    assert recv("a") == 7 and snd("b", 3) == 3 and k0(5) is None
+    assert got == ["a", ("b", 3)]
+    assert sorted(hw.meters) == ["k0", "nic"]
+    nic, k = hw.meters["nic"], hw.meters["k0"]
+    assert isinstance(nic, BusyTime) and isinstance(k, BusyTime)
+    assert 3000 <= nic.total_us() < 50000, nic.total_us()
+    assert 3000 <= k.total_us() < 50000, k.total_us()
+    k0(6)
+    assert k.total_us() >= 6000 and nic.total_us() < 50000
+
+    def fails(a):
+        raise OSError(5)
+
+    assert fwtest.raises(OSError, hw.metered("nic", fails, 1), 1).args[0] == 5
+    fwtest.raises(ValueError, hw.metered, "nic", send, 3)
 
 
-def test_the_phy_fifo_sends_frames_whole_and_in_order_across_its_wrap():
-    import _thread
-    import time
-    wire = _fifo_wire(1024)        # two or three frames: the tail wraps again and again
-    done = [False, False]
+def test_a_metered_call_allocates_nothing():
+    # The firmware's loops call metered functions for every frame and every turn, on the
+    # board's cores: an allocation would take the heap's one mutex, which the other core
+    # and the PHY thread share.
+    import micropython
+    hw = _MeteredBoard()
 
-    def phy():                     # the PHY thread's part: take what is queued, in turn
-        while not done[0]:
-            wire._send_queued()
-        wire._send_queued()
-        done[1] = True
+    def recv_into(buf):
+        return len(buf)
 
-    _thread.start_new_thread(phy, ())
-    sent = []
-    for i in range(300):
-        frame = bytes([i & 0xFF]) * (60 + (i * 37) % 400)   # lengths that wrap at odd places
-        wire.send(frame)
-        sent.append(frame)
-    done[0] = True
-    t0 = time.ticks_ms()
-    while not done[1] and time.ticks_diff(time.ticks_ms(), t0) < 2000:
-        time.sleep_ms(1)
-    assert done[1]
-    assert wire._sock.frames == sent
-    assert wire.tx_frames == 300 and wire.tx_errors == 0 and wire._used == 0
+    def send(buf, n):
+        return n
+
+    recv = hw.metered("nic", recv_into, 1)
+    snd = hw.metered("nic", send, 2)
+    buf = bytearray(8)
+    recv(buf)
+    snd(buf, 3)                  # first calls
+    used = 0
+    for _ in range(50):
+        before = micropython.mem_total()
+        recv(buf)
+        snd(buf, 3)
+        used += micropython.mem_total() - before
+    assert used == 0, used
+    assert hw.meters["nic"].total_us() >= 0
+
+
+class _CountingSocket:
+    """The PHY's socket, counting what is written to it (without allocating)."""
+
+    def __init__(self):
+        self.frames = 0
+        self.bytes = 0
+
+    def write(self, buf):
+        self.frames += 1
+        self.bytes += len(buf)
+        return len(buf)
 
 
 def test_what_the_cores_call_in_the_simulated_hardware_allocates_nothing():
-    # The board's cores call the PHY's FIFO (each frame sent), the PHY thread's wake-up
-    # (when it waits) and the USB stream (each turn of core 0). heap_lock() cannot see a
-    # bytecode function's frame taken from the heap, but every allocation takes the heap's
-    # one mutex: in a paced 2-kernel run such frames (the FIFO's send and its _put, the
-    # stream's readinto) made the cores wait on that mutex over 1,600 times a second
-    # (perf). mem_total() counts them.
+    # The board's cores call the PHY's send (each frame sent), core 0's wake-up (a kernel
+    # that queued frames for it) and the USB stream (each turn of core 0). heap_lock()
+    # cannot see a bytecode function's frame taken from the heap, but every allocation
+    # takes the heap's one mutex, which the other core and the PHY thread share (measured
+    # with perf: the stream's readinto made the cores wait on it). mem_total() counts them.
     import micropython
     from simhw.usb import PtyStream
     from simhw.wake import WakePipe
-    wire = _fifo_wire(8192)
+    from simhw.wire import PacketWire
+    wire = PacketWire("lo")
+    wire._sock = _CountingSocket()
     wake_r, wake_w, wake_file = _pipe()
-    wire._tx_wake = WakePipe(wake_r, wake_w)
+    wake = WakePipe(wake_r, wake_w)
     usb_fd, _, usb_file = _pipe()
     usb = PtyStream(usb_fd)       # a pipe with nothing in it: what a quiet host link reads
     buf = bytearray(64)
     frame, ack = bytearray(1514), bytearray(60)
-    for f in (frame, ack):        # first calls
-        wire._phy_waiting = True
-        wire.send(f)
-    wire._send_queued()
+    wire.send(frame)              # first calls
+    wire.send(ack)
+    wake.set()
     usb.readinto(buf)
     used = 0
     for _ in range(50):
         before = micropython.mem_total()
-        wire._phy_waiting = True  # the PHY thread waits: the sender wakes it
         wire.send(frame)
         wire.send(ack)
+        wake.set()
         assert usb.readinto(buf) == 0
         used += micropython.mem_total() - before
-        wire._send_queued()       # (the PHY thread's part, not measured)
     assert used == 0, used
-    assert wire.tx_queued == 102 and len(wire._sock.frames) == 102
-    assert wire._tx_wake.sets == 52       # one wake-up per wait of the PHY thread
+    assert wire.tx_frames == 102 and wire.tx_errors == 0
+    assert wire._sock.frames == 102 and wire._sock.bytes == 51 * (1514 + 60)
+    assert wake.sets == 51
     assert wake_file and usb_file         # (kept open until here)
 
 
@@ -369,22 +197,6 @@ def _pipe():
     finally:
         os.remove(path)
     return f.fileno(), f.fileno(), f
-
-
-def test_a_full_phy_fifo_holds_the_sender_and_then_counts_the_frame_lost():
-    from simhw.wire import PacketWire
-    wire = _fifo_wire(256)
-    wire.send(bytes(200))
-    wire.send(bytes(100))          # no room while the PHY thread takes nothing
-    assert wire.tx_fifo_waits > 0 and wire.tx_errors == 1
-    wire._send_queued()
-    assert wire._sock.frames == [bytes(200)]
-    try:
-        PacketWire("lo", tx_fifo_bytes=256)
-    except ValueError:
-        pass
-    else:
-        raise AssertionError("a FIFO without a wake-up for the PHY thread")
 
 
 class _ChipTakingFrames:

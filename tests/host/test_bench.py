@@ -360,10 +360,7 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
         def errors(self):
             return []
 
-    sizes = []
-
-    def fake_bulk(board, kernels, nbytes):
-        sizes.append(nbytes)
+    def fake_bulk(board, kernels):
         if len(started) == 3:        # the second 2-kernel round (the third board)
             raise RuntimeError("a round failed")
         return _bulk(next(values[kernels]), kernels)
@@ -371,12 +368,11 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
     monkeypatch.setattr(bench, "Board", FakeBoard)
     monkeypatch.setattr(bench, "measure_bulk16", fake_bulk)
     monkeypatch.setattr(bench, "SCALE_ROUNDS", 3)
-    figures, failed = bench.run_scale("abcdefgh", [bench.SCALE_RATIO], core_speed=33)
+    figures, failed = bench.run_scale("abcdefgh", [bench.SCALE_RATIO])
     names = [n for n, _ in started]
     assert len(set(names)) == 6 and all(len(n) <= 10 for n in names)   # netns names
-    assert all("--core-speed" in extra for _, extra in started)
+    assert all(extra[2:] == list(bench.SCALE_BOARD_ARGS) for _, extra in started)
     assert failed == ["scale bulk 2k"]
-    assert set(sizes) == {bench.SCALE_PACED_BYTES_EACH}   # paced boards move less
     ratio = figures[bench.SCALE_RATIO]
     # Rounds 1k: 3.0, 2.0, 3.2; 2k: 6.0, (failed), 6.1: the pairs 2.0 and 1.906.
     assert ratio["pair_ratios"] == [2.0, 1.906]
@@ -393,55 +389,11 @@ def test_the_scale_run_gives_each_round_a_board_and_pairs_the_rounds(monkeypatch
 
     monkeypatch.setattr(FakeBoard, "wait_ready", not_ready)
     monkeypatch.setattr(bench, "measure_bulk16",
-                        lambda board, kernels, nbytes: _bulk(next(values[kernels]), kernels))
-    figures, failed = bench.run_scale("abcdefgh", [bench.SCALE_RATIO, bench.SCALE_BULK_1K],
-                                      core_speed=33)
+                        lambda board, kernels: _bulk(next(values[kernels]), kernels))
+    figures, failed = bench.run_scale("abcdefgh", [bench.SCALE_RATIO, bench.SCALE_BULK_1K])
     assert failed == ["scale board 1k"]
     assert figures[bench.SCALE_BULK_1K]["rounds"] == [None, 2.0, 3.2]
     assert figures[bench.SCALE_RATIO]["pair_ratios"] == [2.5, 1.906]
-
-
-def _pace_counters(cores, locks):
-    """A paced board's hw.pace.* counters: (bus, lock wait, work, held) us per core, (held,
-    paid) us per lock."""
-    out = {}
-    for i, (bus, wait, work, held) in enumerate(cores):
-        out.update({f"hw.pace.c{i}.bus_us": bus, f"hw.pace.c{i}.lock_wait_us": wait,
-                    f"hw.pace.c{i}.work_us": work, f"hw.pace.c{i}.held_us": held})
-    for i, (held, paid) in enumerate(locks):
-        out.update({f"hw.pace.lock{i}.held_us": held, f"hw.pace.lock{i}.paid_us": paid})
-    return out
-
-
-def test_a_paced_boards_time_is_split_into_bus_lock_waits_and_lock_holds():
-    before = _pace_counters([(100, 0, 0, 0), (0, 50, 1000, 0)], [(10, 90), (0, 0)])
-    after = _pace_counters([(200_100, 100_000, 150_000, 50_000),
-                            (300_000, 50_050, 101_000, 10_000)],
-                           [(40_010, 360_090), (20_000, 180_000)])
-    assert bench.pace_split(before, after, 2.0) == {"pacing": {
-        "c0.bus_pct": 10.0, "c0.lock_wait_pct": 5.0, "c0.work_host_s": 0.2,
-        "c1.bus_pct": 15.0, "c1.lock_wait_pct": 2.5, "c1.work_host_s": 0.11,
-        "lock0.held_pct": 20.0, "lock1.held_pct": 10.0}}
-    assert bench.pace_split({}, {"k0.rx_frames": 5}, 2.0) == {}    # at host speed
-
-
-def test_paced_scale_figures_come_from_boards_at_the_paced_core_speed(monkeypatch):
-    calls = []
-
-    def fake_run_scale(netns, only=(), core_speed=100):
-        calls.append((tuple(only), core_speed))
-        return {bench.SCALE_RATIO: bench.figure(1.9, "x"),
-                bench.SCALE_BULK_1K: bench.figure(3.0, "MB/s")}, ["scale bulk 2k"]
-
-    monkeypatch.setattr(bench, "run_scale", fake_run_scale)
-    figures, failed = bench.run_scale_paced("ns", ["scale.paced.ratio_2k_1k"])
-    assert calls == [((bench.SCALE_RATIO,), bench.SCALE_PACED_SPEED)]
-    assert figures["scale.paced.ratio_2k_1k"]["value"] == 1.9
-    assert figures["scale.paced.ratio_2k_1k"]["core_speed_pct"] == bench.SCALE_PACED_SPEED
-    assert failed == ["paced scale bulk 2k"]
-    calls.clear()
-    assert bench.run_scale_paced("ns", ["stack.bulk_mbps"]) == ({}, [])
-    assert calls == []
 
 
 def _segment_cost(*args: str) -> str:

@@ -313,18 +313,16 @@ def test_board_py_is_exact():
 
 def test_render_sim_config(root):
     cfg = make_config(root=root, heap="288k")
-    text = render_sim_config(cfg, usb_fd=7, wake_fds=(8, 9), phy_wake_fds=(10, 11),
-                             phy_rx_fd=12)
+    text = render_sim_config(cfg, usb_fd=7, wake_fds=(8, 9), phy_rx_fd=12)
     values: dict = {}
     exec(compile(text, "sim_config.py", "exec"), values)
     values.pop("__builtins__")
     assert values == {
-        "NETIF": "w5500", "USB_FD": 7, "WAKE_FDS": (8, 9), "PHY_WAKE_FDS": (10, 11),
-        "PHY_RX_FD": 12,
+        "NETIF": "w5500", "USB_FD": 7, "WAKE_FDS": (8, 9), "PHY_RX_FD": 12,
         "IP": "10.77.0.2", "PREFIX": 24, "PEER": "10.77.0.1",
         "GATEWAY": "10.77.0.1", "MAC": "02:00:0a:4d:00:02", "KERNELS": 2, "SERVICES": True,
         "LOG_FRAMES": True, "HEAP": 294912, "HEAP_HELD_BACK": 0,
-        "NAME": "ts0", "STACK": {}, "CORE_SPEED": 100,
+        "NAME": "ts0", "STACK": {},
     }
     assert 'NETIF = "w5500"\n' in text and "USB_FD = 7\n" in text and "SERVICES = True\n" in text
 
@@ -414,12 +412,3 @@ def test_stack_settings_reach_sim_config(root):
         make_config(root=root, name="ab", stack=["oops"])
     with pytest.raises(ValueError, match="integer"):
         make_config(root=root, name="ab", stack=["tcp_rx_buffer=big"])
-
-
-def test_core_speed_reaches_sim_config_and_is_checked(root):
-    assert "CORE_SPEED = 100" in render_sim_config(make_config(root=root, name="ab"), 5)
-    cfg = make_config(root=root, name="ab", core_speed=33)
-    assert "CORE_SPEED = 33" in render_sim_config(cfg, 5)
-    for bad in (0, 101):
-        with pytest.raises(ValueError, match="--core-speed"):
-            make_config(root=root, name="ab", core_speed=bad)

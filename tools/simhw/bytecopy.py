@@ -1,5 +1,5 @@
 """copy_bytes(): one buffer's bytes into another without allocating (the emulated chip's
-SPI and receive paths, the PHY's transmit FIFO)."""
+SPI and receive paths)."""
 
 try:
     import micropython

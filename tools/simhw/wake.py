@@ -6,9 +6,6 @@ the PHY thread) writes a byte into a pipe the launcher made, and the idle wait p
 pipe next to the USB input. Without it a frame that lands while core 0 idles waits out the
 rest of the idle period (1 ms), and a TCP sender with a window of a few segments stalls
 that long on each gap.
-
-The PHY thread's transmit FIFO has a second pipe of the same kind: a core that queues a
-frame wakes the PHY thread from its poll (simhw/wire.py PacketWire).
 """
 
 import select

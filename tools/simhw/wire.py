@@ -16,18 +16,17 @@ import select
 import socket
 import struct
 
-from simhw.bytecopy import copy_bytes
-from simhw.compat import const, micropython, sleep_ms, sleep_us, ticks_diff, ticks_ms
+from simhw.compat import const, micropython, sleep_ms, ticks_diff, ticks_ms
 
-# A record, on the receive pipe from simhw/phy_rx.py (CPython) and in the transmit FIFO: a
-# 2-byte length (big-endian), then the frame.
+# A record, on the receive pipe from simhw/phy_rx.py (CPython): a 2-byte length
+# (big-endian), then the frame.
 REC_HDR = const(2)
 
 _AF_PACKET = const(17)
 _POLL_MS = const(100)
 _CARRIER_EVERY_MS = const(200)
 _RX_BUF = const(2048)          # the largest frame the PHY takes in; longer ones are counted
-_FIFO_TRIES = const(200)       # a sender waits at most this many times 50 us for room
+
 
 class MemoryWire:
     """A wire for unit tests: transmitted frames land in self.sent, inject() receives."""
@@ -52,27 +51,16 @@ class PacketWire:
 
     Reception: ``rx_fd`` is the read end of the pipe simhw/phy_rx.py writes what arrives on
     the interface to, a record per frame; a PHY thread reads each into one buffer made here
-    and hands it to the emulator (-1: a wire that only transmits, for tests). Transmission,
-    on a socket that receives nothing, with a transmit FIFO (``tx_fifo_bytes`` > 0, woken
-    through ``tx_wake``, a WakePipe): send() copies the frame into the FIFO and the PHY
-    thread puts it on the wire, as the W5500 sends a frame by itself once SEND is given.
-    Without one, send() writes to the socket at once, on the caller's thread.
-
-    Why the FIFO: writing to a veth runs the peer's whole receive path (its TCP included)
-    inside that system call, about 50 us for an ACK, on the thread that sends. Without the
-    FIFO that is the board core's time, under its chip lock, and a paced core is charged
-    for it again several times over (measured, runs taken in turns: the paced 1-kernel
-    board 2.9 to 3.1 MB/s with it, 2.4 to 2.7 without). The hand-off to the PHY thread
-    costs a thread wake-up, so boards at host speed send at once (boards/sim.py).
+    and hands it to the emulator (-1: a wire that only transmits, for tests). Transmission:
+    send() writes the frame at once, on the caller's thread, to a socket that receives
+    nothing.
     """
 
-    def __init__(self, ifname, tx_fifo_bytes=0, tx_wake=None, rx_fd=-1):
+    def __init__(self, ifname, rx_fd=-1):
         self.ifname = ifname
         self.rx_frames = 0
         self.tx_frames = 0
         self.tx_errors = 0
-        self.tx_queued = 0  # frames that went through the FIFO
-        self.tx_fifo_waits = 0  # a sender found the FIFO full and waited
         self.rx_errors = 0  # the wire's receive errors, and exceptions raised by the emulator
         self.rx_lost = False  # the receiver process is gone: nothing arrives any more
         self.last_error = None
@@ -83,15 +71,6 @@ class PacketWire:
         self._carrier_path = "/sys/class/net/%s/carrier" % ifname
         self._link = False
         self._link_checked = None  # ticks of the last carrier read
-        if tx_fifo_bytes > 0 and tx_wake is None:
-            raise ValueError("a transmit FIFO needs a wake-up for the PHY thread")
-        self._fifo = bytearray(tx_fifo_bytes) if tx_fifo_bytes > 0 else None
-        self._fifo_lock = _thread.allocate_lock()
-        self._head = 0  # the next record to send (PHY thread)
-        self._tail = 0  # where the next record goes (senders)
-        self._used = 0  # bytes taken: records, and the unused end skipped by a wrap
-        self._tx_wake = tx_wake
-        self._phy_waiting = False  # the PHY thread waits on tx_wake: a sender must wake it
         self._rx_fd = rx_fd
         self._rx = open(rx_fd, "rb") if rx_fd >= 0 else None
         self._rx_hdr = bytearray(REC_HDR)
@@ -138,28 +117,15 @@ class PacketWire:
         rx_fd = self._rx_fd if self._rx is not None else -1
         if rx_fd >= 0:
             poller.register(rx_fd, select.POLLIN)
-        wake = self._tx_wake
-        wake_fd = -1
-        if wake is not None and wake.fileno() >= 0:
-            wake_fd = wake.fileno()
-            poller.register(wake_fd, select.POLLIN)
-        fifo = self._fifo is not None
         # MicroPython's ipoll() reuses one tuple for what it yields; poll() makes a list of
         # new tuples on every call, and every allocation takes the heap's one mutex, which
         # the board's cores take too.
         wait = getattr(poller, "ipoll", poller.poll)
         try:
             while not self._stop:
-                if fifo:
-                    self._send_queued()    # all of it: a frame queued after wakes us
-                ready = wait(_POLL_MS)
-                self._phy_waiting = False
                 received = False
-                for entry in ready:
-                    if entry[0] == wake_fd:
-                        wake.drain()
-                    else:                  # a record, or the receiver hung up (see _receive)
-                        received = True
+                for _ in wait(_POLL_MS):   # a record, or the receiver hung up (see _receive)
+                    received = True
                 if received and not self._receive():
                     poller.unregister(rx_fd)
                     self.rx_lost = True
@@ -213,93 +179,9 @@ class PacketWire:
 
     @micropython.native
     def send(self, frame):
-        """Transmit one frame (an object of the frame's exact length): queued for the PHY
-        thread if there is a FIFO, else written at once."""
-        if self._fifo is None:
-            self._write_from(frame, 0, len(frame))
-            return
-        lock = self._fifo_lock
-        for _ in range(_FIFO_TRIES):
-            lock.acquire()
-            try:
-                queued = self._put(frame)
-                wake = queued and self._phy_waiting
-                if wake:
-                    self._phy_waiting = False
-                if queued:
-                    self.tx_queued += 1
-            finally:
-                lock.release()
-            if queued:
-                if wake:
-                    self._tx_wake.set()
-                return
-            # Full: the wire is behind. The chip holds the frame until there is room.
-            self.tx_fifo_waits += 1
-            sleep_us(50)
-        self.tx_errors += 1  # the PHY thread stopped taking frames (stopped wire)
-
-    @micropython.native
-    def _put(self, frame):
-        # (FIFO lock held) One record at the tail; False if there is no room for it. A
-        # record is never split: one that does not fit before the end starts again at 0.
-        fifo = self._fifo
-        size = len(fifo)
-        n = len(frame)
-        need = REC_HDR + n
-        if self._used == 0:
-            self._head = self._tail = 0
-        tail = self._tail
-        skip = size - tail if tail + need > size else 0
-        if self._used + skip + need > size:
-            return False
-        if skip:
-            if skip >= REC_HDR:
-                fifo[tail] = fifo[tail + 1] = 0   # length 0: the rest of the FIFO is unused
-            tail = 0
-        fifo[tail] = n >> 8
-        fifo[tail + 1] = n & 0xFF
-        copy_bytes(fifo, tail + REC_HDR, frame, 0, n)
-        self._tail = tail + need
-        self._used += skip + need
-        return True
-
-    @micropython.native
-    def _send_queued(self):
-        # (PHY thread) Put every queued record on the wire, in order. The record being sent
-        # stays counted as used, so no sender overwrites it meanwhile.
-        fifo = self._fifo
-        size = len(fifo)
-        lock = self._fifo_lock
-        while True:
-            lock.acquire()
-            head = self._head
-            if self._used == 0:
-                self._phy_waiting = True   # a sender from now on wakes the PHY thread
-                lock.release()
-                return
-            if size - head < REC_HDR or (fifo[head] | fifo[head + 1]) == 0:
-                self._used -= size - head
-                self._head = 0
-                lock.release()
-                continue
-            n = (fifo[head] << 8) | fifo[head + 1]
-            lock.release()
-            start = head + REC_HDR
-            self._write_from(fifo, start, n)
-            lock.acquire()
-            self._head = start + n
-            self._used -= REC_HDR + n
-            lock.release()
-
-    @micropython.native
-    def _write_from(self, buf, off, n):
-        # buf[off:off + n] as one frame, from the FIFO or (no FIFO) straight from the
-        # chip. The stream write takes an offset, where a slice would be a new view per
-        # frame, and every allocation takes the heap's one mutex, which the board's cores
-        # share with this thread.
+        """Transmit one frame (an object of the frame's exact length), at once."""
         try:
-            if self._sock.write(buf, off, n) is None:
+            if self._sock.write(frame) is None:
                 self.tx_errors += 1  # EAGAIN: the interface's queue is full
                 return
             self.tx_frames += 1

@@ -253,8 +253,6 @@ class SimConfig:
     entry: Path | None = None  # None: <root>/firmware/main.py
     ready_timeout: float = READY_TIMEOUT_S
     stack: dict[str, int | bool] | None = None  # StackConfig overrides (--stack NAME=VALUE)
-    # Percent of a host core each simulated core runs at (--core-speed); 100: host speed.
-    core_speed: int = 100
     # True: ``heap`` is the board's budget (boards/sim.py HEAP_BYTES) and the firmware's
     # compiled code is added to it when the board starts (see :func:`frozen_code_bytes`).
     heap_is_budget: bool = False
@@ -378,7 +376,6 @@ def make_config(
     entry: str | Path | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
     stack: Sequence[str] = (),
-    core_speed: int = 100,
 ) -> SimConfig:
     """Validate the ``twinstack sim`` options; ``ValueError`` with a user message if bad."""
     validate_name(name)
@@ -415,13 +412,11 @@ def make_config(
     entry_path = Path(entry).expanduser().resolve() if entry else None
     if ready_timeout <= 0:
         raise ValueError("--ready-timeout must be positive")
-    if not 1 <= core_speed <= 100:
-        raise ValueError(f"--core-speed {core_speed}: give a percent of a host core, 1 to 100")
     return SimConfig(
         root=root_path, name=name, board_ip=bip, peer_ip=pip, kernels=kernels,
         heap=heap_bytes, services=services, mac=mac_text, log_frames=log_frames,
         entry=entry_path, ready_timeout=ready_timeout, stack=parse_stack_settings(stack),
-        heap_is_budget=heap is None, core_speed=core_speed,
+        heap_is_budget=heap is None,
     )
 
 
@@ -442,17 +437,15 @@ def parse_stack_settings(items: Sequence[str]) -> dict[str, int | bool]:
 
 
 def render_sim_config(cfg: SimConfig, usb_fd: int,
-                      wake_fds: tuple[int, int] = (-1, -1),
-                      phy_wake_fds: tuple[int, int] = (-1, -1), phy_rx_fd: int = -1) -> str:
+                      wake_fds: tuple[int, int] = (-1, -1), phy_rx_fd: int = -1) -> str:
     """The text of ``sim_config.py`` (read by ``boards/sim.py`` inside the board);
-    ``wake_fds``: the (read, write) ends of the interrupt-wake pipe, ``phy_wake_fds`` those
-    of the PHY thread's transmit wake-up, or -1s for none; ``phy_rx_fd``: the read end of
-    the pipe the PHY's receiver writes the frames to (-1: none)."""
+    ``wake_fds``: the (read, write) ends of the interrupt-wake pipe, or -1s for none;
+    ``phy_rx_fd``: the read end of the pipe the PHY's receiver writes the frames to (-1:
+    none)."""
     values = [
         ("NETIF", BOARD_IF),
         ("USB_FD", usb_fd),
         ("WAKE_FDS", tuple(wake_fds)),
-        ("PHY_WAKE_FDS", tuple(phy_wake_fds)),
         ("PHY_RX_FD", phy_rx_fd),
         ("IP", str(cfg.board_ip.ip)),
         ("PREFIX", cfg.board_ip.network.prefixlen),
@@ -466,7 +459,6 @@ def render_sim_config(cfg: SimConfig, usb_fd: int,
         ("HEAP_HELD_BACK", cfg.heap_held_back),
         ("NAME", cfg.name),
         ("STACK", cfg.stack or {}),
-        ("CORE_SPEED", cfg.core_speed),
     ]
     lines = [f"# Written by `twinstack sim` for the simulated board {cfg.name}; "
              "read by boards/sim.py. Do not edit."]
@@ -537,7 +529,6 @@ class SimBoard:
         self._stop_signal: int | None = None
         self._master = -1
         self._wake: tuple[int, int] = (-1, -1)
-        self._phy_wake: tuple[int, int] = (-1, -1)
         self._phy_rx: tuple[int, int] = (-1, -1)
         self.phy_rx: subprocess.Popen[bytes] | None = None
         self._slave = -1
@@ -672,18 +663,15 @@ class SimBoard:
         # The board's interrupt line to its idle wait: the emulated INTn writes a byte, the
         # idle core 0 polls for it next to the USB input (boards/sim.py Hardware.idle).
         self._wake = os.pipe()
-        # The emulated chip's transmit FIFO: a core that queues a frame wakes the PHY
-        # thread, which puts it on the wire (simhw/wire.py PacketWire).
-        self._phy_wake = os.pipe()
-        for fd in (*self._wake, *self._phy_wake):
+        for fd in self._wake:
             os.set_blocking(fd, False)
 
     def _close_pty(self) -> None:
-        for fd in (self._master, self._slave, *self._wake, *self._phy_wake):
+        for fd in (self._master, self._slave, *self._wake):
             if fd >= 0:
                 os.close(fd)
         self._master = self._slave = -1
-        self._wake = self._phy_wake = (-1, -1)
+        self._wake = (-1, -1)
 
     def _start_phy_rx(self, ip: str) -> None:
         """Start the PHY's receiver in the board's namespace, on a new pipe, and wait until
@@ -790,7 +778,7 @@ class SimBoard:
                      "(frozen into flash on a real board) + %d bytes to load it in, held "
                      "back once the board is up", cfg.heap, code, room)
         (rd / "sim_config.py").write_text(render_sim_config(cfg, self._master, self._wake,
-                                                                self._phy_wake, self._phy_rx[0]))
+                                                                self._phy_rx[0]))
         if compiled and cfg.entry is None:
             # MicroPython puts the script's own folder first on sys.path: run main.py from
             # here, or `import netkernel` would find the sources next to firmware/main.py.
@@ -804,7 +792,7 @@ class SimBoard:
         log.info("starting the board: %s", " ".join(cmd))
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            pass_fds=(self._master, *self._wake, *self._phy_wake, self._phy_rx[0]),
+            pass_fds=(self._master, *self._wake, self._phy_rx[0]),
             start_new_session=True, env=env,
             cwd=str(cfg.runtime_dir), preexec_fn=_die_with_parent,
         )

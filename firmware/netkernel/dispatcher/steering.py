@@ -1,7 +1,7 @@
 """The dispatcher's decision logic: classify a frame, hash its flow, pick a core.
 
-Per frame, core 0's dispatcher calls ``op = d.classify(buf, n)`` then
-``core = d.steer(buf, n, op, now, depths, free_slots)`` and puts the frame on that core's
+Per frame, the reader calls ``op = d.classify(buf, n)``, sets ``d.now``, ``d.depths`` and
+``d.free_slots``, then ``core = d.steer(buf, n, op)`` and puts the frame on that core's
 ring (all rings for ALL_CORES; nowhere for DROP), tagged with ``op`` and ``d.flow``. Neither
 call allocates, raises or blocks.
 
@@ -86,7 +86,7 @@ import array
 
 from micropython import const
 
-from netkernel.flowtable import FlowTable
+from netkernel.dispatcher.flowtable import FlowTable
 # The classifier's interpreter, the hashes and the key helpers are machine code (netkernel_native
 # says why), and the instruction codes are defined with the interpreter.
 from netkernel_native import (  # noqa: F401 - the codes are re-exported for assemble()'s users
@@ -113,11 +113,37 @@ DROP = const(-2)
 
 MAX_PROGRAM = const(512)
 
+# Packet layout: copies of wire's (const() inlines only within a module).
+_ETH_DST = const(0)
+_ETH_TYPE = const(12)
+_ETH_HLEN = const(14)
+_ETHERTYPE_IPV4 = const(0x0800)
+_ETHERTYPE_ARP = const(0x0806)
+_ARP_SPA = const(14)
+_ARP_TPA = const(24)
+_ARP_LEN = const(28)
+_IP_VIHL = const(0)
+_IP_ID = const(4)
+_IP_FRAG = const(6)
+_IP_PROTO = const(9)
+_IP_SRC = const(12)
+_IP_MF = const(0x2000)
+_IP_OFFSET_MASK = const(0x1FFF)
 _PROTO_ICMP = const(1)
 _PROTO_TCP = const(6)
 _PROTO_UDP = const(17)
+_ICMP_HLEN = const(8)
 _ICMP_ECHO_REQUEST = const(8)
-_ETH_HLEN = const(14)
+_UDP_SPORT = const(0)
+_UDP_HLEN = const(8)
+_TCP_SPORT = const(0)
+_TCP_OFF = const(12)
+_TCP_FLAGS = const(13)
+_TCP_HLEN = const(20)
+_TCP_SYN = const(0x02)
+_TCP_ACK_FLAG = const(0x10)
+_IP = const(_ETH_HLEN)     # where the IPv4 header and the ARP packet sit in a frame
+_ARP = const(_ETH_HLEN)
 
 _ALGO_FOLD = const(0)
 _ALGO_TOEPLITZ = const(1)
@@ -191,31 +217,35 @@ def assemble(items):
 def default_program():
     """Ethernet / ARP / IPv4 (fragments, ICMP, UDP, TCP) with the key layout above."""
     return assemble([
-        (LD8, 0, 0x01), (JEQ, "unicast", 0), (SETOP, 0, OP_BCAST), "unicast",
-        (LD16, 12, 0xFFFF), (JEQ, "arp", 0x0806), (JNE, "end", 0x0800),
-        (LD8, 14, 0xF0), (JNE, "bad", 0x40),
-        (IHL,), (EXTRACT, 26, 8, 0), (EXTRACT, 23, 1, 12),
+        (LD8, _ETH_DST, 0x01), (JEQ, "unicast", 0), (SETOP, 0, OP_BCAST), "unicast",
+        (LD16, _ETH_TYPE, 0xFFFF), (JEQ, "arp", _ETHERTYPE_ARP),
+        (JNE, "end", _ETHERTYPE_IPV4),
+        (LD8, _IP + _IP_VIHL, 0xF0), (JNE, "bad", 0x40),
+        (IHL,), (EXTRACT, _IP + _IP_SRC, 8, 0), (EXTRACT, _IP + _IP_PROTO, 1, 12),
         # protocol bits first, so fragments carry them too
-        (LD8, 23, 0xFF),
-        (JNE, "not_tcp", 6), (SETOP, 0, OP_TCP), (JA, "frag"), "not_tcp",
-        (JNE, "not_udp", 17), (SETOP, 0, OP_UDP), (JA, "frag"), "not_udp",
-        (JNE, "not_icmp", 1), (SETOP, 0, OP_ICMP), (JA, "frag"), "not_icmp",
+        (LD8, _IP + _IP_PROTO, 0xFF),
+        (JNE, "not_tcp", _PROTO_TCP), (SETOP, 0, OP_TCP), (JA, "frag"), "not_tcp",
+        (JNE, "not_udp", _PROTO_UDP), (SETOP, 0, OP_UDP), (JA, "frag"), "not_udp",
+        (JNE, "not_icmp", _PROTO_ICMP), (SETOP, 0, OP_ICMP), (JA, "frag"), "not_icmp",
         (SETOP, 0, OP_IPV4),
-        "frag", (LD16, 20, 0x3FFF), (JEQ, "whole", 0),
+        "frag", (LD16, _IP + _IP_FRAG, _IP_MF | _IP_OFFSET_MASK), (JEQ, "whole", 0),
         # any fragment (the first one too) is keyed by the IP ID: no ports in non-first ones
-        (SETOP, 0, OP_FRAGMENT), (EXTRACT, 18, 2, 8), (L4LEN,), (JLE, "end", 0),
+        (SETOP, 0, OP_FRAGMENT), (EXTRACT, _IP + _IP_ID, 2, 8), (L4LEN,), (JLE, "end", 0),
         (SETOP, 0, OP_PAYLOAD), (JA, "end"),
-        "whole", (LD8, 23, 0xFF), (JEQ, "tcp", 6), (JEQ, "udp", 17), (JNE, "ip_other", 1),
-        (NEED | L4, 8), (L4LEN,), (JLE, "end", 8), (SETOP, 0, OP_PAYLOAD), (JA, "end"),
-        "ip_other", (L4LEN,), (JLE, "end", 0), (SETOP, 0, OP_PAYLOAD), (JA, "end"),
-        "tcp", (NEED | L4, 20), (EXTRACT | L4, 0, 4, 8),
-        (LD8 | L4, 13, 0x12), (JNE, "tcp_data", 0x02), (SETOP, 0, OP_SYN), "tcp_data",
-        (L4LEN,), (TAX,), (LD8 | L4, 12, 0xF0), (SHR, 2), (SUBX,), (JLE, "end", 0),
-        (SETOP, 0, OP_PAYLOAD), (JA, "end"),
-        "udp", (NEED | L4, 8), (EXTRACT | L4, 0, 4, 8), (L4LEN,), (JLE, "end", 8),
-        (SETOP, 0, OP_PAYLOAD), (JA, "end"),
-        "arp", (NEED, 42), (SETOP, 0, OP_ARP), (EXTRACT, 28, 4, 0), (EXTRACT, 38, 4, 4),
+        "whole", (LD8, _IP + _IP_PROTO, 0xFF), (JEQ, "tcp", _PROTO_TCP),
+        (JEQ, "udp", _PROTO_UDP), (JNE, "ip_other", _PROTO_ICMP),
+        (NEED | L4, _ICMP_HLEN), (L4LEN,), (JLE, "end", _ICMP_HLEN), (SETOP, 0, OP_PAYLOAD),
         (JA, "end"),
+        "ip_other", (L4LEN,), (JLE, "end", 0), (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "tcp", (NEED | L4, _TCP_HLEN), (EXTRACT | L4, _TCP_SPORT, 4, 8),
+        (LD8 | L4, _TCP_FLAGS, _TCP_SYN | _TCP_ACK_FLAG), (JNE, "tcp_data", _TCP_SYN),
+        (SETOP, 0, OP_SYN), "tcp_data",
+        (L4LEN,), (TAX,), (LD8 | L4, _TCP_OFF, 0xF0), (SHR, 2), (SUBX,), (JLE, "end", 0),
+        (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "udp", (NEED | L4, _UDP_HLEN), (EXTRACT | L4, _UDP_SPORT, 4, 8), (L4LEN,),
+        (JLE, "end", _UDP_HLEN), (SETOP, 0, OP_PAYLOAD), (JA, "end"),
+        "arp", (NEED, _ARP + _ARP_LEN), (SETOP, 0, OP_ARP), (EXTRACT, _ARP + _ARP_SPA, 4, 0),
+        (EXTRACT, _ARP + _ARP_TPA, 4, 4), (JA, "end"),
         "bad", (FAIL,),
         "end",
     ])
@@ -276,10 +306,15 @@ class Dispatcher:
         self.overload = ring_capacity // 2 if overload is None else overload
         self.free_min = free_min
         self.free_low = default_free_low(ring_capacity, free_min) if free_low is None \
-            else free_low
+            else max(free_low, free_min + 1)
         self.key = bytearray(KEY_LEN)
         self.flow = -1
         self.flow_new = False
+        # steer()'s inputs besides the frame, set by the reader: the time (per batch), the
+        # rings' depths and the pool's free slots (per frame).
+        self.now = 0
+        self.depths = array.array("H", bytes(2 * ncores))
+        self.free_slots = 0
         self.flows_table = FlowTable(flow_capacity, idle_ms, tcp_idle_ms)
         self.counters_ = array.array("I", bytes(4 * (_C_CORE + ncores)))
         self._rng = array.array("H", [(seed & 0xFFFF) or 1])
@@ -402,7 +437,7 @@ class Dispatcher:
         self._bad = 0
         return op
 
-    def _hash_core(self, key):
+    def hash_core(self, key):
         """indirection[hash(key) & (len - 1)] under the current hash settings."""
         if self._algo == _ALGO_TOEPLITZ:
             h = toeplitz_hash(key, self._mask, self._tkey, self._hout)
@@ -411,7 +446,7 @@ class Dispatcher:
         table = self.indirection
         return table[h & (len(table) - 1)]
 
-    def _new_owner(self, key):
+    def new_owner(self, key):
         """A host rule for exactly this key, else the hash through the indirection table.
         Counts nothing and writes only _hout, so a kernel may call it for a query (with its
         own scratch key) from either core."""
@@ -419,7 +454,7 @@ class Dispatcher:
             r = find_key(self._rules, self._nrules, key)
             if r >= 0:
                 return self._rule_cores[r]
-        return self._hash_core(key)
+        return self.hash_core(key)
 
     def _rule_hit(self, key):
         """The core of a host rule for exactly this key (the hit counted), or -1."""
@@ -431,11 +466,11 @@ class Dispatcher:
         return -1
 
     def _assign(self, key):
-        """_new_owner() for a frame being steered: a rule hit is counted."""
+        """new_owner() for a frame being steered: a rule hit is counted."""
         core = self._rule_hit(key)
         if core >= 0:
             return core
-        return self._hash_core(key)
+        return self.hash_core(key)
 
     def _place(self, key):
         """The core for a new connection from the network: _assign() under "hash"; under
@@ -444,7 +479,7 @@ class Dispatcher:
         core = self._rule_hit(key)
         if core >= 0:
             return core
-        core = self._hash_core(key)
+        core = self.hash_core(key)
         if self._balance == BALANCE_HASH:
             return core
         pinned = self.flows_table.pinned
@@ -482,52 +517,97 @@ class Dispatcher:
         inc32(self.counters_, reason)
         return DROP
 
-    def steer(self, buf, n, op, now, depths, free_slots):
-        """The core for this frame, ALL_CORES or DROP (counted by reason)."""
+    def steer(self, buf, n, op):
+        """The core for this frame, ALL_CORES or DROP (counted by reason), as of the
+        inputs the reader set: ``now`` (ticks_ms), ``depths`` (each ring's depth) and
+        ``free_slots`` (the pool's free slots, the frame's own counted as free).
+        (Split in steps, each frame within 11 words: a bytecode function with a larger one
+        takes it from the heap on every call, thousands of instructions on the RP2040.)"""
         self.flow = -1
         self.flow_new = False    # True when this frame opened a flow-table slot
-        ft = self.flows_table
-        ft.expire_step(now, 1)
+        self.flows_table.expire_step(self.now, 1)
         proto = op & OP_PROTO_MASK
+        if (proto == OP_TCP or proto == OP_UDP) and not op & OP_FRAGMENT and \
+                self.free_slots >= self.free_low:
+            return self._steer_flow(n, op)
+        return self._steer_other(buf, n, op, proto)
+
+    def _steer_other(self, buf, n, op, proto):
         if proto == OP_OTHER:
             if self._bad:
                 return self._drop(_C_DROP_MALFORMED)
             return self._drop(_C_DROP_OTHER)
         # packet memory pressure applies to everything, ARP included
-        if free_slots <= self.free_min:
-            return self._drop(_C_DROP_NO_BUFFER)
-        if free_slots < self.free_low and self._chance(self.free_low - free_slots,
-                                                       self.free_low - self.free_min):
-            return self._drop(_C_DROP_RED)
+        if self.free_slots < self.free_low and self._short_of_slots():
+            return DROP
         if proto == OP_ARP:
             inc32(self.counters_, _C_ALL_CORES)
             return ALL_CORES
-        key = self.key
-        slot = -1
-        movable = False
         if op & OP_FRAGMENT:
             inc32(self.counters_, _C_FRAGMENTS)
-            core = self._hash_core(key)
-        elif proto == OP_TCP or proto == OP_UDP:
-            slot = ft.lookup(key, 0)
-            if slot < 0:
-                inc32(self.counters_, _C_NEW_FLOWS)
-                if proto == OP_TCP:
-                    # only a SYN opens a connection here; a SYN-ACK answers one of ours,
-                    # whose port was picked to hash to its core
-                    owner = self._place(key) if op & OP_SYN else self._assign(key)
-                    slot = ft.insert(key, 0, owner, _F_PINNED, now)
-                else:
-                    slot = ft.insert(key, 0, self._assign(key), 0, now)
-                self.flow_new = slot >= 0
-            core = ft.owner[slot]
-            self.flow = slot
-            movable = proto == OP_UDP
+            return self._admit(self.hash_core(self.key), False)
+        if proto == OP_TCP or proto == OP_UDP:
+            return self._steer_flow(n, op)
+        if proto == OP_ICMP:
+            return self._steer_icmp(buf, n, op)
+        return self._admit(self._assign(self.key), False)
+
+    def _short_of_slots(self):
+        """(free_slots < free_low) True if the frame is dropped for want of packet
+        memory: always at or below free_min, else with a chance that grows as it nears."""
+        free = self.free_slots
+        if free <= self.free_min:
+            self._drop(_C_DROP_NO_BUFFER)
+            return True
+        if self._chance(self.free_low - free, self.free_low - self.free_min):
+            self._drop(_C_DROP_RED)
+            return True
+        return False
+
+    def _steer_icmp(self, buf, n, op):
+        # An echo request may be moved to a less loaded core (overload), other ICMP not.
+        l4 = _ETH_HLEN + ((op >> OP_IHL_SHIFT) & 0x3F) * 4
+        return self._admit(self._assign(self.key), l4 < n and buf[l4] == _ICMP_ECHO_REQUEST)
+
+    def _steer_flow(self, n, op):
+        """A TCP segment or UDP datagram (no fragment): its flow's owner, a new flow's
+        recorded first."""
+        slot = self.flows_table.lookup(self.key, 0)
+        if slot < 0:
+            slot = self._new_flow(op)
+        self.flow = slot
+        core = self._admit(self.flows_table.owner[slot], op & OP_PROTO_MASK == OP_UDP)
+        if core >= 0:
+            self.flows_table.touch(slot, n, op, self.now)
+        return core
+
+    def _new_flow(self, op):
+        inc32(self.counters_, _C_NEW_FLOWS)
+        key = self.key
+        if op & OP_PROTO_MASK == OP_TCP:
+            # only a SYN opens a connection here; a SYN-ACK answers one of ours, whose port
+            # was picked to hash to its core
+            owner = self._place(key) if op & OP_SYN else self._assign(key)
+            slot = self.flows_table.insert(key, 0, owner, _F_PINNED, self.now)
         else:
-            core = self._assign(key)
-            if proto == OP_ICMP:
-                l4 = _ETH_HLEN + ((op >> OP_IHL_SHIFT) & 0x3F) * 4
-                movable = l4 < n and buf[l4] == _ICMP_ECHO_REQUEST
+            slot = self.flows_table.insert(key, 0, self._assign(key), 0, self.now)
+        self.flow_new = slot >= 0
+        return slot
+
+    def _admit(self, core, movable):
+        """``core`` for the frame, unless its ring is crowded (see _crowded())."""
+        depth = self.depths[core]
+        if depth < self.red_min and depth < self.ring_capacity and \
+                (not movable or depth < self.overload):
+            inc32(self.counters_, _C_CORE + core)
+            return core
+        return self._crowded(core, movable)
+
+    def _crowded(self, core, movable):
+        """Overload (seed 004 Fig. 12B): a ``movable`` frame (ICMP echo request, UDP) at or
+        above `overload` goes to the least loaded core if that is less loaded; then random
+        early discard, and a full ring drops."""
+        depths = self.depths
         depth = depths[core]
         if movable and depth >= self.overload:
             k = self._least_loaded(depths)
@@ -540,8 +620,6 @@ class Dispatcher:
         if depth >= self.red_min and self._chance(depth - self.red_min,
                                                   self.red_max - self.red_min):
             return self._drop(_C_DROP_RED)
-        if slot >= 0:
-            ft.touch(slot, n, op, now)
         inc32(self.counters_, _C_CORE + core)
         return core
 
@@ -560,23 +638,12 @@ class Dispatcher:
         return self.core_for_key(self._qkey)
 
     def core_for_key(self, key):
-        """core_for() of a 13-byte key the caller built (e.g. with its own scratch buffer and
-        put_key, so core 1 can ask without touching the dispatcher's scratch key)."""
+        """core_for() of a 13-byte key the caller built (a DispatchPort, with its kernel's
+        own scratch key: the dispatcher's is core 0's). Reads the dispatcher's state only."""
         slot = self.flows_table.lookup(key, 0)
         if slot >= 0:
             return self.flows_table.owner[slot]
-        return self._new_owner(key)
-
-    def flow_opened(self, proto, src, src_off, dst, dst_off, sport, dport, core, now):
-        """Optional: a kernel claims a flow it opened (wire direction of the return flow),
-        so its owner is fixed before the first reply even if the hash changes meanwhile."""
-        put_key(self._qkey, src, src_off, dst, dst_off, proto, sport, dport)
-        ft = self.flows_table
-        slot = ft.lookup(self._qkey, 0)
-        if slot < 0:
-            ft.insert(self._qkey, 0, core, _F_PINNED if proto == _PROTO_TCP else 0, now)
-        else:
-            ft.set_owner(slot, core)
+        return self.new_owner(key)
 
     def flow_closed(self, proto, src, src_off, dst, dst_off, sport, dport):
         """A kernel finished with this flow: forget it (either direction is accepted)."""
