@@ -44,7 +44,7 @@ BOOT_HEAP_BYTES = const(65536)
 _HELD_BACK_PIECE = const(16)          # bytes of a held-back piece...
 _HELD_BACK_PIECE_COST = const(48)     # ...and the least heap one takes (object and data)
 HEAP_BYTES = const(290768)
-KERNEL_HEAP_BYTES = const(15500)
+KERNEL_HEAP_BYTES = const(16524)
 # The unix port's thread stacks are not in the GC heap (core 1's is, on rp2).
 THREAD_STACK_BYTES = const(262144)
 

@@ -8,12 +8,20 @@
 #
 # Addresses and MACs live in two flat bytearrays; times are ticks_ms values (small ints,
 # below 2**30), kept in preallocated lists. Nothing here allocates after construction.
-# Packet parsing and emission are the interface's job; this module only keeps the table.
-import time
+# Packet parsing and emission are the interface's job; this module only keeps the table
+# (refresh() knows where a received frame carries its sender's addresses).
+from time import ticks_add, ticks_diff
 
 from micropython import const
 
-from netkernel import wire
+from netkernel.wire import copy, equal, find4
+
+# Packet layout: copies of wire's (const() inlines only within a module).
+_ETH_SRC = const(6)
+_ETH_HLEN = const(14)
+_IP_SRC = const(12)
+
+_FRAME_IP_SRC = const(_ETH_HLEN + _IP_SRC)   # refresh(): a frame's IPv4 source address
 
 _FREE = const(0)
 _PENDING = const(1)
@@ -42,14 +50,14 @@ class ArpCache:
 
     def find(self, ip, off):
         """Index of the (non-free) entry for ip[off:off+4], or -1."""
-        return wire.find4(self.ips, self._state, self.size, ip, off)
+        return find4(self.ips, self._state, self.size, ip, off)
 
     def lookup(self, ip, off, now):
         """Index of a live VALID entry for ip[off:off+4] (its MAC at macs[6*i]), or -1."""
         i = self.find(ip, off)
         if i < 0 or self._state[i] != _VALID:
             return -1
-        if time.ticks_diff(self._deadline[i], now) <= 0:
+        if ticks_diff(self._deadline[i], now) <= 0:
             return -1   # past its lifetime; poll() will free it
         self._used[i] = now
         return i
@@ -66,39 +74,43 @@ class ArpCache:
             if not create:
                 return False
             i = self._claim(now)
-            wire.copy(self.ips, 4 * i, ip, ip_off, 4)
+            copy(self.ips, 4 * i, ip, ip_off, 4)
             self.learned += 1
         elif self._state[i] == _VALID:
             self.updated += 1
-            if not wire.equal(self.macs, 6 * i, mac, mac_off, 6):
+            if not equal(self.macs, 6 * i, mac, mac_off, 6):
                 self.changed += 1
         else:
             self.learned += 1
-        wire.copy(self.macs, 6 * i, mac, mac_off, 6)
+        copy(self.macs, 6 * i, mac, mac_off, 6)
         self._state[i] = _VALID
-        self._set_deadline(i, time.ticks_add(now, self.lifetime_ms))
+        self._set_deadline(i, ticks_add(now, self.lifetime_ms))
         self._used[i] = now
         return True
 
     def _set_deadline(self, i, at):
         self._deadline[i] = at
-        if not self._timed or time.ticks_diff(at, self._due) < 0:
+        if not self._timed or ticks_diff(at, self._due) < 0:
             self._due = at
             self._timed = True
 
-    def refresh(self, ip, ip_off, mac, mac_off, now):
-        """ip -> mac seen in IPv4 traffic from an on-link peer (smoltcp fills its cache so).
+    def refresh(self, frame, now):
+        """The sender of a received IPv4 frame (source address -> Ethernet source), seen in
+        traffic from an on-link peer (smoltcp fills its cache so).
 
         The common case - a live entry with the same MAC - only extends its lifetime and
         counts nothing; anything else is an ordinary update that may add the entry.
         """
-        i = self.find(ip, ip_off)
-        if i >= 0 and self._state[i] == _VALID and \
-                wire.equal(self.macs, 6 * i, mac, mac_off, 6):
-            self._deadline[i] = time.ticks_add(now, self.lifetime_ms)
+        i = self.find(frame, _FRAME_IP_SRC)
+        if i >= 0 and self._state[i] == _VALID and equal(self.macs, 6 * i, frame, _ETH_SRC, 6):
+            self._deadline[i] = ticks_add(now, self.lifetime_ms)
             self._used[i] = now
             return True
-        return self.update(ip, ip_off, mac, mac_off, now, True)
+        return self._learn(frame, now)
+
+    def _learn(self, frame, now):
+        # refresh() of a new or changed neighbour (apart: keeps refresh's frame within 11 words)
+        return self.update(frame, _FRAME_IP_SRC, frame, _ETH_SRC, now, True)
 
     def request_due(self, ip, off, now):
         """True if a request for ip may go out now; then the next one waits retry_ms.
@@ -108,17 +120,17 @@ class ArpCache:
         """
         i = self.find(ip, off)
         if i >= 0 and self._state[i] == _PENDING:
-            if time.ticks_diff(self._deadline[i], now) > 0:
+            if ticks_diff(self._deadline[i], now) > 0:
                 self.rate_limited += 1
                 return False
         elif i >= 0 and self._state[i] == _VALID and \
-                time.ticks_diff(self._deadline[i], now) > 0:
+                ticks_diff(self._deadline[i], now) > 0:
             return False   # resolved after all; nothing to ask
         if i < 0:
             i = self._claim(now)
-            wire.copy(self.ips, 4 * i, ip, off, 4)
+            copy(self.ips, 4 * i, ip, off, 4)
         self._state[i] = _PENDING
-        self._set_deadline(i, time.ticks_add(now, self.retry_ms))
+        self._set_deadline(i, ticks_add(now, self.retry_ms))
         self._used[i] = now
         return True
 
@@ -132,14 +144,14 @@ class ArpCache:
             s = state[i]
             if s == _FREE:
                 return i
-            if time.ticks_diff(self._deadline[i], now) <= 0:
+            if ticks_diff(self._deadline[i], now) <= 0:
                 rank = 0          # dead already
             elif s == _PENDING:
                 rank = 1          # costs only a rate limit
             else:
                 rank = 2          # a live neighbour
             if rank < best_rank or (rank == best_rank and
-                                    time.ticks_diff(self._used[i], self._used[best]) < 0):
+                                    ticks_diff(self._used[i], self._used[best]) < 0):
                 best = i
                 best_rank = rank
             i += 1
@@ -150,7 +162,7 @@ class ArpCache:
 
     def expire(self, now):
         """Free entries past their deadline (VALID: lifetime over; PENDING: wait over)."""
-        if not self._timed or time.ticks_diff(self._due, now) > 0:
+        if not self._timed or ticks_diff(self._due, now) > 0:
             return            # per poll, so nothing before the earliest deadline
         state = self._state
         timed = False
@@ -159,11 +171,11 @@ class ArpCache:
         while i < self.size:
             if state[i] != _FREE:
                 d = self._deadline[i]
-                if time.ticks_diff(d, now) <= 0:
+                if ticks_diff(d, now) <= 0:
                     if state[i] == _VALID:
                         self.expired += 1
                     state[i] = _FREE
-                elif not timed or time.ticks_diff(d, due) < 0:
+                elif not timed or ticks_diff(d, due) < 0:
                     due = d
                     timed = True
             i += 1
@@ -175,7 +187,7 @@ class ArpCache:
         deadline moved on and is looked at when the old one passes): 0 overdue, -1 none."""
         if not self._timed:
             return -1
-        d = time.ticks_diff(self._due, now)
+        d = ticks_diff(self._due, now)
         return d if d > 0 else 0
 
     def flush(self):

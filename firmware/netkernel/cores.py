@@ -66,16 +66,14 @@ class LockedNic:
         self.nic = nic
         self.lock = lock
 
+    # (No local for the lock: a frame over 11 words is taken from the heap on every call.)
     def send(self, buf, n):
-        lock = self.lock
-        lock.acquire()
+        self.lock.acquire()
         try:
             return self.nic.send(buf, n)
         finally:
-            lock.release()
+            self.lock.release()
 
-    # (recv_into and clear_interrupt keep their frame within 11 words, so MicroPython puts
-    # it on the C stack: a larger one is taken from the heap on every call.)
     def recv_into(self, buf):
         self.lock.acquire()
         try:
@@ -143,6 +141,9 @@ def _core_loop(kernel, ctl, wait_event, reader, bell, sleep_state):
         except Exception as e:     # count and carry on: the core must keep its flows
             kernel.errors += 1
             kernel.last_error = e
+            kernel.recover()
+            if reader is not None:
+                reader.unlock_after_error(core)
             more = False
         if not more:
             kernel.idle_sleeps += 1

@@ -65,6 +65,8 @@ class HostLink:
         return n
 
     def _on_frame(self, buf, n):
+        # The I2O kinds first; the others in methods of their own, so that this frame, on
+        # every host message, stays within 11 words (a larger one comes from the heap).
         kind = buf[0]
         mu = self.msgunit
         if kind == lf.KIND_I2O_POST and mu is not None:
@@ -74,42 +76,53 @@ class HostLink:
         elif kind == lf.KIND_I2O_INIT and mu is not None:
             mu.on_init(buf, n)
         elif kind == lf.KIND_ECHO_REQUEST:
-            r = self._reply
-            r[0] = lf.KIND_ECHO_REPLY
-            copy(r, 1, buf, 1, n - 1)
-            self.send(r, n)
+            self._echo(buf, n)
         elif kind == lf.KIND_WIRE_TX:
-            length = n - 1
-            if length < 14 or length > 1514:
-                self.bad_request += 1
-                return
-            f = self.wire_frame
-            copy(f, 0, buf, 1, length)
-            self._node.wire_tx(f, length)
-            self.wire_tx_frames += 1
+            self._wire_tx(buf, n)
         elif kind == lf.KIND_STATS_REQUEST:
             self.send_text(lf.KIND_STATS_REPLY, self._node.stats_text())
         elif kind == lf.KIND_FLOWS_REQUEST:
             self.send_text(lf.KIND_FLOWS_REPLY, self._node.flows_text(), 0x0A)
         elif kind == lf.KIND_CONFIG:
-            try:
-                text = bytes(buf[1:n]).decode()
-            except UnicodeError:
-                self.bad_request += 1
-                self._config_reply(22, "settings must be ASCII")
-                return
-            status, msg = self._node.configure(text)
-            self._config_reply(status, msg)
+            self._configure(buf, n)
         elif kind == lf.KIND_TCP_TEST and n == 11:
-            ip = bytes(buf[1:5])
-            port, nbytes = struct.unpack_from(">HI", buf, 5)
-            if not self._node.start_tcp_test(ip, port, nbytes, self._tcp_test_done):
-                self._tcp_test_done(95, 0, 0, 0)      # EOPNOTSUPP: no services running
+            self._tcp_test(buf)
+        elif kind == lf.KIND_TCP_TEST:
+            self.bad_request += 1
         else:
-            if kind == lf.KIND_TCP_TEST:
-                self.bad_request += 1
-            else:
-                self.unknown_kind += 1
+            self.unknown_kind += 1
+
+    def _echo(self, buf, n):
+        r = self._reply
+        r[0] = lf.KIND_ECHO_REPLY
+        copy(r, 1, buf, 1, n - 1)
+        self.send(r, n)
+
+    def _wire_tx(self, buf, n):
+        length = n - 1
+        if length < 14 or length > 1514:
+            self.bad_request += 1
+            return
+        f = self.wire_frame
+        copy(f, 0, buf, 1, length)
+        self._node.wire_tx(f, length)
+        self.wire_tx_frames += 1
+
+    def _configure(self, buf, n):
+        try:
+            text = bytes(buf[1:n]).decode()
+        except UnicodeError:
+            self.bad_request += 1
+            self._config_reply(22, "settings must be ASCII")
+            return
+        status, msg = self._node.configure(text)
+        self._config_reply(status, msg)
+
+    def _tcp_test(self, buf):
+        ip = bytes(buf[1:5])
+        port, nbytes = struct.unpack_from(">HI", buf, 5)
+        if not self._node.start_tcp_test(ip, port, nbytes, self._tcp_test_done):
+            self._tcp_test_done(95, 0, 0, 0)      # EOPNOTSUPP: no services running
 
     def _config_reply(self, status, msg):
         r = self._reply
@@ -230,13 +243,14 @@ class HostLink:
         if self._pend:
             self.tx_dropped += 1      # an I2O frame is still going out: it comes first
             return
-        total = lf.encode_into(payload, n, self._out)
+        n = lf.encode_into(payload, n, self._out)    # n: the frame's length from here
         done = 0
         for _ in range(_WRITE_TRIES):
-            if done == total:
+            if done == n:
                 break
-            done += self._stream.write(self._out_view[done:total]) or 0
-        if done == total:
+            # (done added last: a shallower stack keeps this frame within 11 words)
+            done = (self._stream.write(self._out_view[done:n]) or 0) + done
+        if done == n:
             self.tx_frames += 1
         else:
             self.tx_dropped += 1

@@ -1,7 +1,8 @@
 # The interface: Ethernet II, ARP, IPv4 in and out (routing, reassembly, fragmentation), ICMP.
 #
 # smoltcp's `iface` for one Ethernet port: ingress runs one frame through every layer to
-# completion (input), egress builds one datagram in `tx` and hands it to the NIC (send_ipv4),
+# completion (input), egress builds one datagram in `tx` and hands it to the NIC (send_l4 for
+# a transport segment already in `tx`, send_ipv4 for the general case and fragmentation),
 # maintenance runs the ARP and reassembly timers (poll / poll_at). Packet layout comes from
 # `wire`; the neighbour table lives in `arp`, reassembly in `reasm`.
 #
@@ -11,19 +12,32 @@
 # - input() validates every length and field before using it, so malformed frames are counted
 #   by reason and dropped, never an exception. It never writes into the frame it was given
 #   (the dispatcher may hand the same frame to both cores).
-# - Everything we send is built in `tx` (ARP replies and requests too). A send_ipv4 that fails
-#   may leave `tx` overwritten (an ARP request goes out in it), which is fine: the caller keeps
+# - Everything we send is built in `tx` (ARP replies and requests too). A send that fails may
+#   leave `tx` overwritten (an ARP request goes out in it), which is fine: the caller keeps
 #   its data and builds the segment again when it retries.
-# - No frame queue behind an unresolved neighbour (smoltcp's rule): send_ipv4 sends an ARP
+# - No frame queue behind an unresolved neighbour (smoltcp's rule): a send sends an ARP
 #   request (at most one per address per arp_retry_ms) and returns False; the caller retries.
+# - Per-frame functions keep their bytecode frame within 11 words (locals + value stack):
+#   MicroPython takes a larger one from the heap on every call.
 import time
 
 from micropython import const
 
-from netkernel import wire
 from netkernel.arp import ArpCache
 from netkernel.reasm import Reassembler
 from netkernel.w5500 import FRAME_BUFFER_SIZE
+from netkernel.wire import (
+    checksum,
+    copy,
+    earliest,
+    equal,
+    fill,
+    get16,
+    masked_equal,
+    pseudo_header_sum,
+    put16,
+    tcp_frame_check,
+)
 
 # Packet layout: copies of wire's (const() inlines only within a module).
 _ETH_DST = const(0)
@@ -105,10 +119,10 @@ _BCAST_IP = b"\xff\xff\xff\xff"
 def _sum(buf, off, n, acc):
     """wire.checksum over any length: chunks keep viper's 32-bit accumulator from overflowing."""
     while n > _SUM_CHUNK:
-        acc = wire.checksum(buf, off, _SUM_CHUNK, acc)
+        acc = checksum(buf, off, _SUM_CHUNK, acc)
         off += _SUM_CHUNK
         n -= _SUM_CHUNK
-    return wire.checksum(buf, off, n, acc)
+    return checksum(buf, off, n, acc)
 
 
 def _is_icmp_query(t):
@@ -129,12 +143,15 @@ class Interface:
         self._bcast = bytearray(4)        # subnet broadcast
         self._subnet_bcast = False        # prefixes /31 and /32 have none (RFC 3021)
         self._have_ip = False
+        self._have_gateway = False
         self.set_address(ip, prefix, gateway)
         # Every core learns from ARP; one answers (several cores share one address and MAC).
         self.arp_responder = True
         self.tx = bytearray(FRAME_BUFFER_SIZE)
-        self._dst = bytearray(4)          # send_ipv4's destination, copied out of the caller's
+        self._dst = bytearray(4)          # where we send to (copied out of the caller's buffer)
         self._nexthop = bytearray(4)
+        self._l4_off = 0                  # the transport part of the datagram _deliver hands on
+        self._l4_len = 0
         self.ip_id = 0                    # next IPv4 identification
         self.ip_id_step = 1               # two stacks share one address: give them disjoint IDs
         # Multi-kernel hook: None, or handoff(buf, ip_off, total, now) -> True when a
@@ -226,6 +243,7 @@ class Interface:
             self._bcast[i] = ip[i] | (~self.netmask[i] & 0xFF)
         self._subnet_bcast = prefix <= 30
         self._have_ip = ip[0] | ip[1] | ip[2] | ip[3] != 0
+        self._have_gateway = gateway[0] | gateway[1] | gateway[2] | gateway[3] != 0
 
     # == Ethernet ============================================================================
 
@@ -240,35 +258,31 @@ class Interface:
         if n > len(buf):
             self.eth_bad_length += 1
             return
-        if self._have_ip:
-            l4 = wire.tcp_frame_check(buf, n, self.mac, self.ip, self._bcast)
-            if l4 > 0:
-                self.ip_rx += 1
-                self.ip_delivered += 1
-                if self._on_link(buf, _IP + _IP_SRC):
-                    self.arp.refresh(buf, _IP + _IP_SRC, buf, _ETH_SRC, now)
-                self.stack.tcp.input(buf, _IP, L4_OFF, l4, now)
-                return
+        if self._have_ip and tcp_frame_check(buf, n, self.mac, self.ip, self._bcast) > 0:
+            self.ip_rx += 1
+            self.ip_delivered += 1
+            if self._on_link(buf, _IP + _IP_SRC):
+                self.arp.refresh(buf, now)
+            # n: the TCP length from here, no IPv4 options (reused: keeps this frame within
+            # 11 words)
+            n = get16(buf, _IP + _IP_LEN) - _IP_HLEN
+            self.stack.tcp.input(buf, _IP, L4_OFF, n, now)
+            return
         if n < _ETH_HLEN:
             self.eth_too_short += 1
             return
-        l2_bcast = False
-        if not wire.equal(buf, _ETH_DST, self.mac, 0, 6):
-            if wire.equal(buf, _ETH_DST, _BCAST_MAC, 0, 6):
-                l2_bcast = True
-            elif buf[_ETH_DST] & 1:
+        if not (equal(buf, _ETH_DST, self.mac, 0, 6) or equal(buf, _ETH_DST, _BCAST_MAC, 0, 6)):
+            if buf[_ETH_DST] & 1:
                 self.eth_multicast += 1      # we join no groups
-                return
             else:
                 self.eth_not_for_us += 1
-                return
+            return
         if buf[_ETH_SRC] & 1:
             self.eth_bad_src += 1            # a group address is never a sender
             return
-        ethertype = (buf[_ETH_TYPE] << 8) | buf[_ETH_TYPE + 1]
-        if ethertype == _ETHERTYPE_IPV4:
-            self._ipv4_input(buf, n, l2_bcast, now)
-        elif ethertype == _ETHERTYPE_ARP:
+        if get16(buf, _ETH_TYPE) == _ETHERTYPE_IPV4:
+            self._ipv4_input(buf, n, now)
+        elif get16(buf, _ETH_TYPE) == _ETHERTYPE_ARP:
             self._arp_input(buf, n, now)
         else:
             self.eth_unknown_type += 1
@@ -282,8 +296,8 @@ class Interface:
 
     def _eth_header(self, dst, dst_off, ethertype):
         t = self.tx
-        wire.copy(t, _ETH_DST, dst, dst_off, 6)
-        wire.copy(t, _ETH_SRC, self.mac, 0, 6)
+        copy(t, _ETH_DST, dst, dst_off, 6)
+        copy(t, _ETH_SRC, self.mac, 0, 6)
         t[_ETH_TYPE] = ethertype >> 8
         t[_ETH_TYPE + 1] = ethertype & 0xFF
 
@@ -294,10 +308,10 @@ class Interface:
         if n < _ARP + _ARP_LEN:
             self.arp_too_short += 1
             return
-        if wire.get16(buf, _ARP + _ARP_HTYPE) != _ARP_HTYPE_ETH:
+        if get16(buf, _ARP + _ARP_HTYPE) != _ARP_HTYPE_ETH:
             self.arp_bad_htype += 1
             return
-        if wire.get16(buf, _ARP + _ARP_PTYPE) != _ETHERTYPE_IPV4:
+        if get16(buf, _ARP + _ARP_PTYPE) != _ETHERTYPE_IPV4:
             self.arp_bad_ptype += 1
             return
         if buf[_ARP + _ARP_HLEN] != 6:
@@ -306,24 +320,24 @@ class Interface:
         if buf[_ARP + _ARP_PLEN] != 4:
             self.arp_bad_plen += 1
             return
-        oper = wire.get16(buf, _ARP + _ARP_OPER)
+        oper = get16(buf, _ARP + _ARP_OPER)
         if oper != _ARP_REQUEST and oper != _ARP_REPLY:
             self.arp_bad_oper += 1
             return
-        if buf[_ARP + _ARP_SHA] & 1 or wire.equal(buf, _ARP + _ARP_SHA, self.mac, 0, 6):
+        if buf[_ARP + _ARP_SHA] & 1 or equal(buf, _ARP + _ARP_SHA, self.mac, 0, 6):
             self.arp_bad_sender += 1         # group or our own hardware address
             return
-        if self._have_ip and wire.equal(buf, _ARP + _ARP_SPA, self.ip, 0, 4):
+        if self._have_ip and equal(buf, _ARP + _ARP_SPA, self.ip, 0, 4):
             self.arp_conflict += 1           # another station claims our address
             return
         if oper == _ARP_REQUEST:
             self.arp_rx_requests += 1
         else:
             self.arp_rx_replies += 1
-        for_us = self._have_ip and wire.equal(buf, _ARP + _ARP_TPA, self.ip, 0, 4)
+        for_us = self._have_ip and equal(buf, _ARP + _ARP_TPA, self.ip, 0, 4)
         # RFC 826 merge: refresh a known sender from any ARP packet (gratuitous ARP moves it);
         # add it only when the packet was meant for us. Probes (sender 0.0.0.0) teach nothing.
-        if self._is_unicast(buf, _ARP + _ARP_SPA) and self._on_link(buf, _ARP + _ARP_SPA):
+        if self._is_peer(buf, _ARP + _ARP_SPA) and self._on_link(buf, _ARP + _ARP_SPA):
             self.arp.update(buf, _ARP + _ARP_SPA, buf, _ARP + _ARP_SHA, now, for_us)
         if oper == _ARP_REQUEST and for_us and self.arp_responder:
             if self._arp_send(_ARP_REPLY, buf, _ARP + _ARP_SHA, buf, _ARP + _ARP_SHA,
@@ -342,10 +356,10 @@ class Interface:
         t[_ARP + _ARP_PLEN] = 4
         t[_ARP + _ARP_OPER] = 0
         t[_ARP + _ARP_OPER + 1] = oper
-        wire.copy(t, _ARP + _ARP_SHA, self.mac, 0, 6)
-        wire.copy(t, _ARP + _ARP_SPA, self.ip, 0, 4)
-        wire.copy(t, _ARP + _ARP_THA, tha, tha_off, 6)
-        wire.copy(t, _ARP + _ARP_TPA, tpa, tpa_off, 4)
+        copy(t, _ARP + _ARP_SHA, self.mac, 0, 6)
+        copy(t, _ARP + _ARP_SPA, self.ip, 0, 4)
+        copy(t, _ARP + _ARP_THA, tha, tha_off, 6)
+        copy(t, _ARP + _ARP_TPA, tpa, tpa_off, 4)
         return self._transmit(_ARP_FRAME)
 
     def announce(self, now):
@@ -359,10 +373,10 @@ class Interface:
 
     # == IPv4 input ==========================================================================
 
-    def _ipv4_input(self, buf, n, l2_bcast, now):
+    def _ipv4_input(self, buf, n, now):
         self.ip_rx += 1
-        avail = n - _IP
-        if avail < _IP_HLEN:
+        n -= _IP                           # n: the bytes after the Ethernet header
+        if n < _IP_HLEN:
             self.ip_too_short += 1
             return
         if buf[_IP] >> 4 != 4:
@@ -372,140 +386,157 @@ class Interface:
         if ihl < _IP_HLEN:
             self.ip_bad_ihl += 1
             return
-        if ihl > avail:
+        if ihl > n:
             self.ip_too_short += 1
             return
-        if wire.checksum(buf, _IP, ihl, 0) != 0xFFFF:
+        if checksum(buf, _IP, ihl, 0) != 0xFFFF:
             self.ip_bad_checksum += 1
             return
-        total = wire.get16(buf, _IP + _IP_LEN)
-        if total < ihl:
-            self.ip_bad_length += 1
-            return
-        if total > avail:
+        if get16(buf, _IP + _IP_LEN) > n:
             self.ip_truncated += 1         # bytes beyond total are Ethernet padding: fine
             return
-        if (not self._is_unicast(buf, _IP + _IP_SRC)
-                or wire.equal(buf, _IP + _IP_SRC, self.ip, 0, 4)):
+        # n: the datagram's total length from here (reused: keeps this frame within 11 words)
+        n = get16(buf, _IP + _IP_LEN)
+        if n < ihl:
+            self.ip_bad_length += 1
+            return
+        if not self._is_peer(buf, _IP + _IP_SRC):
             self.ip_bad_src += 1           # RFC 1122 3.2.1.3: broadcast/multicast sources
             return
         kind = self._dst_kind(buf, _IP + _IP_DST)
         if kind == _NOT_OURS:
             self.ip_not_for_us += 1        # a host does not forward
             return
-        if kind == _UNICAST and l2_bcast:
+        # input() let through only our MAC and broadcast: a group bit is the broadcast
+        if kind == _UNICAST and buf[_ETH_DST] & 1:
             self.ip_l2_bcast_unicast += 1  # RFC 1122 3.3.6: discard
             return
         if ihl > _IP_HLEN:
             self.ip_options += 1           # skipped: only IHL is trusted, never their content
-        proto = buf[_IP + _IP_PROTO]
-        if kind == _BROADCAST and proto != _PROTO_UDP:
+        if kind == _BROADCAST and buf[_IP + _IP_PROTO] != _PROTO_UDP:
             self.ip_bcast_not_udp += 1
             return
         if kind == _UNICAST and self._on_link(buf, _IP + _IP_SRC):
             # smoltcp fills the neighbour cache from on-link IPv4 traffic too: a peer that
             # talks to us keeps its entry alive, so replies never stall on an expired entry.
-            self.arp.refresh(buf, _IP + _IP_SRC, buf, _ETH_SRC, now)
-        if proto != _PROTO_ICMP and proto != _PROTO_TCP and proto != _PROTO_UDP:
-            self.ip_unknown_protocol += 1
-            self._icmp_error(buf, _IP, _ICMP_UNREACH, _UNREACH_PROTOCOL, now)
+            self.arp.refresh(buf, now)
+        kind = buf[_IP + _IP_PROTO]        # kind: the protocol from here
+        if kind != _PROTO_ICMP and kind != _PROTO_TCP and kind != _PROTO_UDP:
+            self._protocol_unreachable(buf, now)
             return
-        if wire.get16(buf, _IP + _IP_FRAG) & (_IP_MF | _IP_OFFSET_MASK):
-            self._reassemble(buf, ihl, total, kind == _BROADCAST, now)
+        if get16(buf, _IP + _IP_FRAG) & (_IP_MF | _IP_OFFSET_MASK):
+            self._reassemble(buf, ihl, now)
             return
-        self._deliver(buf, _IP, ihl, total, kind == _BROADCAST, now)
+        self._deliver(buf, _IP, now)
 
-    def _reassemble(self, buf, ihl, total, bcast, now):
+    def _protocol_unreachable(self, buf, now):
+        # (apart: keeps _ipv4_input's frame within 11 words)
+        self.ip_unknown_protocol += 1
+        self._icmp_error(buf, _IP, _ICMP_UNREACH, _UNREACH_PROTOCOL, now)
+
+    def _reassemble(self, buf, ihl, now):
         r = self.reasm
-        s = r.input(buf, _IP, ihl, total, now)
+        s = r.input(buf, _IP, ihl, get16(buf, _IP + _IP_LEN), now)
         if s < 0:
             return
         b = r.base[s]
         try:
             h = self.handoff
-            if h is None or not h(r.pool, b, wire.get16(r.pool, b + _IP_LEN), now):
-                self._deliver(r.pool, b, _IP_HLEN, wire.get16(r.pool, b + _IP_LEN), bcast, now)
+            if h is None or not h(r.pool, b, get16(r.pool, b + _IP_LEN), now):
+                self._deliver(r.pool, b, now)
         finally:
             r.release(s)
 
     def deliver_handoff(self, buf, ip_off, total, now):
-        """A reassembled datagram handed over by another core's handoff hook."""
-        ihl = (buf[ip_off] & 0x0F) << 2
-        bcast = self._dst_kind(buf, ip_off + _IP_DST) == _BROADCAST
-        self._deliver(buf, ip_off, ihl, total, bcast, now)
+        """A reassembled datagram handed over by another core's handoff hook (its header
+        carries total, as the pool's does)."""
+        self._deliver(buf, ip_off, now)
 
-    def _deliver(self, buf, ip_off, ihl, total, bcast, now):
-        """A whole datagram for us (a frame, or the reassembly pool) to its transport."""
+    def _deliver(self, buf, ip_off, now):
+        """A whole datagram for us (a frame, or the reassembly pool) to its transport.
+
+        Where its transport part is, and how long, go in _l4_off and _l4_len for the input
+        below (attributes, not arguments: keeps each frame within 11 words)."""
         self.ip_delivered += 1
+        ihl = (buf[ip_off] & 0x0F) << 2
+        self._l4_off = ip_off + ihl
+        self._l4_len = get16(buf, ip_off + _IP_LEN) - ihl
         proto = buf[ip_off + _IP_PROTO]
-        l4 = ip_off + ihl
-        n = total - ihl
         if proto == _PROTO_TCP:
-            self._tcp_input(buf, ip_off, l4, n, now)
+            self._tcp_input(buf, ip_off, now)
         elif proto == _PROTO_UDP:
-            self._udp_input(buf, ip_off, l4, n, bcast, now)
+            self._udp_input(buf, ip_off, now)
         else:
-            self._icmp_input(buf, ip_off, l4, n, now)
+            self._icmp_input(buf, ip_off, now)
 
-    def _l4_sum(self, buf, ip_off, proto, off, n):
-        return _sum(buf, off, n, wire.pseudo_header_sum(buf, ip_off, proto, n))
+    def _l4_sum(self, buf, ip_off, proto, n):
+        """The transport checksum's sum over n bytes at _l4_off, pseudo header included."""
+        acc = pseudo_header_sum(buf, ip_off, proto, n)
+        return _sum(buf, self._l4_off, n, acc)
 
-    def _tcp_input(self, buf, ip_off, l4, n, now):
-        if n < _TCP_HLEN:
+    def _tcp_input(self, buf, ip_off, now):
+        if self._l4_len < _TCP_HLEN:
             self.ip_tcp_too_short += 1
             return
-        if self._l4_sum(buf, ip_off, _PROTO_TCP, l4, n) != 0xFFFF:
+        if self._l4_sum(buf, ip_off, _PROTO_TCP, self._l4_len) != 0xFFFF:
             self.ip_tcp_bad_checksum += 1
             return
-        self.stack.tcp.input(buf, ip_off, l4, n, now)
+        self.stack.tcp.input(buf, ip_off, self._l4_off, self._l4_len, now)
 
-    def _udp_input(self, buf, ip_off, l4, n, bcast, now):
-        if n >= _UDP_HLEN:
-            ulen = wire.get16(buf, l4 + _UDP_LEN)
-            # Verify when the sender computed one (0 = none, allowed in IPv4). A bad length
-            # is left to Udp.input, which counts it.
-            if _UDP_HLEN <= ulen <= n and (buf[l4 + _UDP_CSUM] | buf[l4 + (_UDP_CSUM + 1)]):
-                if self._l4_sum(buf, ip_off, _PROTO_UDP, l4, ulen) != 0xFFFF:
-                    self.ip_udp_bad_checksum += 1
-                    return
-        if self.stack.udp.input(buf, ip_off, l4, n, now):
+    def _udp_input(self, buf, ip_off, now):
+        if self._udp_sum_bad(buf, ip_off):
+            self.ip_udp_bad_checksum += 1
             return
-        if not bcast:
+        if self.stack.udp.input(buf, ip_off, self._l4_off, self._l4_len, now):
+            return
+        if self._dst_kind(buf, ip_off + _IP_DST) != _BROADCAST:
             self._icmp_error(buf, ip_off, _ICMP_UNREACH, _UNREACH_PORT, now)
 
+    def _udp_sum_bad(self, buf, ip_off):
+        """A checksum the sender computed (0 = none, allowed in IPv4) that is wrong. A bad
+        length is left to Udp.input, which counts it."""
+        off = self._l4_off
+        if self._l4_len < _UDP_HLEN or not (buf[off + _UDP_CSUM] | buf[off + (_UDP_CSUM + 1)]):
+            return False
+        n = get16(buf, off + _UDP_LEN)
+        if n < _UDP_HLEN or n > self._l4_len:
+            return False
+        return self._l4_sum(buf, ip_off, _PROTO_UDP, n) != 0xFFFF
+
     def _dst_kind(self, buf, off):
-        if self._have_ip and wire.equal(buf, off, self.ip, 0, 4):
+        if self._have_ip and equal(buf, off, self.ip, 0, 4):
             return _UNICAST
-        if wire.equal(buf, off, _BCAST_IP, 0, 4):
+        if equal(buf, off, _BCAST_IP, 0, 4):
             return _BROADCAST
-        if self._subnet_bcast and wire.equal(buf, off, self._bcast, 0, 4):
+        if self._subnet_bcast and equal(buf, off, self._bcast, 0, 4):
             return _BROADCAST
         return _NOT_OURS
 
-    def _is_unicast(self, buf, off):
-        """Could this address be one host? Not 0/8, loopback, multicast, class E, broadcast."""
+    def _is_peer(self, buf, off):
+        """Could this address be one other host? Not 0/8, loopback, multicast, class E,
+        broadcast, nor our own."""
         b0 = buf[off]
-        if b0 == 0 or b0 == 127 or b0 >= 224:
+        if b0 == 0 or b0 == 127 or b0 >= 224 or equal(buf, off, self.ip, 0, 4):
             return False
-        return not (self._subnet_bcast and wire.equal(buf, off, self._bcast, 0, 4))
+        return not (self._subnet_bcast and equal(buf, off, self._bcast, 0, 4))
 
     def _on_link(self, buf, off):
-        return wire.masked_equal(buf, off, self.ip, 0, self.netmask)
+        return masked_equal(buf, off, self.ip, 0, self.netmask)
 
     # == ICMP ================================================================================
 
-    def _icmp_input(self, buf, ip_off, l4, n, now):
+    def _icmp_input(self, buf, ip_off, now):
         self.icmp_rx += 1
-        if n < _ICMP_HLEN:
+        if self._l4_len < _ICMP_HLEN:
             self.icmp_too_short += 1
             return
-        if _sum(buf, l4, n, 0) != 0xFFFF:
+        if _sum(buf, self._l4_off, self._l4_len, 0) != 0xFFFF:
             self.icmp_bad_checksum += 1
             return
-        kind = buf[l4]
+        kind = buf[self._l4_off]
         if kind == _ICMP_ECHO_REQUEST:
             self.icmp_rx_echo_requests += 1
-            self._echo_reply(buf, ip_off, l4, n, now)
+            self._echo_reply(buf, ip_off, now)
         elif kind == _ICMP_ECHO_REPLY:
             self.icmp_rx_echo_replies += 1
         elif kind == _ICMP_UNREACH:
@@ -515,14 +546,27 @@ class Interface:
         else:
             self.icmp_rx_other += 1
 
-    def _echo_reply(self, buf, ip_off, l4, n, now):
+    def _echo_reply(self, buf, ip_off, now):
         """Same identifier, sequence and data back to the sender (fragmented if need be)."""
+        if self._l4_len > _MTU - _IP_HLEN:
+            self._echo_reply_fragmented(buf, ip_off, now)
+            return
+        copy(self.tx, L4_OFF, buf, self._l4_off, self._l4_len)
+        self.tx[L4_OFF + _ICMP_TYPE] = _ICMP_ECHO_REPLY
+        self.tx[L4_OFF + _ICMP_CODE] = 0
+        if self.send_l4(_PROTO_ICMP, buf, ip_off + _IP_SRC, self._l4_len, now):
+            self.icmp_tx_echo_replies += 1
+        else:
+            self.icmp_tx_failed += 1
+
+    def _echo_reply_fragmented(self, buf, ip_off, now):
+        # (apart: keeps _echo_reply's frame within 11 words)
         t = self.tx
-        wire.copy(t, L4_OFF, buf, l4, _ICMP_HLEN)
+        copy(t, L4_OFF, buf, self._l4_off, _ICMP_HLEN)
         t[L4_OFF + _ICMP_TYPE] = _ICMP_ECHO_REPLY
         t[L4_OFF + _ICMP_CODE] = 0
         if self.send_ipv4(_PROTO_ICMP, buf, ip_off + _IP_SRC, t, L4_OFF, _ICMP_HLEN,
-                          buf, l4 + _ICMP_HLEN, n - _ICMP_HLEN, now):
+                          buf, self._l4_off + _ICMP_HLEN, self._l4_len - _ICMP_HLEN, now):
             self.icmp_tx_echo_replies += 1
         else:
             self.icmp_tx_failed += 1
@@ -535,11 +579,11 @@ class Interface:
         the offending IPv4 header and the first 8 bytes of its payload; rate-limited.
         """
         ihl = (buf[ip_off] & 0x0F) << 2
-        total = wire.get16(buf, ip_off + _IP_LEN)
-        if (wire.get16(buf, ip_off + _IP_FRAG) & _IP_OFFSET_MASK
+        total = get16(buf, ip_off + _IP_LEN)
+        if (get16(buf, ip_off + _IP_FRAG) & _IP_OFFSET_MASK
                 or not self._have_ip
-                or not wire.equal(buf, ip_off + _IP_DST, self.ip, 0, 4)
-                or not self._is_unicast(buf, ip_off + _IP_SRC)
+                or not equal(buf, ip_off + _IP_DST, self.ip, 0, 4)
+                or not self._is_peer(buf, ip_off + _IP_SRC)
                 or (buf[ip_off + _IP_PROTO] == _PROTO_ICMP and
                     (total <= ihl or not _is_icmp_query(buf[ip_off + ihl])))):
             self.icmp_suppressed += 1
@@ -553,7 +597,7 @@ class Interface:
         t = self.tx
         t[L4_OFF + _ICMP_TYPE] = kind
         t[L4_OFF + _ICMP_CODE] = code
-        wire.fill(t, L4_OFF + _ICMP_CSUM, _ICMP_HLEN - _ICMP_CSUM, 0)
+        fill(t, L4_OFF + _ICMP_CSUM, _ICMP_HLEN - _ICMP_CSUM, 0)
         if self.send_ipv4(_PROTO_ICMP, buf, ip_off + _IP_SRC, t, L4_OFF, _ICMP_HLEN,
                           buf, ip_off, ihl + quote, now):
             if kind == _ICMP_UNREACH:
@@ -586,38 +630,57 @@ class Interface:
 
     # == IPv4 output =========================================================================
 
+    def send_l4(self, proto, dst, dst_off, l4_len, now):
+        """Send the l4_len transport bytes (header and payload) already in tx at L4_OFF to
+        dst[dst_off:+4], in one frame: at most _MTU - 20 bytes, else False (send_ipv4
+        fragments). Computes the transport checksum and adds the IPv4 and Ethernet
+        headers. Returns what the NIC returned; False also when the neighbour is still
+        being resolved, so the caller retries later."""
+        if l4_len > _MTU - _IP_HLEN:
+            self.ip_tx_too_big += 1
+            return False
+        if not self._link_dst(dst, dst_off, now):
+            return False
+        self._ip_header(proto)
+        self._l4_checksum(proto, l4_len)
+        self.ip_tx += 1
+        return self._emit(l4_len, 0)
+
     def send_ipv4(self, proto, dst, dst_off, hdr, hdr_off, hdr_len, data, data_off, data_len,
                   now, df=False):
         """Send transport header hdr[hdr_off:+hdr_len] + payload data[data_off:+data_len].
 
-        Computes the transport checksum, adds the IPv4 and Ethernet headers, fragments when
-        the datagram is larger than the MTU (unless df). In place - hdr is tx at L4_OFF and
-        data, if any, follows it in tx - nothing is copied. Returns what the NIC returned;
-        False also when the neighbour is still being resolved, so the caller retries later.
+        The general form of send_l4: copies header and payload into tx where they are not
+        already (hdr at L4_OFF, data right after it), fragments when the datagram is larger
+        than the MTU (unless df; then the payload stays where it is and goes out piece by
+        piece). Returns what the NIC returned, or False as send_l4 does.
         """
         if data is None:
             data_len = 0
-        l4_len = hdr_len + data_len
-        if l4_len + _IP_HLEN > 65535 or hdr_len > _FRAG_MAX:
-            self.ip_tx_too_big += 1
-            return False
-        if l4_len + _IP_HLEN > _MTU and df:
-            self.ip_tx_df_drop += 1
-            return False
-        d = self._dst
-        wire.copy(d, 0, dst, dst_off, 4)
-        if not self._link_dst(d, now):
-            return False
+        if hdr_len + data_len > _MTU - _IP_HLEN:
+            if hdr_len + data_len > 65535 - _IP_HLEN or hdr_len > _FRAG_MAX:
+                self.ip_tx_too_big += 1
+                return False
+            if df:
+                self.ip_tx_df_drop += 1
+                return False
         t = self.tx
         if not (hdr is t and hdr_off == L4_OFF):
-            wire.copy(t, L4_OFF, hdr, hdr_off, hdr_len)
-        self._ip_header(proto, d)
-        self._l4_checksum(proto, hdr_len, data, data_off, data_len)
-        self.ip_tx += 1
-        if l4_len + _IP_HLEN <= _MTU:
+            copy(t, L4_OFF, hdr, hdr_off, hdr_len)
+        if hdr_len + data_len <= _MTU - _IP_HLEN:
             if data_len and not (data is t and data_off == L4_OFF + hdr_len):
-                wire.copy(t, L4_OFF + hdr_len, data, data_off, data_len)
-            return self._emit(l4_len, _IP_DF if df else 0)
+                copy(t, L4_OFF + hdr_len, data, data_off, data_len)
+            if not df:
+                return self.send_l4(proto, dst, dst_off, hdr_len + data_len, now)
+        if not self._link_dst(dst, dst_off, now):
+            return False
+        self._ip_header(proto)
+        if df:                                     # one frame (larger ones were refused)
+            self._l4_checksum(proto, hdr_len + data_len)
+            self.ip_tx += 1
+            return self._emit(hdr_len + data_len, _IP_DF)
+        self._l4_checksum_split(proto, hdr_len, data, data_off, data_len)
+        self.ip_tx += 1
         return self._send_fragments(hdr_len, data, data_off, data_len)
 
     def _send_fragments(self, hdr_len, data, data_off, data_len):
@@ -638,37 +701,65 @@ class Interface:
                 more = _IP_MF
             if pos == 0:
                 if not (data is t and data_off == L4_OFF + hdr_len):
-                    wire.copy(t, L4_OFF + hdr_len, data, data_off, n - hdr_len)
+                    copy(t, L4_OFF + hdr_len, data, data_off, n - hdr_len)
             else:
-                wire.copy(t, L4_OFF, data, data_off + pos - hdr_len, n)
+                copy(t, L4_OFF, data, data_off + pos - hdr_len, n)
             if not self._emit(n, more | (pos >> 3)):
                 return False
             self.ip_tx_fragments += 1
             pos += n
         return True
 
-    def _ip_header(self, proto, d):
+    def _ip_header(self, proto):
         """The fields every frame of this datagram shares; _emit fills length/flags/sum."""
         t = self.tx
         t[_IP + _IP_VIHL] = _IP_VIHL_NOOPT
         t[_IP + _IP_TOS] = 0
-        wire.put16(t, _IP + _IP_ID, self.ip_id)
+        put16(t, _IP + _IP_ID, self.ip_id)
         self.ip_id = (self.ip_id + self.ip_id_step) & 0xFFFF
         t[_IP + _IP_TTL] = _TTL
         t[_IP + _IP_PROTO] = proto
-        wire.copy(t, _IP + _IP_SRC, self.ip, 0, 4)
-        wire.copy(t, _IP + _IP_DST, d, 0, 4)
+        copy(t, _IP + _IP_SRC, self.ip, 0, 4)
+        copy(t, _IP + _IP_DST, self._dst, 0, 4)
 
     def _emit(self, payload_len, frag):
+        """One frame: the IPv4 header's length, flags and checksum, then the NIC (what
+        _transmit does, inline: one call less per frame)."""
         t = self.tx
-        wire.put16(t, _IP + _IP_LEN, _IP_HLEN + payload_len)
-        wire.put16(t, _IP + _IP_FRAG, frag)
+        put16(t, _IP + _IP_LEN, _IP_HLEN + payload_len)
+        put16(t, _IP + _IP_FRAG, frag)
         t[_IP + _IP_CSUM] = 0
         t[_IP + _IP_CSUM + 1] = 0
-        wire.put16(t, _IP + _IP_CSUM, ~wire.checksum(t, _IP, _IP_HLEN, 0) & 0xFFFF)
-        return self._transmit(L4_OFF + payload_len)
+        csum = ~checksum(t, _IP, _IP_HLEN, 0) & 0xFFFF
+        put16(t, _IP + _IP_CSUM, csum)
+        if self._send(t, L4_OFF + payload_len):
+            self.eth_tx += 1
+            return True
+        self.eth_tx_failed += 1
+        return False
 
-    def _l4_checksum(self, proto, hdr_len, data, data_off, data_len):
+    def _l4_checksum(self, proto, l4_len):
+        """Transport checksum over the l4_len bytes in tx at L4_OFF."""
+        if proto == _PROTO_TCP:
+            field = L4_OFF + _TCP_CSUM
+        elif proto == _PROTO_UDP:
+            field = L4_OFF + _UDP_CSUM
+        elif proto == _PROTO_ICMP:
+            field = L4_OFF + _ICMP_CSUM
+        else:
+            return
+        t = self.tx
+        t[field] = 0
+        t[field + 1] = 0
+        acc = 0
+        if proto != _PROTO_ICMP:
+            acc = pseudo_header_sum(t, _IP, proto, l4_len)
+        acc = ~checksum(t, L4_OFF, l4_len, acc) & 0xFFFF    # l4_len < _SUM_CHUNK
+        if acc == 0 and proto == _PROTO_UDP:
+            acc = 0xFFFF                           # 0 would mean "no checksum"
+        put16(t, field, acc)
+
+    def _l4_checksum_split(self, proto, hdr_len, data, data_off, data_len):
         """Transport checksum over the header in tx and the payload wherever it is."""
         if proto == _PROTO_TCP:
             field = L4_OFF + _TCP_CSUM
@@ -683,8 +774,8 @@ class Interface:
         t[field + 1] = 0
         acc = 0
         if proto != _PROTO_ICMP:
-            acc = wire.pseudo_header_sum(t, _IP, proto, hdr_len + data_len)
-        acc = wire.checksum(t, L4_OFF, hdr_len, acc)
+            acc = pseudo_header_sum(t, _IP, proto, hdr_len + data_len)
+        acc = checksum(t, L4_OFF, hdr_len, acc)
         if data_len:
             s = _sum(data, data_off, data_len, 0)
             if hdr_len & 1:
@@ -695,57 +786,67 @@ class Interface:
         v = ~acc & 0xFFFF
         if v == 0 and proto == _PROTO_UDP:
             v = 0xFFFF                             # 0 would mean "no checksum"
-        wire.put16(t, field, v)
+        put16(t, field, v)
 
-    def _link_dst(self, d, now):
-        """Ethernet header for IPv4 destination d in tx; False if there is none yet."""
-        kind = self._route(d)
+    def _link_dst(self, dst, dst_off, now):
+        """Ethernet header in tx for IPv4 destination dst[dst_off:+4] (copied to _dst);
+        False if there is none yet."""
+        kind = self._route(dst, dst_off)
+        if kind == _UNICAST:
+            i = self.arp.lookup(self._nexthop, 0, now)
+            if i < 0:
+                return self._arp_miss(now)
+            self._eth_header(self.arp.macs, 6 * i, _ETHERTYPE_IPV4)
+            return True
         if kind == _NO_ROUTE:
             self.ip_tx_no_route += 1
             return False
-        t = self.tx
-        if kind == _BROADCAST:
-            self._eth_header(_BCAST_MAC, 0, _ETHERTYPE_IPV4)
-        elif kind == _MULTICAST:
-            self._eth_header(_BCAST_MAC, 0, _ETHERTYPE_IPV4)
-            t[0] = 0x01                            # RFC 1112: 01:00:5e + low 23 bits
-            t[1] = 0x00
-            t[2] = 0x5E
-            t[3] = d[1] & 0x7F
-            t[4] = d[2]
-            t[5] = d[3]
-        else:
-            nh = self._nexthop
-            i = self.arp.lookup(nh, 0, now)
-            if i < 0:
-                self.ip_tx_unresolved += 1
-                if self.arp.request_due(nh, 0, now):
-                    if self._arp_send(_ARP_REQUEST, _BCAST_MAC, 0, _ZERO_MAC, 0, nh, 0):
-                        self.arp_tx_requests += 1
-                return False
-            self._eth_header(self.arp.macs, 6 * i, _ETHERTYPE_IPV4)
+        self._eth_header(_BCAST_MAC, 0, _ETHERTYPE_IPV4)
+        if kind == _MULTICAST:
+            self._multicast_mac()
         return True
 
-    def _route(self, d):
-        """Where d is reached: _BROADCAST, _MULTICAST, _UNICAST (via _nexthop) or _NO_ROUTE."""
+    def _arp_miss(self, now):
+        """No neighbour entry for _nexthop: ask (at most once per arp_retry_ms); False."""
+        self.ip_tx_unresolved += 1
+        if self.arp.request_due(self._nexthop, 0, now):
+            if self._arp_send(_ARP_REQUEST, _BCAST_MAC, 0, _ZERO_MAC, 0, self._nexthop, 0):
+                self.arp_tx_requests += 1
+        return False
+
+    def _multicast_mac(self):
+        """RFC 1112: 01:00:5e + the low 23 bits of _dst, as the Ethernet destination."""
+        t = self.tx
+        d = self._dst
+        t[0] = 0x01
+        t[1] = 0x00
+        t[2] = 0x5E
+        t[3] = d[1] & 0x7F
+        t[4] = d[2]
+        t[5] = d[3]
+
+    def _route(self, dst, dst_off):
+        """Where dst[dst_off:+4] (copied to _dst) is reached: _BROADCAST, _MULTICAST,
+        _UNICAST (via _nexthop) or _NO_ROUTE."""
+        d = self._dst
+        copy(d, 0, dst, dst_off, 4)
         b0 = d[0]
-        if wire.equal(d, 0, _BCAST_IP, 0, 4):
+        if equal(d, 0, _BCAST_IP, 0, 4):
             return _BROADCAST
         if b0 == 0 or b0 == 127 or b0 >= 240 or not self._have_ip:
             return _NO_ROUTE
         if b0 >= 224:
             return _MULTICAST
         if self._on_link(d, 0):
-            if self._subnet_bcast and wire.equal(d, 0, self._bcast, 0, 4):
+            if self._subnet_bcast and equal(d, 0, self._bcast, 0, 4):
                 return _BROADCAST
-            if wire.equal(d, 0, self.ip, 0, 4):
+            if equal(d, 0, self.ip, 0, 4):
                 return _NO_ROUTE                   # no loopback device
-            wire.copy(self._nexthop, 0, d, 0, 4)
+            copy(self._nexthop, 0, d, 0, 4)
             return _UNICAST
-        g = self.gateway
-        if g[0] | g[1] | g[2] | g[3] == 0:
+        if not self._have_gateway:
             return _NO_ROUTE
-        wire.copy(self._nexthop, 0, g, 0, 4)
+        copy(self._nexthop, 0, self.gateway, 0, 4)
         return _UNICAST
 
     # == Timers ==============================================================================
@@ -764,7 +865,7 @@ class Interface:
 
     def poll_at(self, now):
         """Milliseconds until poll() has work: 0 now, -1 nothing pending."""
-        return wire.earliest(self.arp.next_deadline(now), self.reasm.next_deadline(now))
+        return earliest(self.arp.next_deadline(now), self.reasm.next_deadline(now))
 
     # == Counters (allocate: for reports) ====================================================
 

@@ -49,6 +49,10 @@ _ECONNABORTED = const(103)
 _EPIPE = const(32)
 _ENOMEM = const(12)
 _SCRATCH = const(512)
+_SEND_DATA = const(20)        # where a SEND's data starts (i2o.PAYLOAD + SEND_FMT)
+_ZEROS = bytes(8)
+_HANDLER_FAILED = "a socket ISM handler raised"   # kernel.last_error (the exception is not
+                                                  # kept: see _take_messages)
 
 
 def _p16(b, o, v):
@@ -94,6 +98,7 @@ class SocketIsm:
         self.nxt = array("h", [-1] * mu.depth)
         self.done = array("H", bytes(2 * mu.depth))   # bytes of a held SEND already in TX
         self.cur = -1          # an inbound MFA waiting for an outbound frame
+        self.left = 0          # messages this turn may still take (_take_messages)
         self.scratch = bytearray(_SCRATCH)     # data discarded after CLOSE / SHUT_RD
         self.bufs = mu.in_bufs[self.iop]
         self.lens = mu.in_lens[self.iop]
@@ -144,30 +149,39 @@ class SocketIsm:
         self._service(now)
 
     def _take_messages(self, now):
-        # Apart from turn(): its handler and locals would put turn()'s frame over 11
-        # words, which costs a heap allocation on every call.
-        ring = self.inring
-        done = 0
-        while done < _BATCH:
+        # Apart from turn(): a handler would put turn()'s frame over 11 words, which costs
+        # a heap allocation on every call. The handler is around the batch (_take_batch),
+        # not each message, and has no "as e": a handler costs 3 words and 6 of stack
+        # (one with "as e" twice that), so this frame can have no other locals.
+        self.left = _BATCH
+        while True:
+            try:
+                self._take_batch(now)
+                return
+            except Exception:       # a bug must not replay this message turn after turn
+                self.errors += 1
+                self.kernel.last_error = _HANDLER_FAILED
+                if self.cur >= 0:
+                    self._give(self.cur)
+                    self.cur = -1
+                self.msgs += 1
+                self.left -= 1          # the batch goes on with the next message
+
+    def _take_batch(self, now):
+        """Up to self.left inbound messages (what is left of this turn's _BATCH)."""
+        while self.left > 0:
             m = self.cur
             if m < 0:
-                m = ring.pop()
+                m = self.inring.pop()
                 if m < 0:
-                    break
+                    return
                 self.cur = m
-            try:
-                handled = self._handle(m, now)
-            except Exception as e:     # a bug must not replay this message turn after turn
-                self.errors += 1
-                self.kernel.last_error = e
-                self._give(m)
-                handled = True
-            if not handled:
+            if not self._handle(m, now):
                 self.out_waits += 1
-                break
+                return
             self.cur = -1
             self.msgs += 1
-            done += 1
+            self.left -= 1
 
     def idle(self):
         """True when no host socket is open and no message waits: the kernel's core may
@@ -188,29 +202,33 @@ class SocketIsm:
     def _handle(self, m, now):
         """One inbound message; False if it must wait for an outbound frame."""
         b = self.bufs[m]
-        size = self.lens[m]
-        tid = b[4] | ((b[5] & 0x0F) << 8)
+        if (b[4] | ((b[5] & 0x0F) << 8)) != i2o.TID_SOCKET:
+            return self._handle_other(m, b)
         fn = b[7]
-        if tid == i2o.TID_SOCKET:
-            if fn == i2o.F_SOCK_SEND:
-                return self._send(m, b, size)
-            if fn == i2o.F_SOCK_CONSUMED:
-                return self._consumed(m, b, size)
-            if fn == i2o.F_UDP_SENDTO:
-                return self._sendto(m, b, size, now)
-            if fn == i2o.F_SOCK_LISTEN:
-                return self._listen(m, b, size)
-            if fn == i2o.F_SOCK_CONNECT:
-                return self._connect(m, b, size, now)
-            if fn == i2o.F_SOCK_CLOSE or fn == i2o.F_SOCK_ABORT or fn == i2o.F_UDP_CLOSE:
-                return self._close(m, b, size, fn)
-            if fn == i2o.F_SOCK_SHUTDOWN:
-                return self._shutdown(m, b, size)
-            if fn == i2o.F_UDP_BIND:
-                return self._udp_bind(m, b, size)
-            self.unknown_function += 1
-            return self._error(m, b, i2o.DS_UNKNOWN_FUNCTION)
-        if tid == i2o.TID_EXEC:
+        if fn == i2o.F_SOCK_SEND:
+            return self._send(m, b, self.lens[m])
+        if fn == i2o.F_SOCK_CONSUMED:
+            return self._consumed(m, b)
+        if fn == i2o.F_UDP_SENDTO:
+            return self._sendto(m, b, self.lens[m], now)
+        if fn == i2o.F_SOCK_LISTEN:
+            return self._listen(m, b, self.lens[m])
+        if fn == i2o.F_SOCK_CONNECT:
+            return self._connect(m, b, self.lens[m], now)
+        if fn == i2o.F_SOCK_CLOSE or fn == i2o.F_SOCK_ABORT or fn == i2o.F_UDP_CLOSE:
+            return self._close(m, b, self.lens[m], fn)
+        if fn == i2o.F_SOCK_SHUTDOWN:
+            return self._shutdown(m, b, self.lens[m])
+        if fn == i2o.F_UDP_BIND:
+            return self._udp_bind(m, b, self.lens[m])
+        self.unknown_function += 1
+        return self._error(m, b, i2o.DS_UNKNOWN_FUNCTION)
+
+    def _handle_other(self, m, b):
+        # A message to the executive or an unknown target: apart from _handle, which stays
+        # within 11 words (a larger frame comes from the heap on every call).
+        fn = b[7]
+        if (b[4] | ((b[5] & 0x0F) << 8)) == i2o.TID_EXEC:
             if fn == i2o.F_UTIL_NOP:
                 self._give(m)
                 return True
@@ -218,7 +236,7 @@ class SocketIsm:
                 o = self.mu.take_out()
                 if o < 0:
                     return False
-                r = self._reply(o, b, i2o.RS_SUCCESS, 0, 8)
+                r = self._reply(o, b, 0)
                 _p16(r, _OUT + _RP, self.iop)
                 r[_OUT + _RP + 2] = _STATE_OPERATIONAL
                 r[_OUT + _RP + 3] = self.tcp.connection_count() & 0xFF
@@ -231,7 +249,7 @@ class SocketIsm:
                 if o < 0:
                     return False
                 self._abort_all(False)
-                self._reply(o, b, i2o.RS_SUCCESS, 0, 0)
+                self._reply(o, b, 0)
                 self._post(o, 0, m)
                 return True
             self.unknown_function += 1
@@ -241,39 +259,43 @@ class SocketIsm:
 
     # -- replies --------------------------------------------------------------------------
 
-    def _reply(self, o, req, rs, detail, paylen):
-        """Reply header for request req in outbound frame o; returns the staging buffer."""
+    # The MessageSize of replies and events is written by post_out, once the payload is
+    # known: without a length (and a status, for replies) to pass in, their callers' frames
+    # and their own stay within 11 words.
+
+    def _reply(self, o, req, detail):
+        """Reply header for request req in outbound frame o: success if detail is 0, else
+        RS_ERROR_NO_DATA with that DetailedStatus (the ISM's two kinds of answer); returns
+        the staging buffer."""
         r = self.mu.out_bufs[o]
-        n = _RP + paylen
         r[_OUT] = i2o.VERSION
         r[_OUT + 1] = i2o.FLAG_REPLY
-        _p16(r, _OUT + 2, (n + 3) >> 2)
-        # target = the request's initiator, initiator = this ISM
-        init = (req[5] >> 4) | (req[6] << 4)
-        r[_OUT + 4] = init & 0xFF
-        r[_OUT + 5] = ((init >> 8) & 0x0F) | ((i2o.TID_SOCKET & 0x0F) << 4)
+        # target = the request's initiator (12 bits from req[5] >> 4), initiator = this ISM
+        r[_OUT + 4] = (req[5] >> 4) | ((req[6] & 0x0F) << 4)
+        r[_OUT + 5] = (req[6] >> 4) | ((i2o.TID_SOCKET & 0x0F) << 4)
         r[_OUT + 6] = (i2o.TID_SOCKET >> 4) & 0xFF
         r[_OUT + 7] = req[7]
         copy(r, _OUT + 8, req, 8, 8)
         _p16(r, _OUT + 16, detail)
         r[_OUT + 18] = 0
-        r[_OUT + 19] = rs
+        r[_OUT + 19] = i2o.RS_ERROR_NO_DATA if detail else i2o.RS_SUCCESS
         return r
 
-    def _event(self, o, s, fn, paylen):
-        """An unsolicited message about slot s: w2 = its OSM context, w3 = 0."""
+    def _event(self, o, s, fn):
+        """An unsolicited message about slot s: w2 = its OSM context, w3 = 0; its payload
+        begins with s's handle, the IOP and a 0 (EV_DATA's flags). Returns the buffer."""
         r = self.mu.out_bufs[o]
-        n = _RP + paylen
         r[_OUT] = i2o.VERSION
         r[_OUT + 1] = i2o.FLAG_REPLY
-        _p16(r, _OUT + 2, (n + 3) >> 2)
         r[_OUT + 4] = i2o.TID_HOST
         r[_OUT + 5] = (i2o.TID_SOCKET & 0x0F) << 4
         r[_OUT + 6] = (i2o.TID_SOCKET >> 4) & 0xFF
         r[_OUT + 7] = fn
         copy(r, _OUT + 8, self.ctx, 8 * s, 4)
-        for i in range(_OUT + 12, _OUT + 20):
-            r[i] = 0                   # w3 = 0, status = success
+        copy(r, _OUT + 12, _ZEROS, 0, 8)     # w3 = 0, status = success
+        _p16(r, _OUT + _RP, self._handle_of(s))
+        r[_OUT + _RP + 2] = self.iop
+        r[_OUT + _RP + 3] = 0
         return r
 
     def _post(self, o, paylen, m):
@@ -292,7 +314,7 @@ class SocketIsm:
     def _refuse(self, o, b, m, detail):
         """Answer request m (in b) in outbound frame o with RS_ERROR_NO_DATA / detail and
         give its MFA back; True (the request is done)."""
-        self._reply(o, b, i2o.RS_ERROR_NO_DATA, detail, 0)
+        self._reply(o, b, detail)
         self._post(o, 0, m)
         return True
 
@@ -363,7 +385,7 @@ class SocketIsm:
         copy(self.ctx, 8 * s, b, 8, 8)
         self.initial[s] = self._credit(b, i2o.PAYLOAD + 4)
         self.listens += 1
-        r = self._reply(o, b, i2o.RS_SUCCESS, 0, 2)
+        r = self._reply(o, b, 0)
         _p16(r, _OUT + _RP, self._handle_of(s))
         self._post(o, 2, m)
         return True
@@ -401,66 +423,76 @@ class SocketIsm:
         return True
 
     def _send(self, m, b, size):
-        if size < i2o.PAYLOAD + 4:
-            return self._short(m, b)
-        count = _g16(b, i2o.PAYLOAD + 2)
-        if i2o.PAYLOAD + 4 + count > size:
+        if size < i2o.PAYLOAD + 4 or _SEND_DATA + _g16(b, i2o.PAYLOAD + 2) > size:
             return self._short(m, b)
         s = self._slot(_g16(b, i2o.PAYLOAD), _K_CONN)
         if s < 0:
             return self._bad_handle(m, b)
         sock = self.obj[s]
-        err = sock.error
-        if err == 0 and (sock.state == CLOSED or sock.fin_queued or self.flags[s] & _F_WR):
-            err = _EPIPE
-        if err:
-            return self._error(m, b, i2o.DS_ERRNO + err)
+        if sock.error or sock.state == CLOSED or sock.fin_queued or self.flags[s] & _F_WR:
+            return self._send_refused(m, b, sock)
         self.done[m] = 0
         self.nxt[m] = -1
-        t = self.tail[s]
-        if t < 0:
+        if self.tail[s] < 0:
             self.head[s] = m
         else:
-            self.nxt[t] = m
+            self.nxt[self.tail[s]] = m
         self.tail[s] = m
         self.sends += 1
         self._push_sends(s)
         return True
 
+    def _send_refused(self, m, b, sock):
+        # Apart from _send, which stays within 11 words (a larger frame comes from the heap).
+        return self._error(m, b, i2o.DS_ERRNO + (sock.error or _EPIPE))
+
     def _push_sends(self, s):
-        """Move held SEND data into the TX ring; reply and give back each finished MFA."""
-        sock = self.obj[s]
-        m = self.head[s]
-        while m >= 0:
-            b = self.bufs[m]
-            count = _g16(b, i2o.PAYLOAD + 2)
-            d = self.done[m]
-            if d < count:
-                try:
-                    k = sock.send(b, i2o.PAYLOAD + 4 + d, count - d)
-                except OSError:
-                    return      # the connection died: _service answers the rest
-                d += k
-                self.done[m] = d
-                self.send_bytes += k
-                if d < count:
-                    self.send_waits += 1
+        """Move held SEND data into the TX ring; reply and give back each finished MFA.
+        (Each step in a method of its own: a handler costs 3 words and 6 of stack, so this
+        frame has no other locals, and theirs stay within 11 words too; a larger frame
+        comes from the heap on every call.)"""
+        while self.head[s] >= 0:
+            try:
+                if not self._push_data(s):
                     return
-            o = self.mu.take_out()
-            if o < 0:
-                self.out_waits += 1
+            except OSError:
+                return      # the connection died: _service answers the rest
+            if not self._send_done(s):
                 return
-            r = self._reply(o, b, i2o.RS_SUCCESS, 0, 4)
-            _p16(r, _OUT + _RP, _g16(b, i2o.PAYLOAD))
-            _p16(r, _OUT + _RP + 2, count)
-            nx = self.nxt[m]
-            self.head[s] = nx
-            if nx < 0:
-                self.tail[s] = -1
-            self._post(o, 4, m)
-            m = nx
         if self.flags[s] & _F_WR or self.kind[s] == _K_CLOSING:
-            sock.close()        # the FIN goes after everything the host sent
+            self.obj[s].close()        # the FIN goes after everything the host sent
+
+    def _push_data(self, s):
+        """What is left of slot s's first held SEND into its TX ring; True once all is in."""
+        m = self.head[s]
+        b = self.bufs[m]
+        n = _g16(b, i2o.PAYLOAD + 2) - self.done[m]      # still to go
+        if n <= 0:
+            return True
+        k = self.obj[s].send(b, self.done[m] + _SEND_DATA, n)
+        self.done[m] += k
+        self.send_bytes += k
+        if k < n:
+            self.send_waits += 1
+            return False
+        return True
+
+    def _send_done(self, s):
+        """The reply to slot s's first held SEND, whose data is all in (its handle and
+        count: the request's own); its MFA leaves the FIFO and goes back. False while no
+        outbound frame is free."""
+        o = self.mu.take_out()
+        if o < 0:
+            self.out_waits += 1
+            return False
+        m = self.head[s]
+        b = self.bufs[m]
+        copy(self._reply(o, b, 0), _OUT + _RP, b, i2o.PAYLOAD, 4)
+        self.head[s] = self.nxt[m]
+        if self.head[s] < 0:
+            self.tail[s] = -1
+        self._post(o, 4, m)
+        return True
 
     def _fail_sends(self, s, err):
         """The connection is gone: answer each held SEND with an error (as frames allow)."""
@@ -470,7 +502,7 @@ class SocketIsm:
             if o < 0:
                 self.out_waits += 1
                 return False
-            self._reply(o, self.bufs[m], i2o.RS_ERROR_NO_DATA, i2o.DS_ERRNO + err, 0)
+            self._reply(o, self.bufs[m], i2o.DS_ERRNO + err)
             nx = self.nxt[m]
             self.head[s] = nx
             if nx < 0:
@@ -479,8 +511,8 @@ class SocketIsm:
             m = nx
         return True
 
-    def _consumed(self, m, b, size):
-        if size < i2o.PAYLOAD + 8:
+    def _consumed(self, m, b):
+        if self.lens[m] < i2o.PAYLOAD + 8:
             return self._short(m, b)
         h = _g16(b, i2o.PAYLOAD)
         s = self._slot(h, _K_CONN)
@@ -527,7 +559,7 @@ class SocketIsm:
             self.flags[s] = 0
             g = self.gen[s] + 1
             self.gen[s] = g if g < 256 else 1
-        self._reply(o, b, i2o.RS_SUCCESS, 0, 0)
+        self._reply(o, b, 0)
         self._post(o, 0, m)
         return True
 
@@ -549,7 +581,7 @@ class SocketIsm:
             self.flags[s] |= _F_WR
             if self.head[s] < 0:
                 self.obj[s].close()
-        self._reply(o, b, i2o.RS_SUCCESS, 0, 0)
+        self._reply(o, b, 0)
         self._post(o, 0, m)
         return True
 
@@ -581,7 +613,7 @@ class SocketIsm:
         self.port[s] = port
         copy(self.ctx, 8 * s, b, 8, 8)
         self.credit[s] = self._credit(b, i2o.PAYLOAD + 4)
-        r = self._reply(o, b, i2o.RS_SUCCESS, 0, 4)      # i2o.UDP_BIND_REPLY_FMT
+        r = self._reply(o, b, 0)      # i2o.UDP_BIND_REPLY_FMT
         _p16(r, _OUT + _RP, self._handle_of(s))
         _p16(r, _OUT + _RP + 2, port)
         self._post(o, 4, m)
@@ -622,15 +654,11 @@ class SocketIsm:
             self.out_waits += 1
             self.datagrams_dropped += 1
             return
-        r = self._event(o, s, i2o.F_EV_DATAGRAM, _EV_DGRAM_HDR + n)
-        p = _OUT + _RP
-        _p16(r, p, self._handle_of(s))
-        r[p + 2] = self.iop
-        r[p + 3] = 0
-        copy(r, p + 4, src, src_off, 4)
-        _p16(r, p + 8, src_port)
-        _p16(r, p + 10, n)
-        copy(r, p + _EV_DGRAM_HDR, buf, off, n)
+        r = self._event(o, s, i2o.F_EV_DATAGRAM)
+        copy(r, _OUT + _RP + 4, src, src_off, 4)
+        _p16(r, _OUT + _RP + 8, src_port)
+        _p16(r, _OUT + _RP + 10, n)
+        copy(r, _OUT + _RP + _EV_DGRAM_HDR, buf, off, n)
         self.credit[s] -= n
         self.datagrams += 1
         self.mu.post_out(o, _RP + _EV_DGRAM_HDR + n)
@@ -653,61 +681,46 @@ class SocketIsm:
     def _serve_listener(self, s):
         lsn = self.obj[s]
         while lsn.pending() > 0:
-            n = self._new_slot()
-            if n < 0:
-                sock = lsn.accept()
-                sock.abort()          # no handle for it: never leave a connection unserved
-                sock.release()
-                self.accept_refused += 1
-                continue
-            o = self.mu.take_out()
-            if o < 0:
-                self.out_waits += 1    # it waits in the listener's queue
+            if not self._accept(s, lsn):
                 return
+
+    def _accept(self, s, lsn):
+        """The next connection of listener s: EV_ACCEPTED with a handle of its own (or an
+        abort, with no slot free); False while it waits for an outbound frame. (Apart from
+        _serve_listener, on every turn: that frame stays within 11 words.)"""
+        n = self._new_slot()
+        if n < 0:
             sock = lsn.accept()
-            self.kind[n] = _K_CONN
-            self.flags[n] = _F_UP
-            self.obj[n] = sock
-            copy(self.ctx, 8 * n, self.ctx, 8 * s, 8)
-            self.credit[n] = self.initial[s]
-            r = self._event(o, s, i2o.F_EV_ACCEPTED, 12)
-            p = _OUT + _RP
-            _p16(r, p, self._handle_of(n))
-            r[p + 2] = self.iop
-            r[p + 3] = 0
-            copy(r, p + 4, sock.remote_ip, 0, 4)
-            _p16(r, p + 8, sock.remote_port)
-            _p16(r, p + 10, sock.local_port)
-            self.mu.post_out(o, _RP + 12)
-            self.accepted += 1
+            sock.abort()          # no handle for it: never leave a connection unserved
+            sock.release()
+            self.accept_refused += 1
+            return True
+        o = self.mu.take_out()
+        if o < 0:
+            self.out_waits += 1    # it waits in the listener's queue
+            return False
+        sock = lsn.accept()
+        self.kind[n] = _K_CONN
+        self.flags[n] = _F_UP
+        self.obj[n] = sock
+        copy(self.ctx, 8 * n, self.ctx, 8 * s, 8)
+        self.credit[n] = self.initial[s]
+        r = self._event(o, s, i2o.F_EV_ACCEPTED)
+        _p16(r, _OUT + _RP, self._handle_of(n))     # the new connection's, not s's
+        copy(r, _OUT + _RP + 4, sock.remote_ip, 0, 4)
+        _p16(r, _OUT + _RP + 8, sock.remote_port)
+        _p16(r, _OUT + _RP + 10, sock.local_port)
+        self.mu.post_out(o, _RP + 12)
+        self.accepted += 1
+        return True
 
     def _serve_conn(self, s):
         sock = self.obj[s]
         f = self.flags[s]
         if f & _F_CONNECTING:
-            err = sock.error
-            if err == 0 and sock.state == CLOSED:
-                err = _ECONNABORTED
-            if err == 0 and sock.state < ESTABLISHED:
+            if not self._connect_done(s, sock):
                 return
-            o = self.mu.take_out()
-            if o < 0:
-                self.out_waits += 1
-                return
-            if err:
-                self._reply(o, self.ctx, i2o.RS_ERROR_NO_DATA, i2o.DS_ERRNO + err, 0)
-                self._fix_reply(o, s)
-                self._post(o, 0, -1)
-                self.connect_failed += 1
-                self._free_slot(s)
-                return
-            r = self._reply(o, self.ctx, i2o.RS_SUCCESS, 0, 4)
-            self._fix_reply(o, s)
-            _p16(r, _OUT + _RP, self._handle_of(s))
-            _p16(r, _OUT + _RP + 2, sock.local_port)
-            self._post(o, 4, -1)
             f = _F_UP
-            self.flags[s] = f
         if self.head[s] >= 0:
             self._push_sends(s)
         err = sock.error
@@ -725,6 +738,38 @@ class SocketIsm:
             if self._fail_sends(s, _EPIPE):
                 self._closed_event(s, 0)
 
+    def _connect_done(self, s, sock):
+        """A connecting slot: its CONNECT reply once the connection is up or failed. True
+        when it is up (reply sent); False while it waits, or when it failed (the slot is
+        free again). (Apart from _serve_conn, on every turn: that frame stays within 11
+        words, as this one does with the failure in _connect_failed.)"""
+        err = sock.error
+        if err == 0 and sock.state == CLOSED:
+            err = _ECONNABORTED
+        if err == 0 and sock.state < ESTABLISHED:
+            return False
+        o = self.mu.take_out()
+        if o < 0:
+            self.out_waits += 1
+            return False
+        if err:
+            self._connect_failed(s, o, err)
+            return False
+        r = self._reply(o, self.ctx, 0)
+        self._fix_reply(o, s)
+        _p16(r, _OUT + _RP, (self.gen[s] << 8) | s)       # _handle_of(s)
+        _p16(r, _OUT + _RP + 2, sock.local_port)
+        self._post(o, 4, -1)
+        self.flags[s] = _F_UP
+        return True
+
+    def _connect_failed(self, s, o, err):
+        self._reply(o, self.ctx, i2o.DS_ERRNO + err)
+        self._fix_reply(o, s)
+        self._post(o, 0, -1)
+        self.connect_failed += 1
+        self._free_slot(s)
+
     def _fix_reply(self, o, s):
         # The CONNECT reply is built from the slot's saved contexts, not a request frame:
         # target the host, function CONNECT.
@@ -737,41 +782,32 @@ class SocketIsm:
 
     def _deliver(self, s, sock):
         """EV_DATA: as much as is waiting, within the frame and the host's credit."""
-        avail = sock.recv_available()
-        if avail == 0:
+        n = sock.recv_available()
+        if n == 0:
             if not sock.at_eof():
                 return
-        else:
-            if self.credit[s] <= 0:
-                self.credit_waits += 1    # the host is slow: the TCP window closes
-                return
+        elif self.credit[s] <= 0:
+            self.credit_waits += 1    # the host is slow: the TCP window closes
+            return
         o = self.mu.take_out()
         if o < 0:
             self.out_waits += 1
             return
-        n = self.mu.fb - _RP - _EV_DATA_HDR
-        c = self.credit[s]
-        if n > c:
-            n = c
-        if n > avail:
-            n = avail
-        r = self.mu.out_bufs[o]
-        p = _OUT + _RP
-        k = 0
+        if n > self.credit[s]:
+            n = self.credit[s]
+        if n > self.mu.fb - (_RP + _EV_DATA_HDR):
+            n = self.mu.fb - (_RP + _EV_DATA_HDR)
+        r = self._event(o, s, i2o.F_EV_DATA)
         if n > 0:
-            k = sock.recv_into(r, p + _EV_DATA_HDR, n)
-        self.credit[s] = c - k
-        fin = sock.recv_available() == 0 and sock.at_eof()
-        self._event(o, s, i2o.F_EV_DATA, _EV_DATA_HDR + k)
-        _p16(r, p, self._handle_of(s))
-        r[p + 2] = self.iop
-        r[p + 3] = i2o.EV_FIN if fin else 0
-        _p16(r, p + 4, k)
-        self.mu.post_out(o, _RP + _EV_DATA_HDR + k)
-        self.data_msgs += 1
-        self.data_bytes += k
-        if fin:
+            n = sock.recv_into(r, _OUT + _RP + _EV_DATA_HDR, n)    # n: what it took
+        self.credit[s] -= n
+        _p16(r, _OUT + _RP + 4, n)
+        if sock.recv_available() == 0 and sock.at_eof():
+            r[_OUT + _RP + 3] = i2o.EV_FIN
             self.flags[s] |= _F_FIN
+        self.mu.post_out(o, _RP + _EV_DATA_HDR + n)
+        self.data_msgs += 1
+        self.data_bytes += n
 
     def _discard(self, sock):
         buf = self.scratch
@@ -783,12 +819,8 @@ class SocketIsm:
         if o < 0:
             self.out_waits += 1
             return
-        r = self._event(o, s, i2o.F_EV_CLOSED, 6)
-        p = _OUT + _RP
-        _p16(r, p, self._handle_of(s))
-        r[p + 2] = self.iop
-        r[p + 3] = 0
-        _p16(r, p + 4, err)
+        r = self._event(o, s, i2o.F_EV_CLOSED)
+        _p16(r, _OUT + _RP + 4, err)
         self.mu.post_out(o, _RP + 6)
         self.closed_events += 1
         self._free_slot(s)
@@ -836,8 +868,7 @@ class SocketIsm:
                     # Its CONNECT is still unanswered: answer it (ECONNABORTED).
                     o = self.mu.take_out()
                     if o >= 0:
-                        self._reply(o, self.ctx, i2o.RS_ERROR_NO_DATA,
-                                    i2o.DS_ERRNO + _ECONNABORTED, 0)
+                        self._reply(o, self.ctx, i2o.DS_ERRNO + _ECONNABORTED)
                         self._fix_reply(o, s)
                         self._post(o, 0, -1)
                     else:
@@ -848,8 +879,7 @@ class SocketIsm:
                 if not drop:
                     o = self.mu.take_out()
                     if o >= 0:
-                        self._reply(o, self.bufs[m], i2o.RS_ERROR_NO_DATA,
-                                    i2o.DS_ERRNO + _ECONNABORTED, 0)
+                        self._reply(o, self.bufs[m], i2o.DS_ERRNO + _ECONNABORTED)
                         self._post(o, 0, -1)
                     else:
                         self.lost_replies += 1

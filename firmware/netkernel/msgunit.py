@@ -9,8 +9,9 @@
 # - Outbound: the host's granted frames 0..M-1 are the outbound free queue, shared by every
 #   IOP under one _thread lock (held for a few stores, never twice by one core). Each frame
 #   has a staging buffer here: an ISM takes an MFA (take_out), writes its message at OUT_OFF
-#   of out_bufs[mfa] and posts it (post_out); the pump sends it as KIND_I2O_REPLY. The 3
-#   bytes before OUT_OFF are the link envelope, so the frame is encoded without a copy.
+#   of out_bufs[mfa] and posts it (post_out, which writes its MessageSize); the pump sends
+#   it as KIND_I2O_REPLY. The 3 bytes before OUT_OFF are the link envelope, so the frame is
+#   encoded without a copy.
 # - INIT resets: every ISM aborts its sockets on its own core at its next turn (ctl mailbox);
 #   the pump waits across turns, then frees every inbound MFA, makes the new grant the
 #   outbound free queue and answers. Nothing here blocks.
@@ -145,11 +146,14 @@ class MsgUnit:
 
     def post_out(self, m, nbytes):
         """Send the message of nbytes at OUT_OFF of out_bufs[m] (the pump does it). It goes
-        out as whole words, as its MessageSize says: the pad bytes are zeroed."""
+        out as whole words, as its MessageSize says, written here (the writer need not): the
+        pad bytes are zeroed."""
         b = self.out_bufs[m]
         while nbytes & 3:
             b[OUT_OFF + nbytes] = 0
             nbytes += 1
+        b[OUT_OFF + 2] = (nbytes >> 2) & 0xFF
+        b[OUT_OFF + 3] = nbytes >> 10
         self.out_lens[m] = nbytes
         lock = self.lock
         lock.acquire()
@@ -178,7 +182,33 @@ class MsgUnit:
     # -- link frames from the host (core 0) --------------------------------------------------
 
     def on_post(self, buf, n):
-        """KIND_I2O_POST: buf[0] kind, [1] iop, [2:4] mfa, message from 4."""
+        """KIND_I2O_POST: buf[0] kind, [1] iop, [2:4] mfa, message from 4. One test of
+        everything a POST must pass; the refusals are told apart in _refuse_post (so this
+        frame, on every POST, stays within 11 words: a larger one comes from the heap)."""
+        if n < 4 + i2o.HEADER_BYTES or not self.ready:
+            self._refuse_post(buf, n)
+            return
+        iop = buf[1]
+        mfa = buf[2] | (buf[3] << 8)
+        if (iop >= self.niop or mfa >= self.depth or self.in_state[iop][mfa] != _IN_FREE
+                or n - 4 > self.fb or (buf[4] & 0x0F) != i2o.VERSION
+                or not i2o.HEADER_BYTES <= (buf[6] | (buf[7] << 8)) * 4 <= n - 4):
+            self._refuse_post(buf, n)
+            return
+        n = (buf[6] | (buf[7] << 8)) * 4      # from here: the message's size (MessageSize)
+        copy(self.in_bufs[iop][mfa], 0, buf, 4, n)
+        self.in_lens[iop][mfa] = n
+        self.in_state[iop][mfa] = _IN_USE
+        self.posts += 1
+        if (buf[8] | ((buf[9] & 0x0F) << 8)) == i2o.TID_EXEC and (
+                buf[11] == i2o.F_PARAMS_GET or buf[11] == i2o.F_PARAMS_SET
+                or buf[11] == i2o.F_EXEC_ADAPTER_RESET):
+            self._exec.push((iop << 8) | mfa)    # node-wide: served here on core 0
+        else:
+            self.post[iop].push(mfa)             # cannot be full: it holds every MFA
+
+    def _refuse_post(self, buf, n):
+        """A POST that failed on_post's test: counted and answered by what failed first."""
         if n < 4:
             self.bad_request += 1
             return
@@ -202,8 +232,7 @@ class MsgUnit:
             self.fail_bad_mfa += 1
             self._fail(buf, 4, size, i2o.FAIL_BAD_MFA, iop, mfa)
             return
-        st = self.in_state[iop]
-        if st[mfa] != _IN_FREE:
+        if self.in_state[iop][mfa] != _IN_FREE:
             self.fail_in_use += 1     # a duplicate: the MFA comes back once, for its first
             self._fail(buf, 4, size, i2o.FAIL_MFA_IN_USE, iop, mfa)
             return
@@ -211,27 +240,9 @@ class MsgUnit:
             self.fail_too_large += 1
             self._refuse(buf, size, i2o.FAIL_FRAME_TOO_LARGE, iop, mfa)
             return
-        words = 0
-        if size >= i2o.HEADER_BYTES:
-            words = buf[6] | (buf[7] << 8)
-        if (size < i2o.HEADER_BYTES or (buf[4] & 0x0F) != i2o.VERSION
-                or words < i2o.HEADER_WORDS or words * 4 > size):
-            self.fail_bad_header += 1
-            self._refuse(buf, size, i2o.FAIL_BAD_HEADER, iop, mfa)
-            return
-        slot = self.in_bufs[iop][mfa]
-        size = words * 4
-        copy(slot, 0, buf, 4, size)
-        self.in_lens[iop][mfa] = size
-        st[mfa] = _IN_USE
-        self.posts += 1
-        fn = buf[11]
-        if (buf[8] | ((buf[9] & 0x0F) << 8)) == i2o.TID_EXEC and (
-                fn == i2o.F_PARAMS_GET or fn == i2o.F_PARAMS_SET
-                or fn == i2o.F_EXEC_ADAPTER_RESET):
-            self._exec.push((iop << 8) | mfa)    # node-wide: served here on core 0
-        else:
-            self.post[iop].push(mfa)             # cannot be full: it holds every MFA
+        # What is left: a bad header (short, version, or MessageSize).
+        self.fail_bad_header += 1
+        self._refuse(buf, size, i2o.FAIL_BAD_HEADER, iop, mfa)
 
     def _refuse(self, buf, size, reason, iop, mfa):
         # An in-range MFA that was free with the host comes straight back: none is lost.
@@ -285,24 +296,23 @@ class MsgUnit:
 
     def on_flush(self, buf, n):
         """KIND_I2O_FLUSH: count(1) mfa(2)*count: frames back on the outbound free queue."""
-        if n < 2 or n != 2 + 2 * buf[1]:
+        if n < 2 or n != buf[1] * 2 + 2:      # (this order: a shallower stack)
             self.bad_request += 1
             return
         lock = self.lock
         st = self.out_state
-        for i in range(buf[1]):
-            m = buf[2 + 2 * i] | (buf[3 + 2 * i] << 8)
+        i = 2                     # (while, not for-range: that keeps two words on the stack)
+        while i < n:
+            m = buf[i] | (buf[i + 1] << 8)
             lock.acquire()
             if m < self.granted and st[m] == _OUT_HOST:
                 st[m] = _OUT_FREE
                 self._ofree[self.onfree] = m
                 self.onfree += 1
-                ok = True
             else:
-                ok = False
-            lock.release()
-            if not ok:
                 self.flush_bad += 1   # unknown or already free: ignored
+            lock.release()
+            i += 2
 
     def on_init(self, buf, n):
         """KIND_I2O_INIT: check, then reset across turns (pump) and answer."""
@@ -397,23 +407,27 @@ class MsgUnit:
         self._free_n[k] = c + 1
 
     def _send_frees(self):
-        link = self.link
-        for k in range(self.niop):
+        # (while loops, not for-range: those keep two words each on the stack, which would
+        # put this frame over 11 words)
+        k = 0
+        while k < self.niop:
             c = self._free_n[k]
-            if c == 0:
-                continue
-            fb = self._free_buf[k]
-            fb[0] = lf.KIND_I2O_FREE
-            fb[1] = k
-            fb[2] = c
-            if not link.send_keep(fb, 3 + 2 * c):
-                self.out_waits += 1
-                return False
-            st = self.in_state[k]
-            for i in range(c):   # free with the host once the FREE is on its way
-                st[fb[3 + 2 * i] | (fb[4 + 2 * i] << 8)] = _IN_FREE
-            self._free_n[k] = 0
-            self.frees += 1
+            if c:
+                fb = self._free_buf[k]
+                fb[0] = lf.KIND_I2O_FREE
+                fb[1] = k
+                fb[2] = c
+                if not self.link.send_keep(fb, 2 * c + 3):
+                    self.out_waits += 1
+                    return False
+                st = self.in_state[k]
+                i = 2 * c + 3             # free with the host once the FREE is on its way
+                while i > 3:
+                    i -= 2
+                    st[fb[i]] = _IN_FREE  # (its low byte: an inbound MFA is below depth <= 255)
+                self._free_n[k] = 0
+                self.frees += 1
+            k += 1
         return True
 
     def _send_posted(self):
@@ -432,7 +446,7 @@ class MsgUnit:
             b[1] = m & 0xFF
             b[2] = m >> 8
             self.out_state[m] = _OUT_HOST
-            link.send_keep(b, OUT_OFF + self.out_lens[m])
+            link.send_keep(b, self.out_lens[m] + OUT_OFF)   # (this order: a shallower stack)
             self.replies += 1
             done += 1
 

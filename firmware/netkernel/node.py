@@ -384,7 +384,8 @@ class Node:
         return self._wake
 
     def _turn_failed(self, e):
-        self.cores.reader.unlock_after_error()
+        self.cores.reader.unlock_after_error(0)
+        self.kernel.recover()
         if isinstance(e, W5500Error):
             self._recover(e)
         else:

@@ -17,6 +17,12 @@
 # - Nothing on the established data path allocates: in-order data in, recv_into, send, ACK
 #   processing, output and polls whose timers do not fire (tests/firmware/test_tcp_alloc.py).
 #   Connection setup and teardown may allocate (socket objects, rings, accept queue).
+# - Nor does the VM for it: MicroPython takes a bytecode frame (locals + value stack) larger
+#   than 11 words from the heap on every call (py/objfun.c, VM_MAX_STATE_ON_STACK), which
+#   cost more than the call itself on the RP2040. So the methods on that path keep within
+#   11 words: few arguments (`now` from tcp.now where the caller has none), no locals for
+#   what is read once or twice, and rare branches in methods of their own ("apart" in their
+#   docstrings).
 #
 # Choices worth knowing:
 # - RTO minimum 200 ms (as Linux; RFC 6298 says 1 s, but this is a LAN engine and a 1 s floor
@@ -124,7 +130,7 @@ _RCV_NXT = const(4)
 _ISS = const(8)
 _IRS = const(12)
 _WL1 = const(16)     # SEG.SEQ of the segment that last updated the send window
-_WL2 = const(20)     # its SEG.ACK
+_WL2 = const(20)     # its SEG.ACK (right after WL1, as ACK after SEQ: one copy sets both)
 _SACK_LAST = const(24)  # SEG.SEQ of the latest out-of-order segment (first SACK block)
 _SEQ_LEN = const(28)
 
@@ -217,8 +223,12 @@ class _Segment:
         self.rel = 0         # SEG.SEQ - RCV.NXT after trimming to the window
 
 
-def _parse_options(buf, i, end, g):
-    """Walk the options; False when a length is 0, 1 or runs past the header (drop it)."""
+def _parse_options(g):
+    """Walk segment g's options; False when a length is 0, 1 or runs past the header (drop
+    it)."""
+    buf = g.buf
+    i = g.off + _TCP_HLEN
+    end = g.data_off
     while i < end:
         kind = buf[i]
         if kind == _TCPOPT_END:
@@ -408,18 +418,16 @@ class TcpSocket:
 
     def send(self, buf, off, n):
         """Queue up to n bytes of buf[off:]; returns how many fit (0 when the ring is full)."""
-        st = self.state
-        if st == CLOSED or st == LISTEN:
+        if self.state <= LISTEN:
             raise OSError(_ENOTCONN)
         if self.fin_queued:
             raise OSError(_EPIPE)
-        tx = self.tx
-        if tx is None:
+        if self.tx is None:
             return 0
-        k = tx.write(buf, off, n)
-        if k:
+        n = self.tx.write(buf, off, n)
+        if n:
             self.need_output = True
-        return k
+        return n
 
     def recv_into(self, buf, off, n):
         """Copy up to n received bytes into buf[off:] (None: drop them unread, as a
@@ -427,21 +435,21 @@ class TcpSocket:
         rx = self.rx
         if rx is None:
             return 0
-        asm = self.asm
-        parked = asm is not None and asm.count > 0
-        if buf is None:
-            k = n if n < rx.used else rx.used
-            rx.discard(k, parked)
+        if n > rx.used:
+            n = rx.used
+        if n <= 0:
+            return 0
+        if buf is not None:
+            rx.peek_into(buf, off, 0, n)
+        if self.asm.count:
+            rx.discard(n, True)           # out-of-order data is parked in the free space
         else:
-            k = rx.read_into(buf, off, n, parked)
-        if k:
-            if not parked:
-                rx.drop_unused()          # no data parked past the read: its chunks go back
-            if self.fin_received:
-                self._release_buffers()
-            else:
-                self._window_opened()
-        return k
+            rx.consume(n)                 # none: every chunk past the data goes back
+        if self.fin_received:
+            self._release_buffers()
+        else:
+            self._window_opened()
+        return n
 
     def recv_available(self):
         rx = self.rx
@@ -629,23 +637,27 @@ class TcpSocket:
         seen (its data is dropped), as RFC 9293 asks.
         """
         d = seq_delta(g.buf, g.off + _TCP_SEQ, self.seq, _RCV_NXT)
+        g.rel = d
         rx = self.rx
         w = rx.size - rx.used if rx is not None else self.tcp.config.tcp_rx_buffer
-        flags = g.flags
-        g.rel = d
-        if flags & _TCP_RST:
-            return d == 0 or 0 <= d < w
-        n = g.data_len
-        slen = n + (1 if flags & _TCP_FIN else 0)
-        if slen == 0:
+        slen = g.data_len + (1 if g.flags & _TCP_FIN else 0)
+        if slen == 0 or g.flags & _TCP_RST:
             return d == 0 or 0 <= d < w
         if d != 0 and (d >= w or d + slen <= 0):
             return False
+        if d < 0 or d + g.data_len > w:
+            self._trim(g, w)
+        return True
+
+    def _trim(self, g, w):
+        """Cut what an acceptable segment has outside the window w: a retransmission's front,
+        or more than the window (apart: keeps _check_sequence's frame within 11 words)."""
+        d = g.rel
+        n = g.data_len
         if d < 0:
-            cut = -d             # already received: trim the front
-            g.data_off += cut
-            g.data_len = n - cut
-            n -= cut
+            g.data_off -= d          # already received: trim the front
+            n += d
+            g.data_len = n
             d = 0
             g.rel = 0
         if d + n > w:
@@ -658,8 +670,7 @@ class TcpSocket:
             if n < 0:
                 n = 0
             g.data_len = n
-            g.flags = flags & ~_TCP_FIN
-        return True
+            g.flags &= ~_TCP_FIN
 
     def _process_ack(self, g, now):
         """RFC 9293 "fifth, check the ACK field" with the RFC 5961 5.2 range check.
@@ -692,31 +703,24 @@ class TcpSocket:
 
     def _ack_new(self, d, now):
         """SND.UNA advances by d: free acked bytes, time RTT, grow cwnd, move timers."""
-        tx = self.tx
-        acked = d
-        if self.syn_off:
-            self.syn_off = 0
-            acked -= 1
+        acked = d - self.syn_off       # our SYN, while unacknowledged, comes first
+        self.syn_off = 0
         fin_acked = False
-        data_acked = 0
         if acked > 0:
-            used = tx.used
-            if acked > used:
+            if acked > self.tx.used:
                 fin_acked = True
-                data_acked = used
-            else:
-                data_acked = acked
-            if data_acked:
-                tx.discard(data_acked)
-                if tx.used == 0:
-                    tx.drop_unused()
+                acked = self.tx.used
+            if acked:
+                self.tx.consume(acked)
         seq_add(self.seq, _SND_UNA, d)
-        nxt = self.snd_nxt_off - d
-        self.snd_nxt_off = nxt if nxt > 0 else 0
+        self.snd_nxt_off -= d
+        if self.snd_nxt_off < 0:
+            self.snd_nxt_off = 0
         self.snd_max_off -= d
         full = d >= self.recover_off
-        ro = self.recover_off - d
-        self.recover_off = ro if ro > _RECOVER_NONE else _RECOVER_NONE
+        self.recover_off -= d
+        if self.recover_off < _RECOVER_NONE:
+            self.recover_off = _RECOVER_NONE
         if self.rtt_active:
             if d >= self.rtt_off:
                 self.rtt_active = False
@@ -726,8 +730,8 @@ class TcpSocket:
         self.retries = 0
         if not self.in_recovery:
             self.dupacks = 0
-        if data_acked:
-            self._cc_ack(data_acked, full, now)
+        if acked > 0:
+            self._cc_ack(acked, full, now)
         if self.snd_max_off == 0:
             if self.timer == _T_RTX:
                 self.timer = _T_NONE
@@ -800,60 +804,58 @@ class TcpSocket:
 
     def _update_window(self, g):
         """Take SEG.WND if this segment is newer than the last window update (WL1/WL2)."""
-        buf = g.buf
-        o = g.off
-        w1 = seq_delta(buf, o + _TCP_SEQ, self.seq, _WL1)
-        if w1 < 0 or (w1 == 0 and seq_delta(buf, o + _TCP_ACK, self.seq, _WL2) < 0):
+        d = seq_delta(g.buf, g.off + _TCP_SEQ, self.seq, _WL1)
+        if d < 0 or (d == 0 and seq_delta(g.buf, g.off + _TCP_ACK, self.seq, _WL2) < 0):
             return
-        old = self.snd_wnd
+        # WL1, WL2 := SEG.SEQ, SEG.ACK: one copy, as both pairs lie side by side.
+        copy(self.seq, _WL1, g.buf, g.off + _TCP_SEQ, 8)
         w = g.wnd
+        d = w - self.snd_wnd           # how far the window opened
         self.snd_wnd = w
         if w > self.max_snd_wnd:
             self.max_snd_wnd = w
-        copy(self.seq, _WL1, buf, o + _TCP_SEQ, 4)
-        copy(self.seq, _WL2, buf, o + _TCP_ACK, 4)
-        if w > old:
+        if d > 0:
             if self.timer == _T_PERSIST:
                 self.timer = _T_NONE
             self.need_output = True
 
     def _receive(self, g, now):
         """Segment text and FIN (RFC 9293 seventh and eighth steps)."""
-        st = self.state
-        n = g.data_len
-        fin = g.flags & _TCP_FIN
-        if not (st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2):
+        if not ESTABLISHED <= self.state <= FIN_WAIT_2:
             return     # FIN already received: nothing more to take
+        n = g.data_len
         if n > self.rcv_mss:
             self.rcv_mss = n if n < _OUR_MSS else _OUR_MSS
-        rel = g.rel
-        rx = self.rx
-        asm = self.asm
-        if rel == 0 and asm.count == 0 and not self.rx_fin_pending:
-            # The common case: in order, no holes.
-            if n:
-                k = rx.write(g.buf, g.data_off, n)
-                if k < n:
-                    # The kernel's pool is out of chunks: the rest is not acknowledged,
-                    # and the peer sends it again.
-                    self.tcp.drop_no_buffer += 1
-                    self.ack_now = True
-                    if k == 0:
-                        return
-                    n = k
-                    fin = 0
-                self._advance_rcv(n)
-            if fin:
-                self._receive_fin(now)
-            else:
-                self._note_data(n, now)
+        if g.rel or self.asm.count or self.rx_fin_pending:
+            self._receive_out_of_order(g, now)
             return
-        # Out of order, or filling a hole: ACK at once (RFC 5681 4.2), one per segment so
-        # the sender can count duplicates.
+        # The common case: in order, no holes.
+        fin = g.flags & _TCP_FIN
+        if n:
+            k = self.rx.write(g.buf, g.data_off, n)
+            if k < n:
+                # The kernel's pool is out of chunks: the rest is not acknowledged,
+                # and the peer sends it again.
+                self.tcp.drop_no_buffer += 1
+                self.ack_now = True
+                if k == 0:
+                    return
+                n = k
+                fin = 0
+            self._advance_rcv(n)
+        if fin:
+            self._receive_fin(now)
+        else:
+            self._note_data(n, now)
+
+    def _receive_out_of_order(self, g, now):
+        """Out of order, or filling a hole (apart: keeps _receive's frame within 11 words):
+        ACK at once (RFC 5681 4.2), one per segment so the sender can count duplicates."""
         self.ack_now = True
         self.ack_urgent = True
-        if n and self.rx_fin_pending and rel + n > self.rx_fin_off:
-            n = self.rx_fin_off - rel      # nothing after the peer's FIN is data
+        n = g.data_len
+        if n and self.rx_fin_pending and g.rel + n > self.rx_fin_off:
+            n = self.rx_fin_off - g.rel    # nothing after the peer's FIN is data
             if n < 0:
                 n = 0
         if n:
@@ -862,28 +864,29 @@ class TcpSocket:
             # Data past a hole leaves the kernel's pool a segment's chunks for in-order data:
             # else connections that each parked some could hold every chunk, and none could
             # take the segment that fills its hole.
-            if not rx.write_at(rel, g.buf, g.data_off, n, _OOO_RESERVE if rel else 0):
+            if not self.rx.write_at(g.rel, g.buf, g.data_off, n,
+                                    _OOO_RESERVE if g.rel else 0):
                 self.tcp.drop_no_buffer += 1
                 return
-            if not asm.add(rel, rel + n):
+            if not self.asm.add(g.rel, g.rel + n):
                 self.tcp.drop_ooo_full += 1
                 return
-            if rel > 0:
+            if g.rel > 0:
                 self.tcp.ooo_segments += 1
-                seq_put(self.seq, _SACK_LAST, self.seq, _RCV_NXT, rel)
-        if fin and not self.rx_fin_pending:
+                seq_put(self.seq, _SACK_LAST, self.seq, _RCV_NXT, g.rel)
+        if g.flags & _TCP_FIN and not self.rx_fin_pending:
             self.rx_fin_pending = True
-            self.rx_fin_off = rel + n
-            asm.truncate(rel + n)          # data parked beyond the FIN is not data either
-        front = asm.take_front()
-        if front:
-            rx.commit(front)
-            self._advance_rcv(front)
+            self.rx_fin_off = g.rel + n
+            self.asm.truncate(g.rel + n)   # data parked beyond the FIN is not data either
+        n = self.asm.take_front()
+        if n:
+            self.rx.commit(n)
+            self._advance_rcv(n)
             # The credit of what arrived went back: ask again, as for in-order data, or the
             # window closes and nothing reopens it (the sender's probes fall out of window).
             self._rcv_ask(now)
         if self.rx_fin_pending and self.rx_fin_off <= 0:
-            asm.clear()    # anything stored beyond the FIN is not data
+            self.asm.clear()    # anything stored beyond the FIN is not data
             self._receive_fin(now)
 
     def _advance_rcv(self, k):
@@ -1178,7 +1181,7 @@ class TcpSocket:
             tcp.conn_timeouts += 1
             self._finish(_ETIMEDOUT)
             return
-        self._emit(-1, 0, _TCP_ACK_FLAG, now)
+        self._emit(-1, 0, _TCP_ACK_FLAG)
         tcp.zero_window_probes += 1
         p = self.persist_ms * 2
         self.persist_ms = p if p < _RTO_MAX else _RTO_MAX
@@ -1207,7 +1210,7 @@ class TcpSocket:
         self.ka_probes += 1
         self.ka_at = ticks_add(now, self.keepalive_interval_ms)
         tcp.keepalive_probes += 1
-        self._emit(-1, 0, _TCP_ACK_FLAG, now)
+        self._emit(-1, 0, _TCP_ACK_FLAG)
 
     def _rtt_sample(self, r):
         """RFC 6298 2.2/2.3 with alpha 1/8, beta 1/4, K 4; G is 1 ms."""
@@ -1256,7 +1259,7 @@ class TcpSocket:
             # A pure ACK carries SND.MAX, not SND.NXT (BSD): after an RTO pulled SND.NXT
             # back, that sequence is old to the peer, which would answer with an ACK of its
             # own, and two such peers would ACK each other forever.
-            if not self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG, now):
+            if not self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG):
                 self._blocked(now, False)
 
     def _output_syn(self, now):
@@ -1272,7 +1275,7 @@ class TcpSocket:
             flags = _TCP_SYN if st == SYN_SENT else _TCP_SYN | _TCP_ACK_FLAG
             if self.snd_max_off:
                 self.tcp.retransmits += 1
-            if not self._emit(0, 0, flags, now):
+            if not self._emit(0, 0, flags):
                 self._blocked(now, True)
                 return
             self.snd_nxt_off = 1
@@ -1284,66 +1287,60 @@ class TcpSocket:
             if self.timer != _T_RTX:
                 self._arm_rtx(now)
         elif self.ack_now and st == SYN_RCVD:
-            self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG, now)
+            self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG)
         else:
             self.ack_now = False
 
     def _output_data(self, now):
         """Segments from SND.NXT: min(peer window, cwnd) bounds the flight, segments are at
         most one MSS, small ones wait while data is in flight (Nagle, sender SWS)."""
-        tx = self.tx
-        mss = self.mss
         burst = _MAX_BURST
-        sent = False
         while burst > 0:
-            data_end = tx.used
             rel = self.snd_nxt_off
-            if rel > data_end:
+            if rel > self.tx.used:
                 break                         # the FIN is out too
-            unsent = data_end - rel
-            win = self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd
-            n = win - rel
-            if n > unsent:
-                n = unsent
-            if n > mss:
-                n = mss
+            n = (self.snd_wnd if self.snd_wnd < self.cwnd else self.cwnd) - rel
+            if n > self.tx.used - rel:
+                n = self.tx.used - rel        # what is unsent
+            if n > self.mss:
+                n = self.mss
             if n < 0:
                 n = 0
-            fin = self.fin_queued and rel + n == data_end
-            if n == 0 and not fin:
+            flags = _TCP_FIN if self.fin_queued and rel + n == self.tx.used else 0
+            if n == 0 and not flags:
                 break
-            if n < mss and not fin and rel > 0:
-                if n < unsent:
+            if n < self.mss and not flags and rel > 0:
+                if n < self.tx.used - rel:
                     if n < (self.max_snd_wnd >> 1):
                         break                 # sender SWS avoidance: wait for more window
                 elif self.nagle:
                     break                     # Nagle: one small segment in flight at most
-            flags = _TCP_ACK_FLAG
-            if rel + n == data_end:
+            flags |= _TCP_ACK_FLAG
+            if rel + n == self.tx.used:
                 flags |= _TCP_PSH
-            if fin:
-                flags |= _TCP_FIN
-            if not self._emit(rel, n, flags, now):
+            if not self._emit(rel, n, flags):
                 self._blocked(now, True)
                 break
-            end = rel + n + (1 if fin else 0)
+            n += rel                          # from here on, the segment's end
+            if flags & _TCP_FIN:
+                n += 1
             if rel < self.snd_max_off:
                 self.tcp.retransmits += 1
             elif not self.rtt_active:
                 self.rtt_active = True
-                self.rtt_off = end
+                self.rtt_off = n
                 self.rtt_start = now
-            if end > self.snd_max_off:
-                self.snd_max_off = end
-            self.snd_nxt_off = end
+            if n > self.snd_max_off:
+                self.snd_max_off = n
+            self.snd_nxt_off = n
             if self.timer != _T_RTX:
                 self._arm_rtx(now)
-            sent = True
             burst -= 1
         if burst == 0:
             self.need_output = True           # more may go on the next poll
-        if (not sent and self.snd_wnd == 0 and self.timer == _T_NONE
-                and tx.used > self.snd_nxt_off):
+        if (burst == _MAX_BURST and self.snd_wnd == 0 and self.timer == _T_NONE
+                and self.tx.used > self.snd_nxt_off):
+            # Nothing went out (burst untouched) and the window is shut: probe it later.
             self.persist_ms = self.rto
             self.timer = _T_PERSIST
             self.timer_at = ticks_add(now, self.persist_ms)
@@ -1366,7 +1363,7 @@ class TcpSocket:
             flags |= _TCP_FIN
         self.tcp.retransmits += 1
         self.rtt_active = False           # Karn: no sample from a retransmitted range
-        if self._emit(0, n, flags, now):
+        if self._emit(0, n, flags):
             end = n + (1 if fin else 0)
             if self.snd_nxt_off < end:
                 self.snd_nxt_off = end
@@ -1522,11 +1519,11 @@ class TcpSocket:
         tcp = self.tcp
         if tcp._challenge_allowed(now):
             tcp.challenge_acks += 1
-            self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG, now)
+            self._emit(self.snd_max_off, 0, _TCP_ACK_FLAG)
         else:
             tcp.challenge_acks_suppressed += 1
 
-    def _emit(self, rel, n, flags, now):
+    def _emit(self, rel, n, flags):
         """Build one segment in the interface's TX frame and send it.
 
         SEQ = SND.UNA + rel; n payload bytes come from the TX ring at the same offset; a
@@ -1565,8 +1562,7 @@ class TcpSocket:
         fill(tx, o + _TCP_CSUM, _TCP_HLEN - _TCP_CSUM, 0)   # checksum (the interface's), urgent
         if n > 0:
             self.tx.peek_into(tx, o + hlen, rel - self.syn_off, n)
-        if not iface.send_ipv4(_PROTO_TCP, self.remote_ip, 0, tx, o, hlen, tx, o + hlen, n,
-                               now):
+        if not iface.send_l4(_PROTO_TCP, self.remote_ip, 0, hlen + n, tcp.now):
             return False
         tcp.segs_out = (tcp.segs_out + 1) & _COUNTER_MASK
         if flags & _TCP_ACK_FLAG:
@@ -1617,7 +1613,7 @@ class TcpSocket:
     def _emit_rst(self, now):
         """RST for abort(): SEQ = SND.NXT (the highest sent), with the ACK Linux also sends."""
         self.tcp.rst_sent += 1
-        self._emit(self.snd_max_off, 0, _TCP_RST | _TCP_ACK_FLAG, now)
+        self._emit(self.snd_max_off, 0, _TCP_RST | _TCP_ACK_FLAG)
 
 
 _PORT_TRIES = const(256)   # free ports port_ok may turn down before connect gives up
@@ -1677,7 +1673,7 @@ class Tcp:
         rip = bytes(dst[dst_off:dst_off + 4])
         if local_port == 0:
             local_port = self._ephemeral_port(rip, dst_port)
-        elif self._find(rip, 0, dst_port, local_port) is not None:
+        elif self._connected(rip, dst_port, local_port):
             raise OSError(_EADDRINUSE)
         s = self._take(local_port, dst_port, rip, 0)
         if s is None:               # the one TIME-WAIT socket freed went to its application
@@ -1720,63 +1716,68 @@ class Tcp:
         if tcp_len < _TCP_HLEN:
             self.drop_malformed += 1
             return
-        hlen = (buf[tcp_off + _TCP_OFF] >> 4) << 2
-        if hlen < _TCP_HLEN or hlen > tcp_len:
-            self.drop_malformed += 1
-            return
         g = self.seg
-        g.mss = 0
-        g.sack_ok = False
-        if hlen > _TCP_HLEN and not _parse_options(buf, tcp_off + _TCP_HLEN, tcp_off + hlen, g):
-            self.drop_bad_options += 1
-            return
-        sport = get16(buf, tcp_off)
-        dport = get16(buf, tcp_off + _TCP_DPORT)
-        if sport == 0 or dport == 0:
-            self.drop_malformed += 1
-            return
         g.buf = buf
         g.ip_off = ip_off
         g.off = tcp_off
-        g.flags = buf[tcp_off + _TCP_FLAGS] & _TCP_FLAGS_MASK
-        g.data_off = tcp_off + hlen
-        g.data_len = tcp_len - hlen
-        g.wnd = get16(buf, tcp_off + _TCP_WIN)
-        g.sport = sport
-        g.dport = dport
-        s = self._find(buf, ip_off + _IP_SRC, sport, dport)
-        if s is not None and s.state == TIME_WAIT and self._time_wait_reopens(s, g):
-            s = None
-        if s is not None:
-            s._input(g, now)
-            # Most replies wait for this turn's poll(): by then the application has read
-            # (the ACK then opens the window) and may have written (the ACK rides on data).
-            if s.ack_urgent and s.state != CLOSED:
-                s._output(now)
+        g.data_off = tcp_off + ((buf[tcp_off + _TCP_OFF] >> 4) << 2)
+        g.data_len = tcp_off + tcp_len - g.data_off
+        # (The header's length has no local of its own: 11 words, see the top of the file.)
+        if g.data_len < 0 or g.data_off < tcp_off + _TCP_HLEN:
+            self.drop_malformed += 1
             return
-        lsn = self._find_listener(dport)
+        g.mss = 0
+        g.sack_ok = False
+        if g.data_off > tcp_off + _TCP_HLEN and not _parse_options(g):
+            self.drop_bad_options += 1
+            return
+        g.sport = get16(buf, tcp_off)
+        g.dport = get16(buf, tcp_off + _TCP_DPORT)
+        if g.sport == 0 or g.dport == 0:
+            self.drop_malformed += 1
+            return
+        g.flags = buf[tcp_off + _TCP_FLAGS] & _TCP_FLAGS_MASK
+        g.wnd = get16(buf, tcp_off + _TCP_WIN)
+        self._demux(g)
+
+    def _demux(self, g):
+        """Hand segment g to its connection (the previous segment's is tried first: segments
+        come in runs), else to a listener; else answer it with a RST."""
+        s = self.last
+        i = 0
+        while (s is None or s.remote_port != g.sport or s.local_port != g.dport
+               or not equal(g.buf, g.ip_off + _IP_SRC, s.remote_ip, 0, 4)):
+            if i == len(self.conns):
+                self._unmatched(g)
+                return
+            s = self.conns[i]
+            i += 1
+        self.last = s
+        if s.state == TIME_WAIT and self._time_wait_reopens(s, g):
+            self._unmatched(g)
+            return
+        s._input(g, self.now)
+        # Most replies wait for this turn's poll(): by then the application has read
+        # (the ACK then opens the window) and may have written (the ACK rides on data).
+        if s.ack_urgent and s.state != CLOSED:
+            s._output(self.now)
+
+    def _unmatched(self, g):
+        """A segment no connection takes: a listener's, or answered with a RST."""
+        lsn = self._find_listener(g.dport)
         if lsn is not None:
-            self._listen_input(lsn, g, now)
+            self._listen_input(lsn, g, self.now)
             return
         self.drop_no_socket += 1
-        self._reply_rst(g, now)
+        self._reply_rst(g, self.now)
 
-    def _find(self, buf, ip_off, sport, dport):
-        s = self.last
-        if (s is not None and s.remote_port == sport and s.local_port == dport
-                and equal(buf, ip_off, s.remote_ip, 0, 4)):
-            return s
-        conns = self.conns
-        i = 0
-        n = len(conns)
-        while i < n:
-            s = conns[i]
-            if (s.remote_port == sport and s.local_port == dport
-                    and equal(buf, ip_off, s.remote_ip, 0, 4)):
-                self.last = s
-                return s
-            i += 1
-        return None
+    def _connected(self, ip, remote_port, local_port):
+        """A connection with this 4-tuple exists (ip: 4 bytes)."""
+        for s in self.conns:
+            if (s.remote_port == remote_port and s.local_port == local_port
+                    and s.remote_ip == ip):
+                return True
+        return False
 
     def _find_listener(self, port):
         ls = self.listeners
@@ -1861,8 +1862,7 @@ class Tcp:
         tx[o + _TCP_OFF] = _TCP_HLEN << 2
         tx[o + _TCP_FLAGS] = flags
         fill(tx, o + _TCP_WIN, _TCP_HLEN - _TCP_WIN, 0)
-        if self.iface.send_ipv4(_PROTO_TCP, buf, g.ip_off + _IP_SRC, tx, o, _TCP_HLEN, None, 0, 0,
-                                now):
+        if self.iface.send_l4(_PROTO_TCP, buf, g.ip_off + _IP_SRC, _TCP_HLEN, now):
             self.rst_sent += 1
             self.segs_out = (self.segs_out + 1) & _COUNTER_MASK
 
@@ -1903,10 +1903,9 @@ class Tcp:
             if i < len(conns):
                 c = conns[i]
                 c._poll(now)
-                st = c.state
                 # Established ones only: a flood of SYNs must not shrink real connections'
                 # windows (a handshake gets two segments, whatever the share).
-                if st >= ESTABLISHED and st <= FIN_WAIT_2:
+                if ESTABLISHED <= c.state <= FIN_WAIT_2:
                     receivers += 1
                 allowed += c.rcv_allow
             i -= 1
@@ -1991,12 +1990,10 @@ class Tcp:
 
     def _take(self, local_port, remote_port, ip, ip_off):
         """A free socket made a new connection's, or None."""
-        free = self._free
-        if not free:
+        if not self._free:
             return None
-        s = free.pop()
-        s.reset(local_port, remote_port, ip, ip_off)
-        return s
+        self._free[-1].reset(local_port, remote_port, ip, ip_off)
+        return self._free.pop()
 
     def _recycle(self, s):
         """A closed socket nobody holds goes back to the pool, its chunks to theirs (data a

@@ -76,7 +76,12 @@ class ChunkPool:
 class ChunkRing:
     """A byte ring: ``used`` bytes starting at ``head``, free space after them, stored in
     chunks of ``pool``. Positions are bytes from 0 to ``size`` (a multiple of CHUNK); slot
-    ``p >> _SHIFT`` of ``map`` names the chunk that holds position p, or _NONE."""
+    ``p >> _SHIFT`` of ``map`` names the chunk that holds position p, or _NONE.
+
+    ring_store, ring_peek and ring_discard take 7 to 9 arguments, which fill a bytecode
+    frame of 11 words almost by themselves (a larger one comes from the heap on every
+    call, py/objfun.c): the methods that call them have only ``self`` (and one flag), and
+    get position, buffer, offset and length from ``_p``, ``_buf``, ``_off`` and ``_n``."""
 
     def __init__(self, pool, size):
         slots = (size + CHUNK - 1) >> _SHIFT
@@ -86,6 +91,10 @@ class ChunkRing:
         self.size = slots << _SHIFT
         self.head = 0
         self.used = 0
+        self._p = 0
+        self._buf = None
+        self._off = 0
+        self._n = 0
 
     def free(self):
         return self.size - self.used
@@ -95,43 +104,43 @@ class ChunkRing:
         self.used = 0
         self.drop_unused()
 
-    def _pos(self, rel):
-        """Position of the byte ``rel`` bytes after the head (0 <= rel < 2 * size)."""
-        p = self.head + rel
-        if p >= self.size:
-            p -= self.size
-        return p
+    def _room(self, rel, n, reserve=0):
+        """How many of n bytes from ``rel`` bytes past the end of the data the chunks held
+        and the pool's free ones, less ``reserve`` of them, can store (rel + n <= free
+        space); leaves that position in _p."""
+        rel += self.head + self.used
+        if rel >= self.size:
+            rel -= self.size
+        self._p = rel
+        return ring_room(self.map, self.size, rel, n, self.pool.st[0] - reserve)
 
-    def _room(self, p, n, reserve=0):
-        """How many of n bytes from position p the chunks held and the pool's free ones,
-        less ``reserve`` of them, can store (n <= free space)."""
-        return ring_room(self.map, self.size, p, n, self.pool.st[0] - reserve)
-
-    def _store(self, p, src, off, n):
-        """Copy src[off:off+n] to position p on, taking chunks where none is held yet (the
-        caller checked with _room that the pool has them)."""
-        pool = self.pool
-        ring_store(self.map, self.size, p, pool.mem, pool.free, pool.st, src, off, n)
+    def _store(self):
+        """Copy _buf[_off:_off+_n] to position _p on, taking chunks where none is held yet
+        (the caller checked with _room that the pool has them)."""
+        ring_store(self.map, self.size, self._p, self.pool.mem, self.pool.free, self.pool.st,
+                   self._buf, self._off, self._n)
 
     def writable(self):
         """Bytes write() would take now: the free space, as far as chunks can be had."""
         free = self.size - self.used
         if free == 0:
             return 0
-        return self._room(self._pos(self.used), free)
+        return self._room(0, free)
 
     def write(self, src, off, n):
         """Append up to n bytes of src[off:]; returns how many fit (the free space, and the
         chunks the pool can give)."""
-        free = self.size - self.used
-        if n > free:
-            n = free
+        k = self.size - self.used
+        if n > k:
+            n = k
         if n > 0:
-            p = self._pos(self.used)
-            k = self._room(p, n)
+            k = self._room(0, n)
             if k < n:
                 self.pool.short += 1
-            self._store(p, src, off, k)
+            self._buf = src
+            self._off = off
+            self._n = k
+            self._store()
             self.used += k
             n = k
         return n
@@ -144,11 +153,13 @@ class ChunkRing:
         The caller guarantees rel + n <= free(): this is how out-of-order data is parked in
         the free space until the assembler says it has become contiguous.
         """
-        p = self._pos(self.used + rel)
-        if self._room(p, n, reserve) < n:
+        if self._room(rel, n, reserve) < n:
             self.pool.short += 1
             return False
-        self._store(p, src, off, n)
+        self._buf = src
+        self._off = off
+        self._n = n
+        self._store()
         return True
 
     def commit(self, n):
@@ -157,10 +168,18 @@ class ChunkRing:
 
     def peek_into(self, dst, doff, rel, n):
         """Copy n bytes starting ``rel`` bytes after the head to dst[doff:], not consuming."""
-        p = self.head + rel
-        if p >= self.size:
-            p -= self.size
-        ring_peek(self.map, self.size, p, self.pool.mem, dst, doff, n)
+        rel += self.head
+        if rel >= self.size:
+            rel -= self.size
+        self._p = rel
+        self._buf = dst
+        self._off = doff
+        self._n = n
+        self._peek()
+
+    def _peek(self):
+        """Copy _n bytes from position _p on into _buf[_off:]."""
+        ring_peek(self.map, self.size, self._p, self.pool.mem, self._buf, self._off, self._n)
 
     def read_into(self, dst, doff, n, parked=False):
         """Move up to n bytes from the head into dst[doff:]; returns how many. ``parked``:
@@ -186,11 +205,26 @@ class ChunkRing:
             n = self.used
         if n <= 0:
             return
-        left = self.used - n
-        pool = self.pool
-        self.head = ring_discard(self.map, self.slots, self.head, n, left, parked,
-                                 pool.free, pool.st)
-        self.used = left
+        self.used -= n
+        self._n = n
+        self._discard(parked)
+
+    def _discard(self, parked):
+        """Drop _n bytes at the head (``used`` is what stays); see discard."""
+        self.head = ring_discard(self.map, self.slots, self.head, self._n, self.used, parked,
+                                 self.pool.free, self.pool.st)
+
+    def consume(self, n):
+        """Drop n bytes (n <= used) from the head when no data is parked in the free space,
+        giving back every chunk that holds none of the rest: discard() then drop_unused(),
+        in one call."""
+        self.used -= n
+        n += self.head
+        if n >= self.size:
+            n -= self.size
+        self.head = n if self.used else 0
+        ring_drop_unused(self.map, self.slots, self.head, self.used, self.pool.free,
+                         self.pool.st)
 
     def drop_unused(self):
         """Give back every chunk that holds none of the ``used`` bytes (nothing may be parked
@@ -234,39 +268,37 @@ class Assembler:
             return True
         s = self.starts
         e = self.ends
-        c = self.count
         i = 0
-        while i < c and e[i] < start:
+        while i < self.count and e[i] < start:
             i += 1
         # Ranges i..j-1 touch or overlap the new one and merge into it.
         j = i
-        while j < c and s[j] <= end:
+        while j < self.count and s[j] <= end:
             if s[j] < start:
                 start = s[j]
             if e[j] > end:
                 end = e[j]
             j += 1
-        merged = j - i
-        new_count = c - merged + 1
-        if new_count > self.capacity:
+        j -= i                                   # how many merge
+        if self.count - j >= self.capacity:
             return False
-        if merged == 0:
-            # Open a slot at i: move i..c-1 up by one.
-            k = c
+        if j == 0:
+            # Open a slot at i: move i..count-1 up by one.
+            k = self.count
             while k > i:
                 s[k] = s[k - 1]
                 e[k] = e[k - 1]
                 k -= 1
-        elif merged > 1:
-            # Close the gap: move j..c-1 down to i+1.
-            k = j
-            while k < c:
-                s[k - merged + 1] = s[k]
-                e[k - merged + 1] = e[k]
+        elif j > 1:
+            # Close the gap: move i+j..count-1 down to i+1.
+            k = i + 1
+            while k + j - 1 < self.count:
+                s[k] = s[k + j - 1]
+                e[k] = e[k + j - 1]
                 k += 1
         s[i] = start
         e[i] = end
-        self.count = new_count
+        self.count = self.count - j + 1
         return True
 
     def truncate(self, off):

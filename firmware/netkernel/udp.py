@@ -4,17 +4,18 @@
 # checksum (0 = none is allowed in IPv4); a failed checksum never reaches us. input() checks
 # the UDP length against what IPv4 delivered and hands the payload to the bound handler in
 # place (no copy): the handler must be done with it when it returns. sendto() builds the
-# header in the interface's tx frame and lets send_ipv4 copy (and fragment) the payload and
-# compute the checksum, which we always send.
+# datagram in the interface's tx frame and lets send_l4 compute the checksum, which we always
+# send; a payload beyond one frame goes to send_ipv4, which fragments it from where it is.
 import errno
 import os
 
 from micropython import const
 
-from netkernel import wire
 from netkernel.iface import L4_OFF
+from netkernel.wire import copy, get16, put16
 
 # Packet layout: copies of wire's (const() inlines only within a module).
+_MTU = const(1500)
 _IP_SRC = const(12)
 _IP_HLEN = const(20)     # without options
 _PROTO_UDP = const(17)
@@ -73,18 +74,18 @@ class Udp:
         if udp_len < _UDP_HLEN:
             self.rx_too_short += 1
             return True
-        ulen = wire.get16(buf, udp_off + _UDP_LEN)
+        ulen = get16(buf, udp_off + _UDP_LEN)
         if ulen < _UDP_HLEN or ulen > udp_len:
             self.rx_bad_length += 1
             return True
-        dst_port = wire.get16(buf, udp_off + _UDP_DPORT)
+        dst_port = get16(buf, udp_off + _UDP_DPORT)
         handler = self._handlers.get(dst_port)
         if handler is None:
             self.rx_no_port += 1
             return False
         self.rx_datagrams += 1
         handler(buf, udp_off + _UDP_HLEN, ulen - _UDP_HLEN, buf, ip_off + _IP_SRC,
-                wire.get16(buf, udp_off), dst_port, now)
+                get16(buf, udp_off), dst_port, now)
         return True
 
     def sendto(self, data, off, n, dst, dst_off, dst_port, src_port, now):
@@ -94,15 +95,17 @@ class Udp:
             return False
         iface = self.stack.iface
         t = iface.tx
-        wire.put16(t, L4_OFF, src_port)
-        wire.put16(t, L4_OFF + _UDP_DPORT, dst_port)
-        wire.put16(t, L4_OFF + _UDP_LEN, _UDP_HLEN + n)
-        t[L4_OFF + _UDP_CSUM] = 0
-        t[L4_OFF + (_UDP_CSUM + 1)] = 0
-        if n == 0:
-            data = None
-        if iface.send_ipv4(_PROTO_UDP, dst, dst_off, t, L4_OFF, _UDP_HLEN, data, off, n, now):
-            self.tx_datagrams += 1
+        put16(t, L4_OFF, src_port)
+        put16(t, L4_OFF + _UDP_DPORT, dst_port)
+        put16(t, L4_OFF + _UDP_LEN, _UDP_HLEN + n)
+        if n <= _MTU - _IP_HLEN - _UDP_HLEN:
+            if n:
+                copy(t, L4_OFF + _UDP_HLEN, data, off, n)
+            if iface.send_l4(_PROTO_UDP, dst, dst_off, _UDP_HLEN + n, now):
+                self.tx_datagrams += 1
+                return True
+        elif iface.send_ipv4(_PROTO_UDP, dst, dst_off, t, L4_OFF, _UDP_HLEN, data, off, n, now):
+            self.tx_datagrams += 1         # fragmented, the payload read where it is
             return True
         self.tx_failed += 1
         return False

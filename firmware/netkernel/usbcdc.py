@@ -87,15 +87,15 @@ def _data_path(cdc, dev, rb, wb):
     # check and a set with no jump between, so a callback run in between cannot start the
     # same transfer too.
     def rx_start():
-        busy = up[1]
-        up[1] = 1
-        if busy:
+        n = up[1]             # the claim; then n is the room to ask for (one local: the
+        up[1] = 1             # frame stays within 11 words, so it is not a heap block)
+        if n:
             return
-        room = min(rb.writable(), _OUT_XFER) & ~(_PACKET - 1)
-        if room <= 0 or not up[0]:
+        n = min(rb.writable(), _OUT_XFER) & ~(_PACKET - 1)
+        if n <= 0 or not up[0]:
             up[1] = 0
             return
-        if not usbd.submit_xfer(cdc.ep_d_out, rb.pend_write(room)):
+        if not usbd.submit_xfer(cdc.ep_d_out, rb.pend_write(n)):
             up[1] = 0
 
     def tx_start():
@@ -109,24 +109,32 @@ def _data_path(cdc, dev, rb, wb):
         if not usbd.submit_xfer(cdc.ep_d_in, wb.pend_read()):
             up[2] = 0
 
+    # An ended transfer goes to rx_done / tx_done: one closure over everything both need
+    # would have a frame over 11 words, which comes from the heap on every call.
     def xfer_done(ep, res, nbytes):
         if ep == cdc.ep_d_out:
-            if res == 0:
-                rb.finish_write(nbytes)
-            up[1] = 0
-            rx_start()
+            rx_done(res, nbytes)
         elif ep == cdc.ep_d_in:
-            if res == 0 and nbytes:
-                wb.finish_read(nbytes)
-                if wb._n == 0 and nbytes & (_PACKET - 1) == 0:
-                    # A transfer that ended on a full packet is ended for the host by a
-                    # zero-length packet (its read may be waiting for a short one).
-                    if usbd.submit_xfer(ep, wb.pend_read()):   # empty
-                        return
-            up[2] = 0
-            tx_start()
+            tx_done(ep, 0 if res else nbytes)     # a failed transfer sent nothing
         else:
             other(ep, res, nbytes)
+
+    def rx_done(res, nbytes):
+        if res == 0:
+            rb.finish_write(nbytes)
+        up[1] = 0
+        rx_start()
+
+    def tx_done(ep, nbytes):
+        if nbytes:
+            wb.finish_read(nbytes)
+            if wb._n == 0 and nbytes & (_PACKET - 1) == 0:
+                # A transfer that ended on a full packet is ended for the host by a
+                # zero-length packet (its read may be waiting for a short one).
+                if usbd.submit_xfer(ep, wb.pend_read()):   # empty
+                    return
+        up[2] = 0
+        tx_start()
 
     # Buffer's own readinto and write: a callback that ends a transfer between their
     # pend_ and finish_ is what its finish_ methods are made for.

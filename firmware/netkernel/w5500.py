@@ -28,6 +28,8 @@ import time
 
 from micropython import const
 
+from netkernel_native import fill
+
 
 # Control byte pieces (w5500.md §1).
 _BSB_COMMON = const(0x00)
@@ -350,17 +352,23 @@ class W5500:
             self.reopen()
             return 0
         known -= size
-        # The next frame's length header, when it is surely there, comes in the same read.
-        ahead = n + 2 if known >= 2 else n
-        self._read_into((rd + 2) & 0xFFFF, _BSB_S0_RX, self.views(buf)[(ahead - 1) // _VIEW_STEP])
-        self._rx_next = (buf[n] << 8) | buf[n + 1] if known >= 2 else -1
-        self._rx_rd = (rd + size) & 0xFFFF
         self._rx_known = known
+        self._rx_held += size
+        self._rx_rd = (rd + size) & 0xFFFF
+        # The frame after its length header, and the next frame's length header when it is
+        # surely there, in one read. (`size` now holds the view to read into: one local
+        # more and this frame, over 11 words, would come from the heap on every call.)
+        if known >= 2:
+            size = self.views(buf)[(n + 1) // _VIEW_STEP]
+            self._read_into((rd + 2) & 0xFFFF, _BSB_S0_RX, size)
+            self._rx_next = (buf[n] << 8) | buf[n + 1]
+        else:
+            size = self.views(buf)[(n - 1) // _VIEW_STEP]
+            self._read_into((rd + 2) & 0xFFFF, _BSB_S0_RX, size)
+            self._rx_next = -1
         self.rx_frames += 1
         self.rx_bytes = (self.rx_bytes + n) & _COUNTER_MASK
-        held = self._rx_held + size
-        self._rx_held = held
-        if held >= RX_RELEASE_BYTES:
+        if self._rx_held >= RX_RELEASE_BYTES:
             self._release()
         return n
 
@@ -412,21 +420,12 @@ class W5500:
         if n < _MIN_FRAME or n > _MAX_FRAME:
             raise ValueError("frame length out of range")
         if n < _MIN_TX:
-            for i in range(n, _MIN_TX):
-                frame[i] = 0
+            fill(frame, n, _MIN_TX - n, 0)
             n = _MIN_TX
         view = self.views(frame)[(n - 1) // _VIEW_STEP]
         # The whole view is written, so that is the room needed.
-        need = len(view)
-        if self._tx_free < need:
-            free = self._read16_stable(_SN_TX_FSR)
-            if free < need and self._send_pending:
-                self._wait_sent()
-                free = self._read16_stable(_SN_TX_FSR)
-            self._tx_free = free
-            if free < need:
-                self.tx_no_room += 1
-                return False
+        if self._tx_free < len(view) and not self._tx_room(len(view)):
+            return False
         wr = self._tx_wr
         self._write_from(wr, _BSB_S0_TX, view)
         wr = (wr + n) & 0xFFFF
@@ -440,6 +439,20 @@ class W5500:
         self._send_pending = True
         self.tx_frames += 1
         self.tx_bytes = (self.tx_bytes + n) & _COUNTER_MASK
+        return True
+
+    def _tx_room(self, need):
+        """(send(), the room it knows of too small) Ask the chip for its free TX room; wait
+        for the previous frame to go if that makes room. False (counted) if there is none.
+        (Apart from send(): its frame stays within 11 words, off the heap.)"""
+        free = self._read16_stable(_SN_TX_FSR)
+        if free < need and self._send_pending:
+            self._wait_sent()
+            free = self._read16_stable(_SN_TX_FSR)
+        self._tx_free = free
+        if free < need:
+            self.tx_no_room += 1
+            return False
         return True
 
     def flush(self):

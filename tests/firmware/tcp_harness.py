@@ -116,6 +116,10 @@ class FakeIface:
             self.sent.append(Seg(dst[dst_off:dst_off + 4], raw, now))
         return True
 
+    def send_l4(self, proto, dst, dst_off, l4_len, now):
+        # The segment TCP built in tx at the interface's transport offset.
+        return self.send_ipv4(proto, dst, dst_off, self.tx, L4, l4_len, None, 0, 0, now)
+
 
 class FakeStack:
     def __init__(self, **cfg):

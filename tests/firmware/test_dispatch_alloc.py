@@ -53,8 +53,8 @@ def run(d, batch, depths_list, rounds, remote):
                 op = d.classify(buf, n)
                 depths = depths_list[j]
                 d.now = now
-                d.depths[0] = depths[0]
-                d.depths[1] = depths[1]
+                d.ring_idx[0][0] = depths[0]    # the rings' heads; tails stay 0
+                d.ring_idx[1][0] = depths[1]
                 d.free_slots = 40 - j * 9
                 d.steer(buf, n, op)
                 count += 1

@@ -39,7 +39,8 @@ def steer_op(d, buf, n, op, now, depths, free):
     """Dispatcher.steer() with the inputs the reader sets."""
     d.now = now
     for k in range(d.ncores):
-        d.depths[k] = depths[k]
+        d.ring_idx[k][0] = depths[k]      # the ring's head; its tail stays 0
+
     d.free_slots = free
     return d.steer(buf, n, op)
 

@@ -638,3 +638,69 @@ def test_a_socket_ism_that_raises_is_counted_and_the_stack_still_polls():
         assert k.stack.tcp.now == now          # the poll after it ran
     finally:
         rig.stop()
+
+
+def test_a_frame_whose_input_raises_goes_back_to_the_pool_on_either_core():
+    # A kernel's batch has no handler of its own (it would put the batch's frame on the
+    # heap): the core's handler counts the error and recover() gives the frame's slot back.
+    rig = Rig(peer_nagle=False)
+    try:
+        node = rig.node
+        pool = node.cores.pool
+        calls = [0, 0]
+
+        def failing(k):
+            def input(buf, n, now):
+                calls[k] += 1
+                raise ValueError("a bug in the stack")
+            return input
+
+        for k in node.kernels:
+            free = pool.nfree
+            errors = node.errors + k.errors
+            k.stack.input = failing(k.core)
+            s = pool.take()                  # a slot as the reader leaves it on a ring
+            pool.lens[s] = 60
+            pool.flows[s] = -1
+            assert k.rx.push(s)
+            if k.core == 0:
+                node._wake = False
+                node.turn(time.ticks_ms())   # core 0's handler
+            else:
+                assert _wait(lambda: calls[1] == 1)
+            assert _wait(lambda: k.rx.depth() == 0 and k._in_stack < 0)
+            del k.stack.input
+            assert calls[k.core] == 1
+            assert node.errors + k.errors == errors + 1
+            node.turn(time.ticks_ms())       # the reader takes the slot back
+            assert pool.nfree == free, (k.core, pool.nfree, free)
+        socks = open_connections(rig, 2, 47200, nbytes=500)
+        assert all(s.state == 4 for s in socks)
+    finally:
+        rig.stop()
+
+
+def test_a_helping_batch_that_raises_leaves_the_dispatch_lock_free():
+    rig = Rig(peer_nagle=False)
+    try:
+        node = rig.node
+        reader = node.cores.reader
+        k1 = node.kernels[1]
+        calls = [0]
+
+        def failing(now, core):
+            calls[0] += 1
+            raise OSError(5)             # the SPI bus failed under kernel 1's batch
+
+        errors = k1.errors
+        reader.dispatch = failing
+        reader.backlog = True            # kernel 1, its ring empty, reads a batch
+        assert _wait(lambda: calls[0] >= 1)
+        del reader.dispatch
+        assert _wait(lambda: k1.errors > errors)
+        assert _wait(lambda: reader.lock.acquire(0))
+        reader.lock.release()
+        socks = open_connections(rig, 2, 47300, nbytes=500)
+        assert all(s.state == 4 for s in socks)
+    finally:
+        rig.stop()

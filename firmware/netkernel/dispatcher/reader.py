@@ -71,7 +71,8 @@ class FrameReader:
         self._rx_idx = [p.rx.idx for p in ports]
         self._rets = [p.ret for p in ports]
         self._events = [p.events for p in ports]
-        self._locked_by_turn = False   # core 0's turn holds the lock (unlock_after_error)
+        disp.ring_idx = self._rx_idx      # steer() reads the depths it needs from them
+        self._holder = -1         # the core whose batch holds the lock (unlock_after_error)
         self.backlog = False      # the last batch stopped with frames maybe still waiting
         self.dispatched = array("I", bytes(4 * n))  # per core: frames it read
         self.drop_full = array("I", bytes(4 * n))   # per kernel: its ring was full
@@ -97,16 +98,16 @@ class FrameReader:
             return self._batch(now, rx)
         if not lock.acquire(0):
             return rx
-        self._locked_by_turn = True
+        self._holder = 0
         more = self._batch(now, rx)
-        self._locked_by_turn = False
+        self._holder = -1
         lock.release()
         return more
 
-    def unlock_after_error(self):
-        """(Core 0, after its turn raised) Release the lock if the turn held it."""
-        if self._locked_by_turn:
-            self._locked_by_turn = False
+    def unlock_after_error(self, core):
+        """(Core ``core``, after its turn raised) Release the lock if that turn held it."""
+        if self._holder == core:
+            self._holder = -1
             self.lock.release()
 
     def _batch(self, now, rx):
@@ -132,28 +133,29 @@ class FrameReader:
 
     def help(self, core, now):
         """(Kernel ``core`` >= 1, its ring empty) Read a batch when INTn is low or the last
-        batch left frames waiting, unless another core is at it. True if it read any."""
+        batch left frames waiting, unless another core is at it. True if it read any. (No
+        try/finally, which would put this frame over 11 words and on the heap: a batch that
+        raises leaves the lock to unlock_after_error, from the core's handler.)"""
         low = self.intn() == 0
         if not low and not self.backlog:
             return False
-        lock = self.lock
-        if not lock.acquire(0):
+        if not self.lock.acquire(0):
             return False
-        try:
-            self._collect_returns()
-            if low:
-                self.nic.clear_interrupt()
-            before = self.dispatched[core]
-            # What it read stays held (at most RX_RELEASE_BYTES, which node.rx_budget
-            # counts) until the driver's own release or core 0's next batch: two SPI
-            # transactions saved per helping batch.
-            self.dispatch(now, core)
-            mine = self._rx_idx[0]
-            if self.wake_core0 is not None and mine[0] != mine[1]:
-                self.wake_core0()
-            return self.dispatched[core] != before
-        finally:
-            lock.release()
+        self._holder = core
+        self._collect_returns()
+        if low:
+            self.nic.clear_interrupt()
+        before = self.dispatched[core]
+        # What it read stays held (at most RX_RELEASE_BYTES, which node.rx_budget counts)
+        # until the driver's own release or core 0's next batch: two SPI transactions
+        # saved per helping batch.
+        self.dispatch(now, core)
+        mine = self._rx_idx[0]
+        if self.wake_core0 is not None and mine[0] != mine[1]:
+            self.wake_core0()
+        self._holder = -1
+        self.lock.release()
+        return self.dispatched[core] != before
 
     def with_lock(self, fn, *args):
         """Run ``fn(*args)`` (a dispatcher setting from the host, on core 0) while no other
@@ -172,90 +174,102 @@ class FrameReader:
     def dispatch(self, now, me):
         """(The lock's holder, on core ``me``) Read up to _RX_BATCH frames from the chip
         and steer each to a kernel's ring. True if the batch stopped with frames maybe
-        still waiting."""
-        pool = self.pool
-        disp = self.disp
-        nic = self.nic
-        rings = self._rx_rings
-        ridx = self._rx_idx
-        depths = disp.depths
-        nk = self.ncores
-        mine = ridx[me]
-        drop_buf = self.drop_bufs[me]
-        stop = disp.red_min       # our kernel runs after this batch: never overfill its ring
-        disp.now = now
+        still waiting. (A frame at a time in _read_one() and _steer(): one function for the
+        whole batch took a frame of 32 words, from the heap, on every call.)"""
+        self.disp.now = now
+        mine = self._rx_idx[me]
+        stop = self.disp.red_min  # our kernel runs after this batch: never overfill its ring
         more = True
         got = 0
         while got < _RX_BATCH:
             if (mine[0] - mine[1]) & _WRAP >= stop:
                 break
-            s = pool.take()
-            if s < 0:
-                # Slots other kernels used since this turn began: back first.
-                self._collect_returns()
-                s = pool.take()
-            if s < 0:
-                # No slot: the frame is read (the chip must move on) and dropped.
-                if nic.recv_into(drop_buf) == 0:
-                    more = False
-                    break
-                self.drop_no_slot += 1
-                got += 1
-                continue
-            buf = pool.bufs[s]
-            n = nic.recv_into(buf)
-            if n == 0:
-                pool.release(s)
+            if self._read_one(me) < 0:
                 more = False
                 break
             got += 1
-            self.rx_frames += 1
-            self.rx_bytes += n
-            op = disp.classify(buf, n)
-            k = 0
-            while k < nk:
-                idx = ridx[k]
-                depths[k] = (idx[0] - idx[1]) & _WRAP
-                k += 1
-            # Free slots as the frame found them (its own slot counted as free).
-            disp.free_slots = pool.nfree + 1
-            core = disp.steer(buf, n, op)
-            pool.lens[s] = n
-            pool.ops[s] = op
-            pool.flows[s] = disp.flow
-            if disp.flow_new:
-                # A reused flow slot: the kernels' per-flow counts start again from 0.
-                k = 0
-                while k < nk:
-                    self.flow_frames[k][disp.flow] = 0
-                    k += 1
-            if self.log:
-                self._log_frame(buf, n, core)
-            if core >= 0 and core < nk:
-                if not rings[core].push(s):
-                    self.drop_full[core] += 1
-                    pool.release(s)
-            elif core == ALL_CORES:
-                self.broadcasts += 1
-                pool.refs[s] = nk
-                k = 0
-                while k < nk:
-                    if not rings[k].push(s):
-                        self.drop_full[k] += 1
-                        pool.release(s)
-                    k += 1
-            else:
-                self.drop_steer += 1
-                if disp.counters_[_C_DROP_RED] != self.red_seen:
-                    self.red_seen = disp.counters_[_C_DROP_RED]
-                    f = disp.flow
-                    core = disp.flows_table.owner[f] if f >= 0 else disp.hash_core(disp.key)
-                    if core < nk:
-                        self.drop_red[core] += 1
-                pool.release(s)
         self.dispatched[me] += got
         self.backlog = more
         return more
+
+    def _read_one(self, me):
+        """Read a frame into a free slot and steer it: its length, 0 if it was read into
+        core ``me``'s drop buffer for want of a slot, -1 if none was waiting."""
+        pool = self.pool
+        s = pool.take()
+        if s < 0:
+            # Slots other kernels used since this turn began: back first.
+            self._collect_returns()
+            s = pool.take()
+            if s < 0:
+                return self._read_dropped(me)
+        buf = pool.bufs[s]
+        n = self.nic.recv_into(buf)
+        if n == 0:
+            pool.release(s)
+            return -1
+        self.rx_frames += 1
+        self.rx_bytes += n
+        pool.lens[s] = n
+        pool.ops[s] = self.disp.classify(buf, n)
+        self._steer(s)
+        return n
+
+    def _read_dropped(self, me):
+        # No slot: the frame is read (the chip must move on) and dropped.
+        if self.nic.recv_into(self.drop_bufs[me]) == 0:
+            return -1
+        self.drop_no_slot += 1
+        return 0
+
+    def _steer(self, s):
+        """The frame in slot ``s`` to the ring of the kernel the dispatcher picks (every
+        ring, or none)."""
+        pool = self.pool
+        disp = self.disp
+        # Free slots as the frame found them (its own slot counted as free).
+        disp.free_slots = pool.nfree + 1
+        core = disp.steer(pool.bufs[s], pool.lens[s], pool.ops[s])
+        pool.flows[s] = disp.flow
+        if disp.flow_new:
+            self._flow_reused(disp.flow)
+        if self.log:
+            self._log_frame(pool.bufs[s], pool.lens[s], core)
+        if core >= 0:
+            if not self._rx_rings[core].push(s):
+                self.drop_full[core] += 1
+                pool.release(s)
+        elif core == ALL_CORES:
+            self._broadcast(s)
+        else:
+            self._dropped(s)
+
+    def _flow_reused(self, flow):
+        # A reused flow slot: the kernels' per-flow counts start again from 0.
+        for frames in self.flow_frames:
+            frames[flow] = 0
+
+    def _broadcast(self, s):
+        self.broadcasts += 1
+        pool = self.pool
+        pool.refs[s] = self.ncores
+        k = 0
+        for ring in self._rx_rings:
+            if not ring.push(s):
+                self.drop_full[k] += 1
+                pool.release(s)
+            k += 1
+
+    def _dropped(self, s):
+        self.drop_steer += 1
+        disp = self.disp
+        if disp.counters_[_C_DROP_RED] != self.red_seen:
+            self.red_seen = disp.counters_[_C_DROP_RED]
+            f = disp.flow
+            core = disp.flows_table.owner[f] if f >= 0 else disp.hash_core(disp.key)
+            if core < self.ncores:
+                self.drop_red[core] += 1
+        self.pool.release(s)
 
     def _collect_returns(self):
         for ret in self._rets:

@@ -1,7 +1,7 @@
 """The dispatcher's decision logic: classify a frame, hash its flow, pick a core.
 
-Per frame, the reader calls ``op = d.classify(buf, n)``, sets ``d.now``, ``d.depths`` and
-``d.free_slots``, then ``core = d.steer(buf, n, op)`` and puts the frame on that core's
+Per frame, the reader calls ``op = d.classify(buf, n)``, sets ``d.now`` and
+``d.free_slots`` (``d.ring_idx`` are its rings' indices), then ``core = d.steer(buf, n, op)`` and puts the frame on that core's
 ring (all rings for ALL_CORES; nowhere for DROP), tagged with ``op`` and ``d.flow``. Neither
 call allocates, raises or blocks.
 
@@ -144,6 +144,8 @@ _TCP_SYN = const(0x02)
 _TCP_ACK_FLAG = const(0x10)
 _IP = const(_ETH_HLEN)     # where the IPv4 header and the ARP packet sit in a frame
 _ARP = const(_ETH_HLEN)
+
+_WRAP = const(0xFFFF)          # rings.SpscRing's index wrap
 
 _ALGO_FOLD = const(0)
 _ALGO_TOEPLITZ = const(1)
@@ -311,10 +313,11 @@ class Dispatcher:
         self.flow = -1
         self.flow_new = False
         # steer()'s inputs besides the frame, set by the reader: the time (per batch), the
-        # rings' depths and the pool's free slots (per frame).
+        # pool's free slots (per frame), and each kernel's ring's indices ([head, tail], the
+        # reader's rings once it has them: a depth is read only where steer() needs it).
         self.now = 0
-        self.depths = array.array("H", bytes(2 * ncores))
         self.free_slots = 0
+        self.ring_idx = [array.array("I", [0, 0]) for _ in range(ncores)]
         self.flows_table = FlowTable(flow_capacity, idle_ms, tcp_idle_ms)
         self.counters_ = array.array("I", bytes(4 * (_C_CORE + ncores)))
         self._rng = array.array("H", [(seed & 0xFFFF) or 1])
@@ -504,12 +507,20 @@ class Dispatcher:
         """True with probability num/den (0 <= num <= den), from the xorshift PRNG."""
         return (xorshift16(self._rng) - 1) * den < (num << 16)
 
-    def _least_loaded(self, depths):
+    def depth(self, core):
+        """Frames waiting on ``core``'s ring."""
+        idx = self.ring_idx[core]
+        return (idx[0] - idx[1]) & _WRAP
+
+    def _least_loaded(self):
         best = 0
+        low = self.depth(0)
         k = 1
         while k < self.ncores:
-            if depths[k] < depths[best]:
+            d = self.depth(k)
+            if d < low:
                 best = k
+                low = d
             k += 1
         return best
 
@@ -519,7 +530,7 @@ class Dispatcher:
 
     def steer(self, buf, n, op):
         """The core for this frame, ALL_CORES or DROP (counted by reason), as of the
-        inputs the reader set: ``now`` (ticks_ms), ``depths`` (each ring's depth) and
+        inputs the reader set: ``now`` (ticks_ms), ``ring_idx`` (each ring's indices) and
         ``free_slots`` (the pool's free slots, the frame's own counted as free).
         (Split in steps, each frame within 11 words: a bytecode function with a larger one
         takes it from the heap on every call, thousands of instructions on the RP2040.)"""
@@ -596,7 +607,8 @@ class Dispatcher:
 
     def _admit(self, core, movable):
         """``core`` for the frame, unless its ring is crowded (see _crowded())."""
-        depth = self.depths[core]
+        idx = self.ring_idx[core]
+        depth = (idx[0] - idx[1]) & _WRAP
         if depth < self.red_min and depth < self.ring_capacity and \
                 (not movable or depth < self.overload):
             inc32(self.counters_, _C_CORE + core)
@@ -607,13 +619,12 @@ class Dispatcher:
         """Overload (seed 004 Fig. 12B): a ``movable`` frame (ICMP echo request, UDP) at or
         above `overload` goes to the least loaded core if that is less loaded; then random
         early discard, and a full ring drops."""
-        depths = self.depths
-        depth = depths[core]
+        depth = self.depth(core)
         if movable and depth >= self.overload:
-            k = self._least_loaded(depths)
-            if depths[k] < depth:
+            k = self._least_loaded()
+            if self.depth(k) < depth:
                 core = k
-                depth = depths[k]
+                depth = self.depth(k)
                 inc32(self.counters_, _C_REDIRECTS)
         if depth >= self.ring_capacity:
             return self._drop(_C_DROP_RING_FULL)
