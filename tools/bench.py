@@ -956,7 +956,6 @@ def scale_figures(measured: Mapping[int, Mapping[str, dict[str, Any]]],
             board_cpu_share_2k=b.get("board_cpu_share"),
             machine_busy_cores_1k=a.get("machine_busy_cores"),
             machine_busy_cores_2k=b.get("machine_busy_cores"),
-            pacing_2k=b.get("pacing"),
             **serial_limit(a.get("per_kernel") or {}))
     return out
 

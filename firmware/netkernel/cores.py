@@ -66,7 +66,9 @@ class LockedNic:
         self.nic = nic
         self.lock = lock
 
-    # (No local for the lock: a frame over 11 words is taken from the heap on every call.)
+    # No local for the lock: a frame over 11 words is taken from the heap on every call.
+    # send() still takes 13 (its try/finally): a handler further up may carry on (the ISM's
+    # does), and a lock left held by a send that raised would stop every core.
     def send(self, buf, n):
         self.lock.acquire()
         try:
@@ -230,7 +232,7 @@ class Cores:
         # buffer and dropped: a core reads between its kernel's turns, when that buffer is
         # free.
         self.reader = FrameReader(self.disp, self.pool, self.nic, self.ports,
-                                  [k.stack.iface.tx for k in self.kernels], bytes(ip),
+                                  [k.stack.iface.tx for k in self.kernels],
                                   intn=intn, lock=allocate_lock() if self.helping else None,
                                   log=log, wake_core0=wake_core0)
         self.ctl = [array("B", [0, 1]) for _ in range(ncores)]

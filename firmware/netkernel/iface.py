@@ -738,8 +738,9 @@ class Interface:
         self.eth_tx_failed += 1
         return False
 
-    def _l4_checksum(self, proto, l4_len):
-        """Transport checksum over the l4_len bytes in tx at L4_OFF."""
+    def _csum_field(self, proto):
+        """Where ``proto``'s checksum sits in tx, zeroed for the sum; -1 for a protocol
+        whose checksum is not ours to fill."""
         if proto == _PROTO_TCP:
             field = L4_OFF + _TCP_CSUM
         elif proto == _PROTO_UDP:
@@ -747,10 +748,17 @@ class Interface:
         elif proto == _PROTO_ICMP:
             field = L4_OFF + _ICMP_CSUM
         else:
+            return -1
+        self.tx[field] = 0
+        self.tx[field + 1] = 0
+        return field
+
+    def _l4_checksum(self, proto, l4_len):
+        """Transport checksum over the l4_len bytes in tx at L4_OFF."""
+        field = self._csum_field(proto)
+        if field < 0:
             return
         t = self.tx
-        t[field] = 0
-        t[field + 1] = 0
         acc = 0
         if proto != _PROTO_ICMP:
             acc = pseudo_header_sum(t, _IP, proto, l4_len)
@@ -761,17 +769,10 @@ class Interface:
 
     def _l4_checksum_split(self, proto, hdr_len, data, data_off, data_len):
         """Transport checksum over the header in tx and the payload wherever it is."""
-        if proto == _PROTO_TCP:
-            field = L4_OFF + _TCP_CSUM
-        elif proto == _PROTO_UDP:
-            field = L4_OFF + _UDP_CSUM
-        elif proto == _PROTO_ICMP:
-            field = L4_OFF + _ICMP_CSUM
-        else:
+        field = self._csum_field(proto)
+        if field < 0:
             return
         t = self.tx
-        t[field] = 0
-        t[field + 1] = 0
         acc = 0
         if proto != _PROTO_ICMP:
             acc = pseudo_header_sum(t, _IP, proto, hdr_len + data_len)

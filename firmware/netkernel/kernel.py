@@ -142,22 +142,23 @@ class NetKernel:
             if n >= 0:
                 self.flow_frames[n] += 1
             n = self.pool.lens[s]
+            self.rx_frames += 1
             self.rx_bytes += n
             self._in_stack = s
             self.stack.input(self.pool.bufs[s], n, now)
             self._in_stack = -1
             self.ret.push(s)
             done += 1
-        self.rx_frames += done
 
     def recover(self):
         """(This kernel's core, after its turn raised) Give back the frame the stack was
-        working on, if it was one of ours: a bug must not leak a slot."""
+        working on, if it was one of ours (a bug must not leak a slot): True if it was."""
         s = self._in_stack
-        if s >= 0:
-            self._in_stack = -1
-            self.rx_frames += 1
-            self.ret.push(s)
+        if s < 0:
+            return False
+        self._in_stack = -1
+        self.ret.push(s)
+        return True
 
     def has_work(self):
         """Frames on the ring, a datagram handed over, work from core 0 or the host."""

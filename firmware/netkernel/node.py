@@ -69,9 +69,10 @@ def rx_budget(nkernels, pool_slots, ring_capacity):
     none at 5). One kernel loses nothing either way (the dispatcher leaves frames in the
     chip while the ring is that full), but with about a segment of budget per connection
     no connection waits for credit, the pool's first-come queue no longer takes turns, and
-    16 connections into one kernel finished up to 2.4 times apart (measured, paced, ring of
-    8: at 14 and 16 segments; at 5, 7 and 10 all 16 within 0.05 s, and no slower). So every
-    kernel of a board, one or several, works with the same window."""
+    16 connections into one kernel finished up to 2.4 times apart (measured on the
+    simulated board with rings of 8: at 14 and 16 segments; at 5, 7 and 10 all 16 within
+    0.05 s, and no slower). So every kernel of a board, one or several, works with the same
+    window."""
     frame = _MAX_FRAME + 2
     held = (RX_RELEASE_BYTES + frame - 1) // frame
     segments = (_CHIP_RX_BYTES // frame - held + pool_slots) // nkernels
@@ -141,7 +142,7 @@ class Node:
         # The same ring, and so the same receive budget (rx_budget), for every kernel
         # whatever their number: a 1-kernel board is the yardstick of the scale figures,
         # and it had a ring of 4 and twice the window of each of two kernels (no faster for
-        # it, measured paced with rounds in turns: 2.7 to 3.4 MB/s against 3.2 to 3.4).
+        # it, measured with rounds in turns).
         ring = cfg["ring_capacity"]
         pool_slots = cfg.get("pool_slots", 0) or default_pool_slots(nk, ring)
         stack = {"reasm_max_bytes": cfg["reasm_bytes"],
@@ -385,9 +386,14 @@ class Node:
 
     def _turn_failed(self, e):
         self.cores.reader.unlock_after_error(0)
-        self.kernel.recover()
+        in_stack = self.kernel.recover()
         if isinstance(e, W5500Error):
             self._recover(e)
+        elif in_stack:
+            # Kernel 0's stack raised on a frame: the kernel's error, which the link check
+            # reports (not a console line per frame).
+            self.kernel.errors += 1
+            self.kernel.last_error = e
         else:
             self.errors += 1
             _log("error in core 0's turn: %r" % e)
@@ -661,7 +667,6 @@ class Node:
         for i in range(4):
             self.disp.ip[i] = ip[i]
         self.ip = bytes(ip)
-        self.cores.ip = self.ip
         self.kernel.stack.announce(time.ticks_ms())
 
     def stop(self):

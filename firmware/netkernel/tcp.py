@@ -22,7 +22,8 @@
 #   cost more than the call itself on the RP2040. So the methods on that path keep within
 #   11 words: few arguments (`now` from tcp.now where the caller has none), no locals for
 #   what is read once or twice, and rare branches in methods of their own ("apart" in their
-#   docstrings).
+#   docstrings). _emit still takes 17 (once per segment sent): the interface's send_l4
+#   takes five arguments, and a call with them needs 7 words of stack.
 #
 # Choices worth knowing:
 # - RTO minimum 200 ms (as Linux; RFC 6298 says 1 s, but this is a LAN engine and a 1 s floor
@@ -1554,7 +1555,7 @@ class TcpSocket:
                 tx[o + (_TCP_HLEN + 7)] = _TCPOPT_SACK_PERM_LEN
                 hlen = _TCP_HLEN + _TCPOPT_MSS_LEN + 2 + _TCPOPT_SACK_PERM_LEN
         elif flags & _TCP_ACK_FLAG and self.sack and self.asm is not None and self.asm.count:
-            hlen = _TCP_HLEN + self._sack_blocks(tx, o + _TCP_HLEN)
+            hlen = _TCP_HLEN + self._sack_blocks(tx, o + _TCP_HLEN, n)
         tx[o + _TCP_OFF] = hlen << 2
         tx[o + _TCP_FLAGS] = flags
         w = self._rcv_window()
@@ -1573,15 +1574,22 @@ class TcpSocket:
             self.unacked_bytes = 0
         return True
 
-    def _sack_blocks(self, tx, p):
+    def _sack_blocks(self, tx, p, n):
         """Write NOP NOP + a SACK option for the out-of-order ranges at tx[p]; its length.
 
         The block holding the latest out-of-order segment goes first (RFC 2018 section 4).
+        Only the blocks that fit beside ``n`` payload bytes in one frame: a full-size
+        segment carries none (the MSS leaves no room for options, RFC 6691), its ACKs do.
         """
         asm = self.asm
         count = asm.count
         if count > _MAX_SACK_BLOCKS:
             count = _MAX_SACK_BLOCKS
+        room = (_MTU - _IP_HLEN - _TCP_HLEN - 4 - n) // _TCPOPT_SACK_BLOCK
+        if count > room:
+            count = room
+        if count <= 0:
+            return 0
         latest = seq_delta(self.seq, _SACK_LAST, self.seq, _RCV_NXT)
         first = 0
         i = 0

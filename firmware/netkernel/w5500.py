@@ -355,6 +355,7 @@ class W5500:
         self._rx_known = known
         self._rx_held += size
         self._rx_rd = (rd + size) & 0xFFFF
+        self._rx_next = -1         # until the read below gives it (a read that raises: none)
         # The frame after its length header, and the next frame's length header when it is
         # surely there, in one read. (`size` now holds the view to read into: one local
         # more and this frame, over 11 words, would come from the heap on every call.)
@@ -365,7 +366,6 @@ class W5500:
         else:
             size = self.views(buf)[(n - 1) // _VIEW_STEP]
             self._read_into((rd + 2) & 0xFFFF, _BSB_S0_RX, size)
-            self._rx_next = -1
         self.rx_frames += 1
         self.rx_bytes = (self.rx_bytes + n) & _COUNTER_MASK
         if self._rx_held >= RX_RELEASE_BYTES:

@@ -117,7 +117,9 @@ class FakeIface:
         return True
 
     def send_l4(self, proto, dst, dst_off, l4_len, now):
-        # The segment TCP built in tx at the interface's transport offset.
+        # The segment TCP built in tx at the interface's transport offset: one frame, as
+        # the interface's send_l4 takes no more.
+        assert l4_len <= 1480, l4_len
         return self.send_ipv4(proto, dst, dst_off, self.tx, L4, l4_len, None, 0, 0, now)
 
 

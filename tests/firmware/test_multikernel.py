@@ -704,3 +704,27 @@ def test_a_helping_batch_that_raises_leaves_the_dispatch_lock_free():
         assert all(s.state == 4 for s in socks)
     finally:
         rig.stop()
+
+
+def test_connections_closed_after_an_address_change_leave_the_flow_table():
+    # Closed connections reach the flow table with the board's address as the host last
+    # set it: with a stale one their entries (pinned) would stay for hours.
+    rig = Rig(peer_nagle=False)
+    try:
+        status, text = rig.node.configure("ip=10.77.0.9/24")
+        assert status == 0, text
+        rig.run(50)
+        now = time.ticks_ms()
+        socks = [rig.peer.tcp.connect(bytes([10, 77, 0, 9]), 0, 9, now, local_port=48000 + i)
+                 for i in range(6)]
+        assert rig.run(3000, lambda: all(s.state == 4 for s in socks))
+
+        def tcp_flows():
+            return [f for f in flows(rig.node) if f["key"].endswith("/6")]
+
+        assert {int(f["owner"]) for f in tcp_flows()} == {0, 1}
+        for s in socks:
+            s.close()
+        assert rig.run(3000, lambda: not tcp_flows()), tcp_flows()
+    finally:
+        rig.stop()

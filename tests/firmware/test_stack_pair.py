@@ -99,6 +99,39 @@ def test_lossy_cable_still_delivers_everything():
     assert got == total, got
 
 
+def test_full_size_segments_sent_while_holding_out_of_order_data_fit_one_frame():
+    # Both ends send full-size segments while A's data to B has holes: the SACK blocks B
+    # owes must not push its segments past the MTU (they would be refused, and B stall
+    # until the holes fill).
+    pair = StackPair(services_b=False)
+    listener = pair.b.tcp.listen(5000)
+    a = pair.a.tcp.connect(IP_B, 0, 5000, pair.now)
+    for _ in range(200):
+        pair.run()
+        if a.state == tcp.ESTABLISHED and listener.pending():
+            break
+    b = listener.accept()
+    pair.a_to_b.drop_every = 5
+    buf = bytearray(1460)
+    inb = bytearray(4096)
+    total = 200000
+    a_sent = b_sent = a_got = b_got = 0
+    for _ in range(20000):
+        if a_sent < total:
+            a_sent += a.send(buf, 0, 1460)
+        if b_sent < total:
+            b_sent += b.send(buf, 0, 1460)
+        a_got += a.recv_into(inb, 0, 4096)
+        b_got += b.recv_into(inb, 0, 4096)
+        if a_got >= total and b_got >= total:
+            break
+        pair.run(1, 5)
+    iface = pair.b.iface
+    assert a_got >= total and b_got >= total, (a_got, b_got)
+    assert b.sack and iface.ip_tx_too_big == 0 and iface.ip_tx_fragments == 0
+    assert pair.b.tcp.tx_blocked == 0
+
+
 def test_udp_and_ping_between_stacks():
     pair = StackPair()
     replies = []

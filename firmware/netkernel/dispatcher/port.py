@@ -5,7 +5,7 @@
 # which core a flow goes to (core_for: for a port of an active open, a reassembled datagram)
 # and says when a connection is gone (flow_closed). The dispatcher's state is read here, never
 # written, except by a kernel on the dispatcher's own core (`direct`): every other kernel's
-# closes travel on `events`, which the dispatcher's reader drains under its lock.
+# closes travel on `events`, which the dispatcher's reader drains between its batches.
 from array import array
 
 from micropython import const

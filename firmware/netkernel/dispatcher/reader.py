@@ -43,22 +43,21 @@ def _mac_str(b, off):
 
 
 class FrameReader:
-    def __init__(self, disp, pool, nic, ports, drop_bufs, ip, intn=None, lock=None,
+    def __init__(self, disp, pool, nic, ports, drop_bufs, intn=None, lock=None,
                  log=LOG_OFF, wake_core0=None):
         """``disp``: the Dispatcher; ``pool``: the FramePool the chip is read into; ``nic``:
         the driver (under the chip's lock where several cores use it); ``ports``: each
         kernel's DispatchPort, by core; ``drop_bufs``: per core, a frame-sized buffer free
         while that core reads (a frame with no free slot is read into it and dropped);
-        ``ip``: the board's address (closed flows' local end); ``intn``: the chip's INTn pin
-        (None: every batch reads); ``lock``: the reader's lock where several cores read,
-        else None; ``log``: the frame log (LOG_*); ``wake_core0``: the board's way to end
-        core 0's idle wait after another core put frames on kernel 0's ring, or None."""
+        ``intn``: the chip's INTn pin (None: every batch reads); ``lock``: the reader's
+        lock where several cores read, else None; ``log``: the frame log (LOG_*);
+        ``wake_core0``: the board's way to end core 0's idle wait after another core put
+        frames on kernel 0's ring, or None."""
         n = len(ports)
         self.disp = disp
         self.pool = pool
         self.nic = nic
         self.ncores = n
-        self.ip = ip
         self.intn = intn
         self.lock = lock
         self.log = log
@@ -292,7 +291,7 @@ class FrameReader:
 
     def _close_flows(self, ev):
         disp = self.disp
-        ip = self.ip
+        ip = disp.ip              # the board's address, as the host last set it
         data = ev.data
         i = 0
         while i < _EVENT_BATCH:

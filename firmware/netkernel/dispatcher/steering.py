@@ -1,9 +1,10 @@
 """The dispatcher's decision logic: classify a frame, hash its flow, pick a core.
 
-Per frame, the reader calls ``op = d.classify(buf, n)``, sets ``d.now`` and
-``d.free_slots`` (``d.ring_idx`` are its rings' indices), then ``core = d.steer(buf, n, op)`` and puts the frame on that core's
-ring (all rings for ALL_CORES; nowhere for DROP), tagged with ``op`` and ``d.flow``. Neither
-call allocates, raises or blocks.
+Per frame, the reader (reader.py) calls ``op = d.classify(buf, n)``, sets ``d.now`` and
+``d.free_slots`` (``d.ring_idx`` are its rings' indices, given once), then
+``core = d.steer(buf, n, op)``, and puts the frame on that core's ring (all rings for
+ALL_CORES; nowhere for DROP), tagged with ``op`` and ``d.flow``. Neither call allocates,
+raises or blocks.
 
 Operation code (what the kernel needs without parsing the headers again)
 -----------------------------------------------------------------------
