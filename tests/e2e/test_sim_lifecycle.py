@@ -184,10 +184,10 @@ def test_ping_from_peer_reaches_the_board(sim_board):
 # configurations `twinstack sim` can start. The simulated board must leave the same within
 # 10 %, and where it cannot match, less (boards/sim.py's heap model).
 RP2040_HEAP_FREE_AT_BOOT = {
-    ("--kernels", "2", "--no-services"): 32_208,     # the default configuration
-    ("--kernels", "2", "--services"): 28_464,
-    ("--kernels", "1", "--services"): 103_888,
-    ("--kernels", "1", "--no-services"): 105_760,
+    ("--kernels", "2", "--no-services"): 32_176,     # the default configuration
+    ("--kernels", "2", "--services"): 28_448,
+    ("--kernels", "1", "--services"): 103_872,
+    ("--kernels", "1", "--no-services"): 105_744,
 }
 
 
