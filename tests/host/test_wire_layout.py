@@ -89,3 +89,35 @@ def test_the_check_sees_copies_and_catches_a_wrong_one():
     bad = _mismatches(wrong, "wrong.py", wire)
     assert len(bad) == 2, bad
     assert bad[0].startswith("wrong.py:2: _TCP_FLAGS") and bad[1].startswith("wrong.py:4:")
+
+
+def _const_of(module: str, name: str) -> object:
+    path = ROOT / module
+    values = [v for n, v, _ in _assignments(path.read_text(), module) if n == name]
+    assert len(values) == 1, (module, name, values)
+    return values[0]
+
+
+# Other constants a module copies for the same reason, each with where it comes from.
+_COPIES = [
+    ("firmware/netkernel/rings.py", "_WRAP",
+     ["firmware/netkernel/kernel.py", "firmware/netkernel/dispatcher/reader.py",
+      "firmware/netkernel/dispatcher/steering.py"]),
+    ("firmware/netkernel/dispatcher/steering.py", "_C_DROP_RED",
+     ["firmware/netkernel/dispatcher/reader.py"]),
+]
+
+
+@pytest.mark.parametrize("origin,name,copies", _COPIES, ids=[c[1] for c in _COPIES])
+def test_other_copied_constants_match_their_origin(origin: str, name: str, copies: list[str]):
+    value = _const_of(origin, name)
+    assert isinstance(value, int)
+    assert {m: _const_of(m, name) for m in copies} == {m: value for m in copies}
+
+
+def test_the_isms_send_data_offset_follows_the_message_format():
+    import struct
+
+    from twinstack.proto import i2o
+    assert _const_of("firmware/netkernel/ism.py", "_SEND_DATA") == (
+        i2o.PAYLOAD + struct.calcsize(i2o.SEND_FMT))
