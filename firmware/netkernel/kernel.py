@@ -33,7 +33,6 @@ _PROTO_UDP = const(17)
 _SLEEP_MAX_MS = const(200)
 _SLEEP_BUSY_MS = const(2)
 _SLEEPING = const(0)      # cores.Cores.sleep_state
-_WRAP = const(0xFFFF)     # rings.SpscRing's index wrap
 _DUE = const(1)
 # Handoff.state: datagram length, 1 = full (set by its producer, cleared by the owner), owner.
 _H_LEN = const(0)

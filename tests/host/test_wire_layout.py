@@ -101,8 +101,7 @@ def _const_of(module: str, name: str) -> object:
 # Other constants a module copies for the same reason, each with where it comes from.
 _COPIES = [
     ("firmware/netkernel/rings.py", "_WRAP",
-     ["firmware/netkernel/kernel.py", "firmware/netkernel/dispatcher/reader.py",
-      "firmware/netkernel/dispatcher/steering.py"]),
+     ["firmware/netkernel/dispatcher/reader.py", "firmware/netkernel/dispatcher/steering.py"]),
     ("firmware/netkernel/dispatcher/steering.py", "_C_DROP_RED",
      ["firmware/netkernel/dispatcher/reader.py"]),
 ]
