@@ -90,7 +90,7 @@ class NetKernel:
         self.handoffs_in = 0
         self.handoff_busy = 0
         self.handoff_too_big = 0
-        self.idle = BusyTime()    # kernels 1..N-1: asleep (cores._core_loop)
+        self.idle = BusyTime()    # this kernel's core asleep (node._loop, cores._core_loop)
         # Work core 0 hands this kernel (settings from the host): core 0 writes todo and then
         # todo_seq[0]; the kernel alone writes todo_seq[1] once it has run it.
         self.todo = Mailbox()     # work core 0 hands this kernel (settings from the host)

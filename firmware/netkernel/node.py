@@ -19,7 +19,6 @@ from array import array
 
 from micropython import const
 
-from netkernel.busy import BusyTime
 from netkernel.cores import TX_LOCK, Cores, default_pool_slots
 from netkernel.dispatcher.reader import LOG_HEX, LOG_OFF, LOG_SUMMARY
 from netkernel.dispatcher.steering import default_red_min
@@ -209,7 +208,6 @@ class Node:
         self.irqs = 0
         # One bound method for every IRQ registration (INTn, the doze alarm).
         self._on_irq = self._on_hard_irq if self._bell is not None else self._on_event
-        self.idle = BusyTime()      # core 0 waiting for work
         self.wakes = array("I", bytes(4 * 6))   # why core 0's idle waits ended (_W_*)
         self._next_link_check = 0
         self.link_up = False
@@ -261,7 +259,7 @@ class Node:
                     self._sleep(now, idle)
                 else:
                     time.sleep_ms(1)
-                self.idle.since(t0)
+                self.kernel.idle.since(t0)
 
     def _sleep(self, now, idle):
         """Core 0 has nothing to do: wait for events (``idle(ms)``, the board's wait for an
@@ -505,8 +503,7 @@ class Node:
         # nothing to do. A simulated board also meters the dispatcher's turns, the chip's
         # SPI I/O (serial work: one chip, one bus) and each kernel's turns (its own chip I/O
         # included).
-        yield "core0.idle_pct=%d" % pct("core0", self.idle.total_us())
-        for k in self.kernels[1:]:
+        for k in self.kernels:
             yield "core%d.idle_pct=%d" % (k.core, pct("core%d" % k.core, k.idle.total_us()))
         meters = getattr(self.hw, "meters", None) or {}
         for name, label in (("disp", "disp.busy_pct"), ("nic", "nic.io_pct")):

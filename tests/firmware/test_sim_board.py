@@ -59,7 +59,7 @@ def _busy(us):
         pass
 
 
-def _MeteredBoard():
+def _meters():
     """The simulated boards' metering (simhw.meters), without their emulated hardware."""
     from simhw.meters import Meters
     return Meters()
@@ -68,7 +68,7 @@ def _MeteredBoard():
 def test_a_metered_function_adds_the_time_of_its_calls_to_the_named_meter():
     import fwtest
     from netkernel.busy import BusyTime
-    hw = _MeteredBoard()
+    hw = _meters()
     got = []
 
     def recv_into(buf):
@@ -109,7 +109,7 @@ def test_a_metered_call_allocates_nothing():
     # board's cores: an allocation would take the heap's one mutex, which the other core
     # and the PHY thread share.
     import micropython
-    hw = _MeteredBoard()
+    hw = _meters()
 
     def recv_into(buf):
         return len(buf)
